@@ -1,0 +1,75 @@
+/*
+ * The PROXY protocol (HAProxy's proxy-protocol.txt, versions 1 and 2): parsing
+ * the header a trusted load balancer puts in front of a client connection, and
+ * building the v2 header we put in front of backend connections so that the
+ * backend sees the real client address.
+ *
+ * The parser is incremental and allocation-free: the listener calls it on the
+ * bytes received so far and either gets a complete header, a request for more
+ * bytes, or a verdict that the connection does not start with a header. The
+ * spec forbids guessing whether a header is present, so a listener configured
+ * for the PROXY protocol must reject the connection on -1.
+ */
+#ifndef SWITCHYARD_PROXY_PROTOCOL_H
+#define SWITCHYARD_PROXY_PROTOCOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* The most we ever buffer while waiting for a header (v2 with TLVs). A v1 line
+ * is at most 107 bytes; a v2 header is 16 bytes plus its announced length,
+ * which we cap so that the whole header fits in this many bytes. */
+#define PROXY_HEADER_MAX 4096
+
+typedef struct sy_proxy_info {
+	bool local; /* v2 LOCAL command, v1 "UNKNOWN", or v2 AF_UNSPEC / UNIX / UDP: keep the
+	               socket's own addresses */
+	struct sockaddr_storage src, dst; /* valid when !local; AF_INET or AF_INET6 with ports */
+	int version;                      /* 1 or 2 */
+} sy_proxy_info;
+
+/* Incrementally parses the start of a connection held in buf[0..len).
+ *
+ * Returns the number of bytes the header occupies (> 0: the header is complete
+ * and *out is filled; the caller skips that many bytes and hands the rest to
+ * the protocol), 0 if more bytes are needed (everything seen so far is a
+ * consistent prefix of a valid header, and len < PROXY_HEADER_MAX), or -1 if
+ * the bytes cannot start a valid v1 or v2 header: garbage, a bad signature, a
+ * v1 line without CRLF in its first 107 bytes or with a bare CR or LF, bad v1
+ * addresses or ports (ports are strict decimal 0..65535 without sign or
+ * leading zeros), an unknown v2 version, command, family or transport, a v2
+ * length beyond PROXY_HEADER_MAX - 16, or an address block shorter than the
+ * family requires.
+ *
+ * Never reads beyond buf[len - 1]; may be called again with the same buffer
+ * grown by newly received bytes. *out is written only when the return is > 0;
+ * for a local result its addresses are zeroed. buf may be NULL when len is 0.
+ */
+int proxy_parse(const uint8_t *buf, size_t len, sy_proxy_info *out);
+
+/* Builds a v2 PROXY header (command PROXY, transport STREAM) describing a
+ * connection from src to dst into out[0..cap). IPv4-mapped IPv6 addresses
+ * (::ffff:a.b.c.d) are unmapped to IPv4 first, because a dual-stack listener
+ * reports IPv4 clients that way and backends expect to see plain IPv4. If the
+ * two families then differ, or either address is NULL or not AF_INET/AF_INET6,
+ * the header carries command LOCAL and family AF_UNSPEC with no address block:
+ * we never emit v1 text.
+ *
+ * Returns the header length (16 for LOCAL, 28 for IPv4, 52 for IPv6), or 0 if
+ * cap is too small, in which case out is left untouched. The caller owns all
+ * buffers; nothing is retained.
+ */
+size_t proxy_v2_build(uint8_t *out, size_t cap, const struct sockaddr *src,
+                      const struct sockaddr *dst);
+
+/* Formats a socket address for logs into out[0..outlen), always
+ * NUL-terminated when outlen > 0 (truncated if too small): "1.2.3.4",
+ * "1.2.3.4:25", "::1", "[::1]:25". IPv4-mapped IPv6 addresses are shown as the
+ * IPv4 address, so one client looks the same in every log line whichever
+ * listener it reached. NULL or any other family gives "unknown".
+ */
+void sy_sockaddr_str(const struct sockaddr *sa, char *out, size_t outlen, bool with_port);
+
+#endif

@@ -1,0 +1,76 @@
+/*
+ * A client session: everything from accept to close, on one worker loop.
+ *
+ * Stages, in order (each may be skipped): the PROXY header from a trusted
+ * peer, the implicit TLS handshake, the protocol's own start (a pass-through
+ * dial, or an interactive pre-authentication dialogue), and the bridge.
+ *
+ * A session is freed only after all its libuv handles have closed; it is
+ * closed through session_close(), which is safe to call from any of its
+ * callbacks and more than once.
+ */
+#ifndef SWITCHYARD_SESSION_H
+#define SWITCHYARD_SESSION_H
+
+#include "switchyard/dial.h"
+#include "switchyard/runtime.h"
+
+typedef enum sy_session_state {
+	SS_PROXY_HEADER,
+	SS_TLS_HANDSHAKE,
+	SS_PROTOCOL, /* the protocol module's own stages */
+	SS_BRIDGING,
+	SS_CLOSING,
+} sy_session_state;
+
+extern const char *const sy_session_state_names[];
+
+struct sy_session {
+	sy_session *prev, *next; /* the worker's list */
+	sy_worker *w;
+	sy_snapshot *snap; /* reference held for the session's life */
+	const sy_listener_config *lcfg;
+	sy_listener_rt *lrt;
+	uint64_t id;
+
+	sy_stream client;
+	sy_stream *backend; /* owned once dialed */
+	sy_dial *dial;      /* in flight */
+	sy_dest_rt *dest;   /* where the session goes */
+	uv_timer_t timer;   /* pre-auth deadline, then bridge idle checks */
+
+	struct sockaddr_storage peer;  /* client address (from the PROXY header if any) */
+	struct sockaddr_storage local; /* address the client connected to */
+	uint64_t start_ms, last_activity_ms; /* loop time */
+
+	sy_session_state state;
+	uint8_t closes_pending;
+	bool client_eof, backend_eof;
+	bool counted; /* holds a slot of lrt->active */
+
+	/* Client bytes read ahead of the stage that consumes them (e.g. after a
+	 * PROXY header). A pool block; NULL when empty. */
+	char *pending;
+	size_t pending_len;
+
+	void *proto; /* protocol module state */
+};
+
+/* Creates a session for a connection waiting on `server` and starts it. */
+void session_accept(sy_worker *w, sy_acceptor *a);
+
+/* Closes the session (idempotent, safe from its own callbacks). `why` is
+ * logged at debug level when not NULL. */
+void session_close(sy_session *s, const char *why);
+
+/* Called by protocol modules once the client leg is ready (PROXY header read
+ * and TLS established as configured). Implemented per protocol family. */
+void passthrough_start(sy_session *s);
+
+/* Splices client and backend until either side ends or bridge_idle passes. */
+void bridge_start(sy_session *s);
+
+/* Formats the client address for logs ("1.2.3.4:5678"). */
+void session_peer_str(const sy_session *s, char *out, size_t len);
+
+#endif

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, and runs every test: formatting, unit
+# tests and the TOML conformance suite (ctest), and the integration tests
+# (pytest against real Dovecot, Redis and PostgreSQL on loopback) -- all under
+# AddressSanitizer and UndefinedBehaviorSanitizer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/deps.sh
+
+# Formatting is part of the test: one style, enforced.
+bad=$(git ls-files '*.c' '*.h' | xargs -r clang-format --dry-run --Werror 2>&1 | grep -c 'error:' || true)
+if [ "$bad" != "0" ]; then
+	git ls-files '*.c' '*.h' | xargs -r clang-format --dry-run --Werror 2>&1 | head -40
+	echo "formatting: $bad problems (run: clang-format -i \$(git ls-files '*.c' '*.h'))" >&2
+	exit 1
+fi
+
+jobs=$(nproc)
+# The release build is what the demo and benchmarks use.
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$jobs"
+# The sanitizer build is what the tests run.
+cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Debug -DSWITCHYARD_SANITIZE=ON >/dev/null
+cmake --build build-san -j"$jobs"
+
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+ctest --test-dir build-san --output-on-failure -j"$jobs"
+
+if [ -d tests/integration ] && ls tests/integration/test_*.py >/dev/null 2>&1; then
+	SWITCHYARD_BIN="$PWD/build-san/switchyard" /usr/bin/python3 -m pytest -q tests/integration
+fi

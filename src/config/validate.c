@@ -1,0 +1,872 @@
+/*
+ * The cross-field startup rules.
+ *
+ * config.c has already checked every key's type and range; the rules here
+ * relate keys to one another and to the files they name (certificates, keys,
+ * the mapping file). Every rule runs even after another one failed, so an
+ * operator sees the whole list of problems at once rather than fixing them
+ * one restart at a time. Each message is "<dotted.key>: <what is wrong>;
+ * <what to do>".
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <regex.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "config_int.h"
+#include "switchyard/config.h"
+#include "switchyard/mapfile.h"
+
+#define KEYMAX 512
+
+typedef struct vctx {
+	const sy_config *cfg;
+	sy_errors *errs;
+	size_t prior_from, prior_to; /* messages config.c already produced */
+	bool failed;
+	bool http_uses_default; /* some [[http.route]] resolves accounts */
+} vctx;
+
+/* True if config.c already reported `key` (or an element or sub-key of it). */
+static bool already_reported(const vctx *v, const char *key)
+{
+	size_t kl = strlen(key);
+
+	for (size_t i = v->prior_from; i < v->prior_to; i++) {
+		const char *m = v->errs->msgs[i];
+		if (strncmp(m, key, kl) == 0 && (m[kl] == ':' || m[kl] == '[' || m[kl] == '.'))
+			return true;
+	}
+	return false;
+}
+
+static void verr(vctx *v, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void verr(vctx *v, const char *key, const char *fmt, ...)
+{
+	va_list ap;
+	char *msg = NULL;
+
+	v->failed = true;
+	if (already_reported(v, key))
+		return;
+	va_start(ap, fmt);
+	int n = vasprintf(&msg, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	sy_errors_add(v->errs, "%s: %s", key, msg);
+	free(msg);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Files: certificates and keys                                             */
+
+/* Never prompt on the terminal for a passphrase: an encrypted key is
+ * reported as unusable instead. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+	(void)buf;
+	(void)size;
+	(void)rwflag;
+	(void)u;
+	return -1;
+}
+
+/* The most useful line of OpenSSL's error queue, then clears it. */
+static const char *ssl_reason(char *buf, size_t len)
+{
+	unsigned long e = ERR_peek_last_error();
+
+	if (e == 0)
+		snprintf(buf, len, "unknown error");
+	else
+		ERR_error_string_n(e, buf, len);
+	ERR_clear_error();
+	return buf;
+}
+
+static FILE *open_readable(vctx *v, const char *key, const char *path, const char *what)
+{
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		verr(v, key, "cannot read %s: %s; make the %s file readable or fix the path", path,
+		     strerror(errno), what);
+	return f;
+}
+
+/*
+ * Checks that `cert_path` holds a PEM certificate (chain), `key_path` a PEM
+ * private key, and that they belong together, exactly as the TLS code will
+ * load them later. Messages name cert_key or key_key.
+ */
+static void check_cert_pair(vctx *v, const char *cert_key, const char *cert_path,
+			    const char *key_key, const char *key_path)
+{
+	char why[256];
+	FILE *f;
+	X509 *x = NULL;
+	EVP_PKEY *pk = NULL;
+	SSL_CTX *ctx = NULL;
+
+	ERR_clear_error();
+	if ((f = open_readable(v, cert_key, cert_path, "certificate")) != NULL) {
+		x = PEM_read_X509(f, NULL, no_passphrase, NULL);
+		fclose(f);
+		if (x == NULL)
+			verr(v, cert_key,
+			     "%s is not a PEM certificate (%s); it must start with -----BEGIN "
+			     "CERTIFICATE-----",
+			     cert_path, ssl_reason(why, sizeof(why)));
+	}
+	if ((f = open_readable(v, key_key, key_path, "private key")) != NULL) {
+		pk = PEM_read_PrivateKey(f, NULL, no_passphrase, NULL);
+		fclose(f);
+		if (pk == NULL)
+			verr(v, key_key,
+			     "%s is not an unencrypted PEM private key (%s); convert it with "
+			     "`openssl pkey -in <file> -out <file>`",
+			     key_path, ssl_reason(why, sizeof(why)));
+	}
+	if (x == NULL || pk == NULL)
+		goto out;
+
+	ctx = SSL_CTX_new(TLS_server_method());
+	if (ctx == NULL) {
+		verr(v, cert_key, "cannot create a TLS context (%s)", ssl_reason(why, sizeof(why)));
+		goto out;
+	}
+	if (SSL_CTX_use_certificate_chain_file(ctx, cert_path) != 1) {
+		verr(v, cert_key, "%s cannot be used (%s); check the certificate chain", cert_path,
+		     ssl_reason(why, sizeof(why)));
+		goto out;
+	}
+	if (SSL_CTX_use_PrivateKey(ctx, pk) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+		verr(v, key_key, "%s does not match the certificate in %s (%s); use the key the "
+				 "certificate was issued for",
+		     key_path, cert_path, ssl_reason(why, sizeof(why)));
+	}
+out:
+	SSL_CTX_free(ctx);
+	EVP_PKEY_free(pk);
+	X509_free(x);
+	ERR_clear_error();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Cipher suites                                                            */
+
+static const char all_tls13_suites[] = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+				       "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_CCM_SHA256:"
+				       "TLS_AES_128_CCM_8_SHA256";
+
+static bool cipher_named(const SSL_CIPHER *c, const char *name)
+{
+	const char *std = SSL_CIPHER_standard_name(c);
+	return strcasecmp(SSL_CIPHER_get_name(c), name) == 0 ||
+	       (std != NULL && strcasecmp(std, name) == 0);
+}
+
+static bool is_tls13(const SSL_CIPHER *c)
+{
+	return SSL_CIPHER_get_min_tls(c) >= TLS1_3_VERSION;
+}
+
+/* Appends "name" to a ':'-separated list. */
+static void list_append(char **list, size_t *len, const char *name)
+{
+	size_t n = strlen(name);
+	*list = cfg_xrealloc(*list, *len + n + 2);
+	if (*len > 0)
+		(*list)[(*len)++] = ':';
+	memcpy(*list + *len, name, n + 1);
+	*len += n;
+}
+
+int config_tls_ciphers(const sy_tls_policy *p, char **cipher_list, char **ciphersuites,
+		       sy_errors *errs)
+{
+	SSL_CTX *def = NULL, *all = NULL;
+	STACK_OF(SSL_CIPHER) *dsk, *ask;
+	char *l12 = NULL, *l13 = NULL;
+	size_t n12 = 0, n13 = 0;
+	bool only13 = p->min_version >= 0x0304;
+	int rc = -1;
+
+	if (cipher_list != NULL)
+		*cipher_list = NULL;
+	if (ciphersuites != NULL)
+		*ciphersuites = NULL;
+
+	def = SSL_CTX_new(TLS_server_method());
+	all = SSL_CTX_new(TLS_server_method());
+	if (def == NULL || all == NULL ||
+	    SSL_CTX_set_cipher_list(all, "ALL:COMPLEMENTOFALL:@SECLEVEL=0") != 1 ||
+	    SSL_CTX_set_ciphersuites(all, all_tls13_suites) != 1) {
+		sy_errors_add(errs, "tls.protocols: cannot initialise OpenSSL's cipher tables");
+		goto out;
+	}
+	dsk = SSL_CTX_get_ciphers(def);
+	ask = SSL_CTX_get_ciphers(all);
+
+	rc = 0;
+	for (size_t i = 0; i < p->disable_cipher_suites.len; i++) {
+		const char *name = p->disable_cipher_suites.items[i];
+		bool known = false;
+		for (int j = 0; j < sk_SSL_CIPHER_num(ask) && !known; j++)
+			known = cipher_named(sk_SSL_CIPHER_value(ask, j), name);
+		if (!known) {
+			sy_errors_add(errs,
+				      "tls.protocols.disable_cipher_suites[%zu]: unknown cipher suite "
+				      "\"%s\"; use a standard name such as TLS_AES_128_GCM_SHA256 or "
+				      "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+				      i, name);
+			rc = -1;
+		}
+	}
+
+	for (int j = 0; j < sk_SSL_CIPHER_num(dsk); j++) {
+		const SSL_CIPHER *c = sk_SSL_CIPHER_value(dsk, j);
+		bool disabled = false;
+		for (size_t i = 0; i < p->disable_cipher_suites.len && !disabled; i++)
+			disabled = cipher_named(c, p->disable_cipher_suites.items[i]);
+		if (disabled)
+			continue;
+		if (is_tls13(c))
+			list_append(&l13, &n13, SSL_CIPHER_get_name(c));
+		else if (!only13)
+			list_append(&l12, &n12, SSL_CIPHER_get_name(c));
+	}
+	if (n12 == 0 && n13 == 0) {
+		sy_errors_add(errs,
+			      "tls.protocols.disable_cipher_suites: removes every cipher suite "
+			      "available%s; keep at least one enabled",
+			      only13 ? " with min_version = \"1.3\"" : "");
+		rc = -1;
+	}
+	if (rc == 0) {
+		if (cipher_list != NULL) {
+			*cipher_list = l12;
+			l12 = NULL;
+		}
+		if (ciphersuites != NULL) {
+			*ciphersuites = l13 != NULL ? l13 : cfg_xstrdup("");
+			l13 = NULL;
+		}
+	}
+out:
+	free(l12);
+	free(l13);
+	SSL_CTX_free(def);
+	SSL_CTX_free(all);
+	return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Routing targets                                                          */
+
+/* Checks that `id` names a destination or cluster; reports under `key`. */
+static bool check_target(vctx *v, const char *key, const char *id)
+{
+	if (config_is_target(v->cfg, id))
+		return true;
+	verr(v, key, "\"%s\" is not a declared destination or cluster; declare [destination.%s] "
+		     "or fix the name",
+	     id, id);
+	return false;
+}
+
+/* Names the destination a missing protocol must be added to: the target
+ * itself, or a cluster's template. */
+static const char *proto_owner(const sy_config *cfg, const char *id)
+{
+	const sy_cluster_config *cl = config_cluster(cfg, id);
+	if (cl != NULL && cl->template_dest != NULL)
+		return cl->template_dest;
+	return id;
+}
+
+/* Does a listener of protocol p send accounts to mapped or default targets?
+ * http does so only through [[http.route]] entries that extract an account. */
+static bool listener_resolves_accounts(const vctx *v, sy_proto p)
+{
+	if (sy_proto_is_passthrough(p))
+		return false;
+	if (p == SY_PROTO_HTTP)
+		return v->http_uses_default;
+	return true;
+}
+
+static void check_routing(vctx *v)
+{
+	const sy_config *cfg = v->cfg;
+	const char *dd = cfg->routing.default_destination;
+	bool dd_ok = false;
+
+	if (dd == NULL)
+		verr(v, "routing.default_destination",
+		     "missing; set it to the destination (or cluster) that accounts without a "
+		     "mapping are routed to");
+	else
+		dd_ok = check_target(v, "routing.default_destination", dd);
+
+	for (size_t i = 0; i < cfg->routing.master_user_separators.len; i++) {
+		if (cfg->routing.master_user_separators.items[i][0] == '\0') {
+			char key[KEYMAX];
+			snprintf(key, sizeof(key), "routing.master_user_separators[%zu]", i);
+			verr(v, key, "empty separator; remove it (it would cut every login before "
+				     "its first character)");
+		}
+	}
+
+	for (size_t i = 0; i < cfg->nlisteners; i++) {
+		const sy_listener_config *l = &cfg->listeners[i];
+		char key[KEYMAX];
+		if (!dd_ok || !listener_resolves_accounts(v, l->protocol) ||
+		    config_target_has_proto(cfg, dd, l->protocol))
+			continue;
+		snprintf(key, sizeof(key), "listener.%s.protocol", l->name);
+		verr(v, key,
+		     "the default destination \"%s\" does not declare %s, and accounts without a "
+		     "mapping fall back to it; add [destination.%s.protocol.%s] with port and tls",
+		     dd, sy_proto_name(l->protocol), proto_owner(cfg, dd), sy_proto_name(l->protocol));
+	}
+}
+
+static void check_passthrough(vctx *v)
+{
+	const sy_config *cfg = v->cfg;
+	const char *pt = cfg->routing.smtp_passthrough_destination;
+	const sy_listener_config *first = NULL, *lmtp = NULL;
+
+	for (size_t i = 0; i < cfg->nlisteners; i++) {
+		const sy_listener_config *l = &cfg->listeners[i];
+		if (!sy_proto_is_passthrough(l->protocol))
+			continue;
+		if (first == NULL)
+			first = l;
+		if (l->protocol == SY_PROTO_LMTP && lmtp == NULL)
+			lmtp = l;
+		if (l->tls == SY_TLS_STARTTLS) {
+			char key[KEYMAX];
+			snprintf(key, sizeof(key), "listener.%s.tls", l->name);
+			verr(v, key,
+			     "\"starttls\" is not possible on a %s listener: the proxy bridges it as "
+			     "an opaque byte stream and cannot intercept STARTTLS; use \"plain\" or "
+			     "\"implicit\"",
+			     sy_proto_name(l->protocol));
+		}
+	}
+
+	if (pt == NULL) {
+		if (first != NULL)
+			verr(v, "routing.smtp_passthrough_destination",
+			     "missing, but listener \"%s\" accepts %s; set it to a destination that "
+			     "declares [destination.<id>.protocol.%s]",
+			     first->name, sy_proto_name(first->protocol),
+			     sy_proto_name(first->protocol));
+		return;
+	}
+	if (!check_target(v, "routing.smtp_passthrough_destination", pt))
+		return;
+	if (!config_target_has_proto(cfg, pt, SY_PROTO_SMTP))
+		verr(v, "routing.smtp_passthrough_destination",
+		     "destination \"%s\" does not declare smtp; add [destination.%s.protocol.smtp]",
+		     pt, proto_owner(cfg, pt));
+	if (lmtp != NULL && !config_target_has_proto(cfg, pt, SY_PROTO_LMTP))
+		verr(v, "routing.smtp_passthrough_destination",
+		     "destination \"%s\" does not declare lmtp, which listener \"%s\" accepts; add "
+		     "[destination.%s.protocol.lmtp]",
+		     pt, lmtp->name, proto_owner(cfg, pt));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Listeners                                                                */
+
+static uint16_t addr_port(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+	return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+}
+
+static bool addr_is_any(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+	return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+}
+
+static bool addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+	if (a->ss_family == AF_INET)
+		return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
+		       ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+	return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+		      &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
+}
+
+/* Two binds collide when they share family and port and either is the
+ * wildcard or both name the same address: the second bind() would fail with
+ * EADDRINUSE, or with SO_REUSEPORT silently split the traffic. IPv4 and IPv6
+ * do not collide (listeners set IPV6_V6ONLY, as the documented
+ * ["0.0.0.0:993", "[::]:993"] pairs require). */
+static bool binds_collide(const sy_bind_addr *a, const sy_bind_addr *b)
+{
+	if (a->addr.ss_family != b->addr.ss_family || addr_port(&a->addr) != addr_port(&b->addr))
+		return false;
+	return addr_is_any(&a->addr) || addr_is_any(&b->addr) || addr_equal(&a->addr, &b->addr);
+}
+
+typedef struct bind_ref {
+	const sy_bind_addr *b;
+	char owner[KEYMAX]; /* "listener.<name>.bind" or "admin.bind" */
+} bind_ref;
+
+static void check_binds(vctx *v)
+{
+	const sy_config *cfg = v->cfg;
+	size_t total = cfg->admin.enabled ? 1 : 0, n = 0;
+	bind_ref *refs;
+
+	for (size_t i = 0; i < cfg->nlisteners; i++)
+		total += cfg->listeners[i].nbinds;
+	refs = cfg_xcalloc(total, sizeof(*refs));
+	for (size_t i = 0; i < cfg->nlisteners; i++) {
+		for (size_t j = 0; j < cfg->listeners[i].nbinds; j++) {
+			refs[n].b = &cfg->listeners[i].binds[j];
+			snprintf(refs[n].owner, KEYMAX, "listener.%s.bind", cfg->listeners[i].name);
+			n++;
+		}
+	}
+	if (cfg->admin.enabled && cfg->admin.bind.text != NULL) {
+		refs[n].b = &cfg->admin.bind;
+		snprintf(refs[n].owner, KEYMAX, "admin.bind");
+		n++;
+	}
+	for (size_t i = 0; i < n; i++) {
+		for (size_t j = 0; j < i; j++) {
+			if (!binds_collide(refs[i].b, refs[j].b))
+				continue;
+			verr(v, refs[i].owner,
+			     "duplicate bind address: \"%s\" overlaps \"%s\" of %s; each address "
+			     "and port can be bound by one listener only",
+			     refs[i].b->text, refs[j].b->text, refs[j].owner);
+			break;
+		}
+	}
+	free(refs);
+}
+
+static void check_listeners(vctx *v)
+{
+	const sy_config *cfg = v->cfg;
+	char key[KEYMAX];
+	const sy_listener_config *http = NULL;
+
+	for (size_t i = 0; i < cfg->nlisteners; i++) {
+		const sy_listener_config *l = &cfg->listeners[i];
+		if (l->nbinds == 0) {
+			snprintf(key, sizeof(key), "listener.%s.bind", l->name);
+			verr(v, key, "empty; list at least one address such as \"0.0.0.0:993\"");
+		}
+		if (l->proxy_protocol != SY_PROXY_OFF && l->nproxy_trusted == 0) {
+			snprintf(key, sizeof(key), "listener.%s.proxy_trusted", l->name);
+			verr(v, key,
+			     "required when proxy_protocol is \"%s\"; list the CIDR ranges of the "
+			     "load balancers allowed to send a PROXY header, e.g. [\"10.0.0.0/8\"]",
+			     l->proxy_protocol == SY_PROXY_OPTIONAL ? "optional" : "required");
+		}
+		if (l->protocol == SY_PROTO_HTTP && http == NULL)
+			http = l;
+	}
+	if (http != NULL && cfg->http.nroutes == 0)
+		verr(v, "http.route",
+		     "missing, but listener \"%s\" accepts http; add at least one [[http.route]] "
+		     "with match and destination or extract",
+		     http->name);
+	check_binds(v);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Destinations                                                             */
+
+static void check_destinations(vctx *v)
+{
+	const sy_config *cfg = v->cfg;
+	char key[KEYMAX];
+
+	for (size_t i = 0; i < cfg->ndestinations; i++) {
+		const sy_destination_config *d = &cfg->destinations[i];
+		int tls_leg = -1;
+
+		for (int p = 0; p < SY_PROTO_COUNT; p++) {
+			const sy_endpoint_config *ep = &d->proto[p];
+			if (!ep->declared)
+				continue;
+			if (ep->tls != SY_TLS_PLAIN && tls_leg < 0)
+				tls_leg = p;
+			if (sy_proto_carries_credentials((sy_proto)p) && ep->tls == SY_TLS_PLAIN &&
+			    !d->allow_plaintext_auth) {
+				snprintf(key, sizeof(key), "destination.%s.protocol.%s.tls", d->id,
+					 proto_names_get(p));
+				verr(v, key,
+				     "\"plain\" would send client credentials to the backend "
+				     "unencrypted; use \"implicit\" or \"starttls\", or set "
+				     "destination.%s.allow_plaintext_auth = true if the leg is already "
+				     "protected (loopback, VPN, encrypted tunnel)",
+				     d->id);
+			}
+			if (ep->forwarding == SY_FWD_XCLIENT &&
+			    (sy_proto_is_passthrough((sy_proto)p) || p == SY_PROTO_HTTP)) {
+				snprintf(key, sizeof(key), "destination.%s.protocol.%s.forwarding",
+					 d->id, proto_names_get(p));
+				verr(v, key,
+				     "\"xclient\" is not possible on a%s leg%s; use \"proxy\" or "
+				     "\"none\"",
+				     p == SY_PROTO_HTTP ? "n http" : " pass-through",
+				     p == SY_PROTO_HTTP
+					 ? " (http conveys the client with destination.forwarded)"
+					 : " (the stream is relayed opaquely; only a PROXY header can "
+					   "be added)");
+			}
+		}
+		if (d->host_is_ip && tls_leg >= 0 && d->tls_server_name == NULL) {
+			snprintf(key, sizeof(key), "destination.%s.tls_server_name", d->id);
+			verr(v, key,
+			     "required because host \"%s\" is an IP address and the %s leg uses TLS "
+			     "(an IP address cannot be matched against the certificate); set it to a "
+			     "name on the backend's certificate",
+			     d->host, proto_names_get(tls_leg));
+		}
+		if ((d->tls_client_cert == NULL) != (d->tls_client_key == NULL)) {
+			snprintf(key, sizeof(key), "destination.%s.%s", d->id,
+				 d->tls_client_cert == NULL ? "tls_client_cert" : "tls_client_key");
+			verr(v, key, "missing while %s is set; mutual TLS needs both the client "
+				     "certificate and its key",
+			     d->tls_client_cert == NULL ? "tls_client_key" : "tls_client_cert");
+		} else if (d->tls_client_cert != NULL) {
+			char kk[KEYMAX];
+			snprintf(key, sizeof(key), "destination.%s.tls_client_cert", d->id);
+			snprintf(kk, sizeof(kk), "destination.%s.tls_client_key", d->id);
+			check_cert_pair(v, key, d->tls_client_cert, kk, d->tls_client_key);
+		}
+	}
+}
+
+/* ------------------------------------------------------------------------ */
+/* TLS termination                                                          */
+
+static void check_tls(vctx *v)
+{
+	const sy_config *cfg = v->cfg;
+	const sy_cert_config *first_default = NULL;
+	char key[KEYMAX], kk[KEYMAX];
+
+	for (size_t i = 0; i < cfg->ncerts; i++) {
+		const sy_cert_config *c = &cfg->certs[i];
+		if (c->is_default) {
+			if (first_default != NULL) {
+				snprintf(key, sizeof(key), "tls.certificate.%s.default", c->name);
+				verr(v, key,
+				     "more than one certificate is marked default (also "
+				     "tls.certificate.%s); keep default = true on one only",
+				     first_default->name);
+			} else {
+				first_default = c;
+			}
+		}
+		if (c->cert_path != NULL && c->key_path != NULL) {
+			snprintf(key, sizeof(key), "tls.certificate.%s.cert", c->name);
+			snprintf(kk, sizeof(kk), "tls.certificate.%s.key", c->name);
+			check_cert_pair(v, key, c->cert_path, kk, c->key_path);
+		}
+	}
+
+	if (cfg->tls_policy.disable_cipher_suites.len > 0 &&
+	    !already_reported(v, "tls.protocols.disable_cipher_suites")) {
+		size_t before = v->errs->len;
+		config_tls_ciphers(&cfg->tls_policy, NULL, NULL, v->errs);
+		if (v->errs->len > before)
+			v->failed = true;
+	}
+}
+
+/* ------------------------------------------------------------------------ */
+/* Mapping                                                                  */
+
+static bool has_prefix_ci(const char *s, const char *prefix)
+{
+	return strncasecmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* Mapped targets must offer every protocol whose listeners resolve accounts:
+ * otherwise a mapped account would be accepted and then fail to connect. */
+static void check_mapped_targets(vctx *v, const sy_mapfile *mf)
+{
+	const sy_config *cfg = v->cfg;
+	const char *seen[64];
+	size_t nseen = 0;
+
+	for (size_t i = 0; i < mf->len; i++) {
+		const char *dest = mf->entries[i].destination;
+		bool dup = false;
+		for (size_t j = 0; j < nseen && !dup; j++)
+			dup = strcmp(seen[j], dest) == 0;
+		/* Only the first 64 distinct targets are remembered; later ones
+		 * may be checked repeatedly, which costs time, not messages,
+		 * because each message is also de-duplicated below. */
+		if (dup)
+			continue;
+		if (nseen < sizeof(seen) / sizeof(seen[0]))
+			seen[nseen++] = dest;
+		bool reported[SY_PROTO_COUNT] = {false};
+		for (size_t k = 0; k < cfg->nlisteners; k++) {
+			const sy_listener_config *l = &cfg->listeners[k];
+			if (reported[l->protocol] || !listener_resolves_accounts(v, l->protocol) ||
+			    config_target_has_proto(cfg, dest, l->protocol))
+				continue;
+			reported[l->protocol] = true;
+			char msg[1024];
+			snprintf(msg, sizeof(msg),
+				 "mapping.file.path: destination \"%s\" (mapped in %s) does not declare "
+				 "%s, which listener \"%s\" accepts; add [destination.%s.protocol.%s] "
+				 "or map those accounts elsewhere",
+				 dest, cfg->mapping.file.path, sy_proto_name(l->protocol), l->name,
+				 proto_owner(cfg, dest), sy_proto_name(l->protocol));
+			bool known = false;
+			for (size_t e = 0; e < v->errs->len && !known; e++)
+				known = strcmp(v->errs->msgs[e], msg) == 0;
+			v->failed = true;
+			if (!known)
+				sy_errors_add(v->errs, "%s", msg);
+		}
+	}
+}
+
+static void check_mapping(vctx *v)
+{
+	const sy_config *cfg = v->cfg;
+	const sy_mapping_config *m = &cfg->mapping;
+
+	if (m->redis.url != NULL && !has_prefix_ci(m->redis.url, "redis://") &&
+	    !has_prefix_ci(m->redis.url, "rediss://"))
+		verr(v, "mapping.redis.url",
+		     "must start with redis:// or rediss:// (TLS); write e.g. "
+		     "\"redis://127.0.0.1:6379\"");
+
+	if (m->sql.url != NULL && !has_prefix_ci(m->sql.url, "postgres://") &&
+	    !has_prefix_ci(m->sql.url, "postgresql://")) {
+		if (has_prefix_ci(m->sql.url, "mysql:") || has_prefix_ci(m->sql.url, "mariadb:") ||
+		    has_prefix_ci(m->sql.url, "sqlite:"))
+			verr(v, "mapping.sql.url",
+			     "this database is not supported; PostgreSQL is the supported SQL store, "
+			     "use a postgres:// or postgresql:// URL");
+		else
+			verr(v, "mapping.sql.url",
+			     "must be a postgres:// or postgresql:// URL; PostgreSQL is the supported "
+			     "SQL store");
+	}
+	if (m->sql.url != NULL && m->sql.query != NULL && strstr(m->sql.query, "$1") == NULL)
+		verr(v, "mapping.sql.query",
+		     "does not use $1; the identifier is passed as parameter $1, e.g. \"SELECT "
+		     "destination FROM routes WHERE identifier = $1\"");
+	if (m->sql.upsert_query != NULL &&
+	    (strstr(m->sql.upsert_query, "$1") == NULL || strstr(m->sql.upsert_query, "$2") == NULL))
+		verr(v, "mapping.sql.upsert_query",
+		     "must use $1 (identifier) and $2 (destination)");
+	if (m->sql.delete_query != NULL && strstr(m->sql.delete_query, "$1") == NULL)
+		verr(v, "mapping.sql.delete_query", "must use $1 (identifier)");
+
+	if (m->source == SY_MAP_FILE && m->file.path != NULL &&
+	    !already_reported(v, "mapping.file.path")) {
+		sy_mapfile mf = {0};
+		if (mapfile_load(m->file.path, m->normalize, cfg, &mf, v->errs) != 0)
+			v->failed = true;
+		else
+			check_mapped_targets(v, &mf);
+		mapfile_free(&mf);
+	}
+}
+
+/* ------------------------------------------------------------------------ */
+/* HTTP routes                                                              */
+
+static void check_http_target(vctx *v, const char *key, const char *id)
+{
+	if (!check_target(v, key, id))
+		return;
+	if (!config_target_has_proto(v->cfg, id, SY_PROTO_HTTP))
+		verr(v, key, "\"%s\" does not declare http; add [destination.%s.protocol.http]", id,
+		     proto_owner(v->cfg, id));
+}
+
+static void check_http(vctx *v)
+{
+	const sy_http_config *h = &v->cfg->http;
+	char key[KEYMAX], sub[KEYMAX];
+
+	for (size_t i = 0; i < h->nroutes; i++) {
+		const sy_http_route *r = &h->routes[i];
+		snprintf(key, sizeof(key), "http.route[%zu]", i);
+		if (r->destination != NULL && r->extract != SY_HTTP_EXTRACT_NONE) {
+			verr(v, key,
+			     "sets both destination and extract; use destination for a fixed "
+			     "backend or extract to route by account, not both");
+		} else if (r->destination == NULL && r->extract == SY_HTTP_EXTRACT_NONE) {
+			snprintf(sub, sizeof(sub), "%s.destination", key);
+			verr(v, sub,
+			     "missing; set destination (a fixed backend) or extract (route by "
+			     "account), e.g. extract = { from = \"authorization\" }");
+		}
+		if (r->destination != NULL) {
+			snprintf(sub, sizeof(sub), "%s.destination", key);
+			check_http_target(v, sub, r->destination);
+		}
+		if (r->fallback != NULL) {
+			snprintf(sub, sizeof(sub), "%s.fallback", key);
+			if (r->extract == SY_HTTP_EXTRACT_NONE)
+				verr(v, sub, "only used with extract; remove it");
+			else
+				check_http_target(v, sub, r->fallback);
+		}
+		if (r->extract == SY_HTTP_EXTRACT_QUERY && r->param == NULL) {
+			snprintf(sub, sizeof(sub), "%s.extract.param", key);
+			verr(v, sub, "missing; from = \"query\" needs param = \"<query parameter>\"");
+		}
+		if (r->extract == SY_HTTP_EXTRACT_HEADER && r->header == NULL) {
+			snprintf(sub, sizeof(sub), "%s.extract.header", key);
+			verr(v, sub, "missing; from = \"header\" needs header = \"<header name>\"");
+		}
+		if (r->extract == SY_HTTP_EXTRACT_BODY && r->regex == NULL) {
+			snprintf(sub, sizeof(sub), "%s.extract.regex", key);
+			verr(v, sub,
+			     "missing; from = \"body\" needs regex = \"<POSIX ERE with one capture "
+			     "group>\", e.g. \"username=([^&]+)\"");
+		}
+		if (r->regex != NULL) {
+			regex_t re;
+			int rc = regcomp(&re, r->regex, REG_EXTENDED);
+			snprintf(sub, sizeof(sub), "%s.extract.regex", key);
+			if (rc != 0) {
+				char why[256];
+				regerror(rc, &re, why, sizeof(why));
+				verr(v, sub, "does not compile as a POSIX extended regex (%s); fix it",
+				     why);
+			} else {
+				if (re.re_nsub < 1)
+					verr(v, sub,
+					     "has no capture group; wrap the account part in "
+					     "parentheses, e.g. \"username=([^&]+)\"");
+				regfree(&re);
+			}
+		}
+	}
+}
+
+/* ------------------------------------------------------------------------ */
+/* Clusters and admin                                                       */
+
+static void check_clusters(vctx *v)
+{
+	const sy_config *cfg = v->cfg;
+	char key[KEYMAX], sub[KEYMAX];
+
+	for (size_t i = 0; i < cfg->nclusters; i++) {
+		const sy_cluster_config *cl = &cfg->clusters[i];
+		const sy_destination_config *tmpl = NULL;
+		bool tmpl_tls = false;
+
+		snprintf(key, sizeof(key), "cluster.%s", cl->id);
+		if (config_destination(cfg, cl->id) != NULL)
+			verr(v, key,
+			     "a destination is also named \"%s\"; clusters and destinations share "
+			     "one set of ids, rename one of them",
+			     cl->id);
+		if (cl->template_dest != NULL) {
+			snprintf(sub, sizeof(sub), "%s.template", key);
+			tmpl = config_destination(cfg, cl->template_dest);
+			if (tmpl == NULL)
+				verr(v, sub,
+				     "\"%s\" is not a declared destination; declare "
+				     "[destination.%s] with the ports and TLS modes the nodes serve",
+				     cl->template_dest, cl->template_dest);
+		}
+		for (int p = 0; tmpl != NULL && p < SY_PROTO_COUNT; p++)
+			tmpl_tls |= tmpl->proto[p].declared && tmpl->proto[p].tls != SY_TLS_PLAIN;
+
+		if (cl->nodes.len == 0 && !cl->has_kubernetes) {
+			snprintf(sub, sizeof(sub), "%s.nodes", key);
+			verr(v, sub,
+			     "missing; a cluster needs static nodes = [\"<destination>\", ...] or a "
+			     "[cluster.%s.kubernetes] table for discovery",
+			     cl->id);
+		} else if (cl->nodes.len > 0 && cl->has_kubernetes) {
+			snprintf(sub, sizeof(sub), "%s.nodes", key);
+			verr(v, sub,
+			     "set together with [cluster.%s.kubernetes]; use either static nodes or "
+			     "discovery, not both",
+			     cl->id);
+		}
+		for (size_t j = 0; j < cl->nodes.len; j++) {
+			const char *node = cl->nodes.items[j];
+			const sy_destination_config *d = config_destination(cfg, node);
+			snprintf(sub, sizeof(sub), "%s.nodes[%zu]", key, j);
+			if (d == NULL) {
+				verr(v, sub,
+				     "\"%s\" is not a declared destination; declare [destination.%s] "
+				     "with the node's host",
+				     node, node);
+				continue;
+			}
+			if (tmpl_tls && d->host_is_ip && d->tls_server_name == NULL &&
+			    tmpl->tls_server_name == NULL)
+				verr(v, sub,
+				     "node \"%s\" has the IP host \"%s\" and the template \"%s\" uses "
+				     "TLS; set tls_server_name on the node or on the template",
+				     node, d->host, tmpl->id);
+		}
+	}
+}
+
+static void check_admin(vctx *v)
+{
+	const sy_admin_config *a = &v->cfg->admin;
+
+	if (a->enabled && !a->tls && !a->allow_plaintext)
+		verr(v, "admin.tls",
+		     "\"plain\" would expose the management token in cleartext; use \"implicit\", "
+		     "or set admin.allow_plaintext = true if the port is protected otherwise "
+		     "(e.g. a TLS-terminating sidecar)");
+}
+
+/* ------------------------------------------------------------------------ */
+
+int config_validate(const sy_config *cfg, sy_errors *errs, size_t prior_from, size_t prior_to)
+{
+	vctx v = {.cfg = cfg, .errs = errs, .prior_from = prior_from, .prior_to = prior_to};
+
+	/* An extracting route sends unmapped or unidentified requests to the
+	 * default destination (or its fallback), so only then do http
+	 * listeners need the default destination to speak http. */
+	for (size_t i = 0; i < cfg->http.nroutes; i++)
+		v.http_uses_default |= cfg->http.routes[i].extract != SY_HTTP_EXTRACT_NONE;
+
+	check_routing(&v);
+	check_passthrough(&v);
+	check_listeners(&v);
+	check_destinations(&v);
+	check_tls(&v);
+	check_mapping(&v);
+	check_http(&v);
+	check_clusters(&v);
+	check_admin(&v);
+	return v.failed ? -1 : 0;
+}

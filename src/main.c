@@ -1,0 +1,121 @@
+/*
+ * switchyard: command line, environment and startup.
+ *
+ *   switchyard [CONFIG]                 run the proxy
+ *   switchyard --check-config [CONFIG]  validate and exit 0 (ok) or 1 (errors)
+ *   switchyard --version | --help
+ *
+ * CONFIG defaults to $PROXY_CONFIG. The log level comes from PROXY_LOG, else
+ * RUST_LOG (a level or a target=level list, for compatibility with the
+ * reference system), else server.log_level.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "switchyard/config.h"
+#include "switchyard/log.h"
+#include "switchyard/server.h"
+
+#ifndef SWITCHYARD_VERSION
+#define SWITCHYARD_VERSION "0.0.0"
+#endif
+
+static void usage(FILE *out)
+{
+	fprintf(out, "usage: switchyard [--check-config] [CONFIG]\n"
+		     "       switchyard --version | --help\n"
+		     "\n"
+		     "  CONFIG            path to the TOML configuration (default: $PROXY_CONFIG)\n"
+		     "  --check-config    validate the configuration, print \"configuration ok\"\n"
+		     "                    and exit 0, or print every error and exit 1\n"
+		     "  --version         print the version and exit\n"
+		     "  --help            print this help and exit\n"
+		     "\n"
+		     "environment: PROXY_CONFIG, PROXY_LOG (or RUST_LOG), PROXY_ADMIN_TOKEN\n");
+}
+
+/* Applies PROXY_LOG / RUST_LOG over the configured level. An unreadable
+ * filter is reported and ignored rather than fatal: logging must not stop
+ * the proxy from starting. */
+static void apply_log_env(sy_config *cfg)
+{
+	const char *vars[] = {"PROXY_LOG", "RUST_LOG"};
+	for (size_t i = 0; i < 2; i++) {
+		const char *v = getenv(vars[i]);
+		if (!v || !*v)
+			continue;
+		sy_log_level lv;
+		if (log_filter_parse(v, &lv) == 0) {
+			cfg->server.log_level = lv;
+		} else {
+			sy_log(SY_LOG_WARN, "ignoring unreadable log filter", "variable", vars[i],
+			       "value", v, NULL);
+		}
+		return;
+	}
+}
+
+int main(int argc, char **argv)
+{
+	bool check_only = false;
+	const char *path = NULL;
+
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			usage(stdout);
+			return 0;
+		} else if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
+			printf("switchyard %s\n", SWITCHYARD_VERSION);
+			return 0;
+		} else if (strcmp(a, "--check-config") == 0 || strcmp(a, "-t") == 0) {
+			check_only = true;
+		} else if (a[0] == '-' && a[1] != '\0') {
+			fprintf(stderr, "switchyard: unknown option %s\n", a);
+			usage(stderr);
+			return 2;
+		} else if (!path) {
+			path = a;
+		} else {
+			fprintf(stderr, "switchyard: more than one configuration path given\n");
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (!path) {
+		path = getenv("PROXY_CONFIG");
+		if (path && !*path)
+			path = NULL;
+	}
+	if (!path) {
+		fprintf(stderr, "switchyard: no configuration file: pass a path or set "
+				"PROXY_CONFIG\n");
+		usage(stderr);
+		return 2;
+	}
+
+	sy_config *cfg = NULL;
+	sy_errors errs = {0};
+	if (config_load_file(path, &cfg, &errs) != 0) {
+		fprintf(stderr, "switchyard: %s: configuration invalid (%zu error%s)\n", path,
+			errs.len, errs.len == 1 ? "" : "s");
+		for (size_t i = 0; i < errs.len; i++)
+			fprintf(stderr, "  %s\n", errs.msgs[i]);
+		sy_errors_free(&errs);
+		return 1;
+	}
+	sy_errors_free(&errs);
+	apply_log_env(cfg);
+
+	if (check_only) {
+		printf("configuration ok\n");
+		config_free(cfg);
+		return 0;
+	}
+
+	log_set_level(cfg->server.log_level);
+	log_set_format(cfg->server.log_format);
+	int rc = server_run(cfg);
+	return rc == 0 ? 0 : 1;
+}

@@ -1,0 +1,94 @@
+/*
+ * The bridge: splices the client and backend streams.
+ *
+ * Backpressure: each direction has at most what one read produced waiting in
+ * the destination's output queue; reading from the source stops until that
+ * queue drains. A sender's EOF is passed on as a shutdown of the other
+ * side's sending direction (TLS close_notify, then FIN); the session ends when
+ * both directions have finished and flushed, on any error, or after
+ * server.bridge_idle without traffic.
+ */
+#include <stdio.h>
+
+#include "switchyard/log.h"
+#include "switchyard/session.h"
+
+static sy_stream *other(sy_session *s, sy_stream *st)
+{
+	return st == &s->client ? s->backend : &s->client;
+}
+
+static bool *eof_flag(sy_session *s, sy_stream *st)
+{
+	return st == &s->client ? &s->client_eof : &s->backend_eof;
+}
+
+static void maybe_finish(sy_session *s)
+{
+	if (s->client_eof && s->backend_eof && sy_stream_pending(&s->client) == 0 &&
+	    sy_stream_pending(s->backend) == 0)
+		session_close(s, "both sides finished");
+}
+
+static void on_bridge_read(sy_stream *st, const char *data, ssize_t n)
+{
+	sy_session *s = st->owner;
+	if (s->state != SS_BRIDGING)
+		return;
+	sy_stream *to = other(s, st);
+	if (n > 0) {
+		s->last_activity_ms = uv_now(&s->w->loop);
+		if (sy_stream_write(to, data, (size_t)n) != 0) {
+			session_close(s, "write failed");
+			return;
+		}
+		if (sy_stream_pending(to) > 0)
+			sy_stream_read_stop(st);
+		return;
+	}
+	if (n == UV_EOF) {
+		*eof_flag(s, st) = true;
+		sy_stream_read_stop(st);
+		sy_stream_shutdown(to);
+		maybe_finish(s);
+		return;
+	}
+	session_close(s, st == &s->client ? "client connection error" : "backend connection error");
+}
+
+/* The queue toward `st` emptied: the opposite side may be read again. */
+static void on_bridge_drain(sy_stream *st)
+{
+	sy_session *s = st->owner;
+	if (s->state != SS_BRIDGING)
+		return;
+	sy_stream *from = other(s, st);
+	if (!*eof_flag(s, from))
+		sy_stream_read_start(from, on_bridge_read);
+	maybe_finish(s);
+}
+
+static void on_idle_timer(uv_timer_t *t)
+{
+	sy_session *s = t->data;
+	uint64_t idle = s->snap->cfg->server.bridge_idle_ms;
+	uint64_t quiet = uv_now(&s->w->loop) - s->last_activity_ms;
+	if (quiet >= idle) {
+		session_close(s, "bridge_idle");
+		return;
+	}
+	uv_timer_start(&s->timer, on_idle_timer, idle - quiet, 0);
+}
+
+void bridge_start(sy_session *s)
+{
+	s->state = SS_BRIDGING;
+	s->last_activity_ms = uv_now(&s->w->loop);
+	uv_timer_start(&s->timer, on_idle_timer, s->snap->cfg->server.bridge_idle_ms, 0);
+	s->backend->owner = s;
+	sy_stream_set_drain_cb(&s->client, on_bridge_drain);
+	sy_stream_set_drain_cb(s->backend, on_bridge_drain);
+	sy_stream_read_start(s->backend, on_bridge_read);
+	if (s->state == SS_BRIDGING)
+		sy_stream_read_start(&s->client, on_bridge_read);
+}

@@ -1,0 +1,296 @@
+/*
+ * Session life cycle: accept, connection limits, the PROXY header, implicit
+ * TLS on the client leg, hand-off to the protocol, and close.
+ */
+#include "switchyard/session.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "switchyard/log.h"
+#include "switchyard/proxy_protocol.h"
+
+const char *const sy_session_state_names[] = {"proxy-header", "tls-handshake", "protocol",
+					      "bridging", "closing"};
+
+static _Atomic uint64_t next_session_id = 1;
+
+void session_peer_str(const sy_session *s, char *out, size_t len)
+{
+	sy_sockaddr_str((const struct sockaddr *)&s->peer, out, len, true);
+}
+
+/* ---- close ------------------------------------------------------------------ */
+
+static void free_session(sy_session *s)
+{
+	sy_worker *w = s->w;
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		w->sessions = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	w->nsessions--;
+	if (s->counted)
+		atomic_fetch_sub(&s->lrt->active, 1);
+	if (s->pending)
+		pool_put(&w->pool, s->pending);
+	snapshot_unref(s->snap);
+	free(s);
+	worker_session_gone(w);
+}
+
+static void on_part_closed(sy_session *s)
+{
+	if (--s->closes_pending == 0)
+		free_session(s);
+}
+
+static void on_client_closed(sy_stream *st)
+{
+	on_part_closed(st->owner);
+}
+
+static void on_backend_closed(sy_stream *st)
+{
+	sy_session *s = st->owner;
+	free(st);
+	on_part_closed(s);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+	on_part_closed(h->data);
+}
+
+static void log_closed(sy_session *s)
+{
+	char peer[64], in[24], out[24], secs[24];
+	session_peer_str(s, peer, sizeof(peer));
+	/* Bytes are counted on the client leg: in = from the client, out = to it. */
+	snprintf(in, sizeof(in), "%llu", (unsigned long long)s->client.bytes_in);
+	snprintf(out, sizeof(out), "%llu", (unsigned long long)s->client.bytes_out);
+	double elapsed = (double)(uv_now(&s->w->loop) - s->start_ms) / 1000.0;
+	snprintf(secs, sizeof(secs), "%.3f", elapsed);
+	sy_log(SY_LOG_INFO, "session closed", "listener", s->lcfg->name, "protocol",
+	       sy_proto_name(s->lcfg->protocol), "client", peer, "destination",
+	       s->dest ? s->dest->cfg->id : "-", "bytes_in", in, "bytes_out", out, "seconds",
+	       secs, NULL);
+}
+
+void session_close(sy_session *s, const char *why)
+{
+	if (s->state == SS_CLOSING)
+		return;
+	if (why && log_enabled(SY_LOG_DEBUG)) {
+		char peer[64];
+		session_peer_str(s, peer, sizeof(peer));
+		sy_log(SY_LOG_DEBUG, "closing session", "listener", s->lcfg->name, "client", peer,
+		       "stage", sy_session_state_names[s->state], "reason", why, NULL);
+	}
+	if (s->state == SS_BRIDGING)
+		log_closed(s);
+	s->state = SS_CLOSING;
+	if (s->dial) {
+		dial_cancel(s->dial);
+		s->dial = NULL;
+	}
+	s->closes_pending = 2;
+	uv_close((uv_handle_t *)&s->timer, on_timer_closed);
+	sy_stream_close(&s->client, on_client_closed);
+	if (s->backend) {
+		s->closes_pending++;
+		sy_stream_close(s->backend, on_backend_closed);
+	}
+}
+
+/* ---- stages ----------------------------------------------------------------- */
+
+static void on_preauth_timeout(uv_timer_t *t)
+{
+	sy_session *s = t->data;
+	char peer[64];
+	session_peer_str(s, peer, sizeof(peer));
+	sy_log(SY_LOG_INFO, "pre-authentication timeout", "listener", s->lcfg->name, "client",
+	       peer, "stage", sy_session_state_names[s->state], NULL);
+	session_close(s, "preauth_timeout");
+}
+
+/* The client leg is ready: hand the session to its protocol. */
+static void client_ready(sy_session *s)
+{
+	s->state = SS_PROTOCOL;
+	if (sy_proto_is_passthrough(s->lcfg->protocol)) {
+		passthrough_start(s);
+		return;
+	}
+	sy_log(SY_LOG_ERROR, "protocol not served by this build", "listener", s->lcfg->name,
+	       "protocol", sy_proto_name(s->lcfg->protocol), NULL);
+	session_close(s, "protocol not implemented");
+}
+
+static void on_client_handshake(sy_stream *st, int status)
+{
+	sy_session *s = st->owner;
+	if (status != 0) {
+		char peer[64];
+		session_peer_str(s, peer, sizeof(peer));
+		sy_log(SY_LOG_INFO, "client TLS handshake failed", "listener", s->lcfg->name,
+		       "client", peer, NULL);
+		session_close(s, "tls handshake failed");
+		return;
+	}
+	client_ready(s);
+}
+
+/* Reads while the handshake runs only matter for errors, which the handshake
+ * callback reports. */
+static void on_handshake_read(sy_stream *st, const char *data, ssize_t n)
+{
+	(void)st;
+	(void)data;
+	(void)n;
+}
+
+static void start_client_leg(sy_session *s)
+{
+	if (s->lcfg->tls != SY_TLS_IMPLICIT) {
+		client_ready(s);
+		return;
+	}
+	s->state = SS_TLS_HANDSHAKE;
+	SSL *ssl = tls_server_new_ssl(s->snap->tls_server);
+	if (!ssl) {
+		session_close(s, "cannot create TLS session");
+		return;
+	}
+	s->client.read_cb = on_handshake_read;
+	sy_stream_start_tls(&s->client, ssl, true, on_client_handshake);
+	if (s->state == SS_TLS_HANDSHAKE && s->pending_len > 0) {
+		/* Ciphertext that came in the same packet as the PROXY header. */
+		sy_stream_inject(&s->client, s->pending, s->pending_len);
+		pool_put(&s->w->pool, s->pending);
+		s->pending = NULL;
+		s->pending_len = 0;
+	}
+}
+
+static void on_proxy_header_read(sy_stream *st, const char *data, ssize_t n)
+{
+	sy_session *s = st->owner;
+	if (n < 0) {
+		session_close(s, "closed before the PROXY header");
+		return;
+	}
+	if (!s->pending) {
+		s->pending = pool_get(&s->w->pool);
+		if (!s->pending) {
+			session_close(s, "out of memory");
+			return;
+		}
+	}
+	size_t room = PROXY_HEADER_MAX - s->pending_len;
+	size_t take = (size_t)n < room ? (size_t)n : room;
+	memcpy(s->pending + s->pending_len, data, take);
+	s->pending_len += take;
+
+	sy_proxy_info info;
+	int r = proxy_parse((const uint8_t *)s->pending, s->pending_len, &info);
+	if (r == 0 && s->pending_len < PROXY_HEADER_MAX)
+		return;
+	if (r <= 0) {
+		char peer[64];
+		session_peer_str(s, peer, sizeof(peer));
+		sy_log(SY_LOG_WARN, "invalid PROXY protocol header", "listener", s->lcfg->name,
+		       "client", peer, NULL);
+		session_close(s, "invalid PROXY header");
+		return;
+	}
+	if (!info.local) {
+		memcpy(&s->peer, &info.src, sizeof(info.src));
+		memcpy(&s->local, &info.dst, sizeof(info.dst));
+	}
+	/* Whatever followed the header belongs to the next stage. Bytes of this
+	 * read that did not fit were never copied: keep them too. */
+	size_t rest = s->pending_len - (size_t)r;
+	memmove(s->pending, s->pending + r, rest);
+	s->pending_len = rest;
+	if (take < (size_t)n) {
+		memcpy(s->pending + s->pending_len, data + take, (size_t)n - take);
+		s->pending_len += (size_t)n - take;
+	}
+	if (s->pending_len == 0) {
+		pool_put(&s->w->pool, s->pending);
+		s->pending = NULL;
+	}
+	sy_stream_read_stop(&s->client);
+	start_client_leg(s);
+}
+
+void session_accept(sy_worker *w, sy_acceptor *a)
+{
+	sy_session *s = calloc(1, sizeof(*s));
+	if (!s)
+		return;
+	s->w = w;
+	s->snap = server_snapshot(w->server);
+	s->lcfg = &s->snap->cfg->listeners[a->listener_index];
+	s->lrt = a->rt;
+	s->id = atomic_fetch_add(&next_session_id, 1);
+	s->state = SS_PROXY_HEADER;
+	s->start_ms = s->last_activity_ms = uv_now(&w->loop);
+	uv_timer_init(&w->loop, &s->timer);
+	s->timer.data = s;
+	sy_stream_init(&s->client, &w->loop, &w->pool, s);
+
+	s->next = w->sessions;
+	if (w->sessions)
+		w->sessions->prev = s;
+	w->sessions = s;
+	w->nsessions++;
+
+	if (uv_accept((uv_stream_t *)&a->tcp, (uv_stream_t *)&s->client.tcp) != 0) {
+		session_close(s, "accept failed");
+		return;
+	}
+	atomic_fetch_add(&a->rt->accepted, 1);
+	sy_stream_peer(&s->client, &s->peer);
+	sy_stream_local(&s->client, &s->local);
+	uv_tcp_nodelay(&s->client.tcp, 1);
+
+	/* Beyond max_connections: accept and close at once, so the backlog never
+	 * stalls and the client sees a prompt close. */
+	if (atomic_fetch_add(&a->rt->active, 1) >= s->lcfg->max_connections) {
+		atomic_fetch_sub(&a->rt->active, 1);
+		atomic_fetch_add(&a->rt->rejected, 1);
+		char peer[64];
+		session_peer_str(s, peer, sizeof(peer));
+		sy_log(SY_LOG_WARN, "connection rejected: max_connections reached", "listener",
+		       s->lcfg->name, "client", peer, NULL);
+		session_close(s, "max_connections");
+		return;
+	}
+	s->counted = true;
+	uv_timer_start(&s->timer, on_preauth_timeout, s->lcfg->preauth_timeout_ms, 0);
+
+	if (s->lcfg->proxy_protocol != SY_PROXY_OFF) {
+		bool trusted = cidr_match_any(s->lcfg->proxy_trusted, s->lcfg->nproxy_trusted,
+					      (struct sockaddr *)&s->peer);
+		if (trusted) {
+			sy_stream_read_start(&s->client, on_proxy_header_read);
+			return;
+		}
+		if (s->lcfg->proxy_protocol == SY_PROXY_REQUIRED) {
+			char peer[64];
+			session_peer_str(s, peer, sizeof(peer));
+			sy_log(SY_LOG_WARN, "connection rejected: PROXY header required from an "
+					    "untrusted peer",
+			       "listener", s->lcfg->name, "client", peer, NULL);
+			session_close(s, "untrusted PROXY peer");
+			return;
+		}
+	}
+	start_client_leg(s);
+}

@@ -1,0 +1,589 @@
+/*
+ * sy_stream: TCP with optional TLS over libuv.
+ *
+ * Reads: libuv asks for a buffer only when the socket is readable, and the
+ * buffer goes back to the pool as soon as its bytes are consumed. For TLS the
+ * ciphertext chunk is handed to OpenSSL through a custom BIO that reads from
+ * the chunk in place; plaintext is produced into a second pooled block for the
+ * duration of the owner's callback.
+ *
+ * Writes: plaintext streams try a synchronous write first and queue only what
+ * the kernel refused. TLS streams encrypt into the output queue (the BIO's
+ * write side) and flush it the same way. At most one uv_write is in flight;
+ * blocks it covers are not touched until it completes.
+ */
+#include "switchyard/stream.h"
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct sy_outblock {
+	sy_outblock *next;
+	size_t off, len;
+	char data[];
+};
+
+#define OUTBLOCK_CAP (SY_BLOCK_SIZE - sizeof(sy_outblock))
+#define MAX_WRITE_BUFS 16
+
+static BIO_METHOD *bio_method;
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
+
+static void pump(sy_stream *s);
+static void flush_out(sy_stream *s);
+static void update_uv_read(sy_stream *s);
+
+/* ---- output queue ---------------------------------------------------- */
+
+static size_t nblocks(const sy_stream *s)
+{
+	size_t n = 0;
+	for (sy_outblock *b = s->out_head; b; b = b->next)
+		n++;
+	return n;
+}
+
+/* Appends bytes to the queue, filling the tail block unless a write in
+ * flight owns it. Returns 0 or UV_ENOMEM. */
+static int append_out(sy_stream *s, const char *data, size_t len)
+{
+	while (len > 0) {
+		sy_outblock *t = s->out_tail;
+		bool tail_busy = t && s->writes_in_flight && nblocks(s) <= s->inflight_blocks;
+		if (!t || tail_busy || t->off + t->len == OUTBLOCK_CAP) {
+			sy_outblock *b = (sy_outblock *)pool_get(s->pool);
+			if (!b)
+				return UV_ENOMEM;
+			b->next = NULL;
+			b->off = 0;
+			b->len = 0;
+			if (t)
+				t->next = b;
+			else
+				s->out_head = b;
+			s->out_tail = t = b;
+		}
+		size_t room = OUTBLOCK_CAP - (t->off + t->len);
+		size_t n = len < room ? len : room;
+		memcpy(t->data + t->off + t->len, data, n);
+		t->len += n;
+		s->out_bytes += n;
+		data += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static void pop_block(sy_stream *s)
+{
+	sy_outblock *b = s->out_head;
+	s->out_head = b->next;
+	if (!s->out_head)
+		s->out_tail = NULL;
+	s->out_bytes -= b->len;
+	pool_put(s->pool, (char *)b);
+}
+
+static void free_out(sy_stream *s)
+{
+	while (s->out_head)
+		pop_block(s);
+	s->inflight_blocks = 0;
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+	(void)req;
+	(void)status;
+}
+
+/* Once the queue is empty after sy_stream_shutdown, send the FIN. */
+static void maybe_finish_shutdown(sy_stream *s)
+{
+	if (!s->shut || s->closing || s->out_head || s->writes_in_flight)
+		return;
+	if (s->fin_issued)
+		return;
+	s->fin_issued = true;
+	uv_shutdown(&s->sreq, (uv_stream_t *)&s->tcp, on_shutdown);
+}
+
+static void report_error(sy_stream *s, int err)
+{
+	if (s->closing || s->eof_seen)
+		return;
+	s->eof_seen = true;
+	update_uv_read(s);
+	if (s->read_cb)
+		s->read_cb(s, NULL, err);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+	sy_stream *s = req->data;
+	s->writes_in_flight = 0;
+	while (s->inflight_blocks > 0) {
+		pop_block(s);
+		s->inflight_blocks--;
+	}
+	if (s->closing)
+		return;
+	if (status < 0) {
+		s->write_failed = true;
+		free_out(s);
+		report_error(s, status);
+		return;
+	}
+	flush_out(s);
+	if (!s->out_head && !s->writes_in_flight) {
+		maybe_finish_shutdown(s);
+		if (s->drain_cb && !s->closing)
+			s->drain_cb(s);
+	}
+}
+
+/* Hands the queue to the kernel: synchronous writes while they succeed, then
+ * one asynchronous uv_write for the rest. */
+static void flush_out(sy_stream *s)
+{
+	if (s->writes_in_flight || s->closing || s->write_failed)
+		return;
+	while (s->out_head) {
+		sy_outblock *b = s->out_head;
+		uv_buf_t buf = uv_buf_init(b->data + b->off, (unsigned)b->len);
+		int r = uv_try_write((uv_stream_t *)&s->tcp, &buf, 1);
+		if (r == UV_EAGAIN || r == UV_ENOSYS)
+			break;
+		if (r < 0) {
+			s->write_failed = true;
+			free_out(s);
+			report_error(s, r);
+			return;
+		}
+		b->off += (size_t)r;
+		b->len -= (size_t)r;
+		s->out_bytes -= (size_t)r;
+		if (b->len > 0)
+			break;
+		pop_block(s);
+	}
+	if (!s->out_head)
+		return;
+
+	uv_buf_t bufs[MAX_WRITE_BUFS];
+	unsigned n = 0;
+	for (sy_outblock *b = s->out_head; b && n < MAX_WRITE_BUFS; b = b->next)
+		bufs[n++] = uv_buf_init(b->data + b->off, (unsigned)b->len);
+	s->wreq.data = s;
+	int r = uv_write(&s->wreq, (uv_stream_t *)&s->tcp, bufs, n, on_write);
+	if (r < 0) {
+		s->write_failed = true;
+		free_out(s);
+		report_error(s, r);
+		return;
+	}
+	s->writes_in_flight = 1;
+	s->inflight_blocks = n;
+}
+
+/* ---- the BIO between OpenSSL and the stream ---------------------------- */
+
+static int bio_write(BIO *bio, const char *data, int len)
+{
+	sy_stream *s = BIO_get_data(bio);
+	BIO_clear_retry_flags(bio);
+	if (len <= 0)
+		return 0;
+	if (append_out(s, data, (size_t)len) != 0)
+		return -1;
+	return len;
+}
+
+static int bio_read(BIO *bio, char *out, int len)
+{
+	sy_stream *s = BIO_get_data(bio);
+	BIO_clear_retry_flags(bio);
+	size_t avail = s->in_buf ? s->in_len - s->in_off : 0;
+	if (avail == 0) {
+		if (s->eof_seen)
+			return 0;
+		BIO_set_retry_read(bio);
+		return -1;
+	}
+	size_t n = (size_t)len < avail ? (size_t)len : avail;
+	memcpy(out, s->in_buf + s->in_off, n);
+	s->in_off += n;
+	return (int)n;
+}
+
+static long bio_ctrl(BIO *bio, int cmd, long num, void *ptr)
+{
+	(void)bio;
+	(void)num;
+	(void)ptr;
+	switch (cmd) {
+	case BIO_CTRL_FLUSH:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+static int bio_create(BIO *bio)
+{
+	BIO_set_init(bio, 1);
+	return 1;
+}
+
+static void init_bio_method(void)
+{
+	bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sy_stream");
+	BIO_meth_set_write(bio_method, bio_write);
+	BIO_meth_set_read(bio_method, bio_read);
+	BIO_meth_set_ctrl(bio_method, bio_ctrl);
+	BIO_meth_set_create(bio_method, bio_create);
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+static void release_input(sy_stream *s)
+{
+	if (s->in_buf && s->in_off >= s->in_len) {
+		pool_put(s->pool, s->in_buf);
+		s->in_buf = NULL;
+		s->in_off = s->in_len = 0;
+	}
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	(void)suggested;
+	sy_stream *s = h->data;
+	char *b = pool_get(s->pool);
+	*buf = uv_buf_init(b, b ? SY_BLOCK_SIZE : 0);
+}
+
+static void on_read(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
+{
+	sy_stream *s = h->data;
+	if (nread <= 0) {
+		pool_put(s->pool, buf->base);
+		if (nread == 0)
+			return;
+		if (s->ssl && s->handshaking) {
+			s->eof_seen = true;
+			update_uv_read(s);
+			s->handshaking = false;
+			if (s->handshake_cb)
+				s->handshake_cb(s, SY_ETLS);
+			return;
+		}
+		report_error(s, (int)nread);
+		return;
+	}
+	if (!s->ssl) {
+		s->bytes_in += (uint64_t)nread;
+		if (s->read_cb && s->reading && !s->closing)
+			s->read_cb(s, buf->base, nread);
+		pool_put(s->pool, buf->base);
+		return;
+	}
+	/* TLS: the chunk becomes the BIO's input until OpenSSL has consumed it. */
+	s->in_buf = buf->base;
+	s->in_off = 0;
+	s->in_len = (size_t)nread;
+	pump(s);
+}
+
+static bool want_uv_read(const sy_stream *s)
+{
+	if (s->closing || s->eof_seen)
+		return false;
+	if (s->in_buf && s->in_off < s->in_len)
+		return false; /* unconsumed input pending: don't take more */
+	return s->handshaking || s->reading;
+}
+
+static void update_uv_read(sy_stream *s)
+{
+	bool want = want_uv_read(s);
+	if (want == s->uv_reading)
+		return;
+	if (want) {
+		if (uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read) == 0)
+			s->uv_reading = true;
+	} else {
+		uv_read_stop((uv_stream_t *)&s->tcp);
+		s->uv_reading = false;
+	}
+}
+
+static void handshake_step(sy_stream *s)
+{
+	ERR_clear_error();
+	int r = SSL_do_handshake(s->ssl);
+	flush_out(s);
+	if (r == 1) {
+		s->handshaking = false;
+		if (s->handshake_cb)
+			s->handshake_cb(s, 0);
+		return;
+	}
+	int e = SSL_get_error(s->ssl, r);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+		return;
+	s->handshaking = false;
+	if (s->handshake_cb)
+		s->handshake_cb(s, SY_ETLS);
+}
+
+/* Drives OpenSSL with whatever input is available: finishes a handshake, then
+ * decrypts and delivers plaintext while the owner wants it. */
+static void pump(sy_stream *s)
+{
+	if (s->in_callback)
+		return;
+	s->in_callback = true;
+	if (s->handshaking)
+		handshake_step(s);
+	char *plain = NULL;
+	while (!s->closing && !s->handshaking && s->reading && s->ssl && !s->eof_seen) {
+		if (!plain) {
+			plain = pool_get(s->pool);
+			if (!plain)
+				break;
+		}
+		ERR_clear_error();
+		int r = SSL_read(s->ssl, plain, SY_BLOCK_SIZE);
+		if (r > 0) {
+			s->bytes_in += (uint64_t)r;
+			if (s->read_cb)
+				s->read_cb(s, plain, r);
+			continue;
+		}
+		int e = SSL_get_error(s->ssl, r);
+		if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+			break;
+		s->in_callback = false;
+		pool_put(s->pool, plain);
+		plain = NULL;
+		/* close_notify is the orderly end; anything else is an error. */
+		flush_out(s);
+		report_error(s, e == SSL_ERROR_ZERO_RETURN ? UV_EOF : SY_ETLS);
+		s->in_callback = true;
+		break;
+	}
+	if (plain)
+		pool_put(s->pool, plain);
+	if (!s->closing) {
+		flush_out(s); /* post-handshake messages, alerts */
+		release_input(s);
+		update_uv_read(s);
+	}
+	s->in_callback = false;
+}
+
+/* ---- public API ----------------------------------------------------------- */
+
+int sy_stream_init(sy_stream *s, uv_loop_t *loop, sy_pool *pool, void *owner)
+{
+	memset(s, 0, sizeof(*s));
+	s->pool = pool;
+	s->owner = owner;
+	int r = uv_tcp_init(loop, &s->tcp);
+	if (r != 0)
+		return r;
+	s->tcp.data = s;
+	return 0;
+}
+
+int sy_stream_read_start(sy_stream *s, sy_stream_read_cb cb)
+{
+	if (s->closing)
+		return UV_EINVAL;
+	s->read_cb = cb;
+	s->reading = true;
+	if (s->ssl && !s->handshaking && !s->in_callback &&
+	    ((s->in_buf && s->in_off < s->in_len) || SSL_has_pending(s->ssl))) {
+		pump(s);
+		return 0;
+	}
+	update_uv_read(s);
+	return 0;
+}
+
+void sy_stream_read_stop(sy_stream *s)
+{
+	s->reading = false;
+	if (!s->in_callback)
+		update_uv_read(s);
+}
+
+int sy_stream_write(sy_stream *s, const void *data, size_t len)
+{
+	if (s->closing || s->write_failed)
+		return UV_EPIPE;
+	if (len == 0)
+		return 0;
+	s->bytes_out += len;
+	if (s->ssl) {
+		if (s->handshaking)
+			return UV_EINVAL;
+		const char *p = data;
+		while (len > 0) {
+			int chunk = len > (1u << 30) ? (1 << 30) : (int)len;
+			ERR_clear_error();
+			int r = SSL_write(s->ssl, p, chunk);
+			if (r <= 0) {
+				s->write_failed = true;
+				return SY_ETLS;
+			}
+			p += r;
+			len -= (size_t)r;
+		}
+		flush_out(s);
+		return s->write_failed ? UV_EPIPE : 0;
+	}
+
+	const char *p = data;
+	if (!s->out_head && !s->writes_in_flight) {
+		uv_buf_t buf = uv_buf_init((char *)p, (unsigned)len);
+		int r = uv_try_write((uv_stream_t *)&s->tcp, &buf, 1);
+		if (r >= 0) {
+			p += r;
+			len -= (size_t)r;
+		} else if (r != UV_EAGAIN && r != UV_ENOSYS) {
+			s->write_failed = true;
+			return r;
+		}
+		if (len == 0)
+			return 0;
+	}
+	int r = append_out(s, p, len);
+	if (r != 0)
+		return r;
+	flush_out(s);
+	return s->write_failed ? UV_EPIPE : 0;
+}
+
+size_t sy_stream_pending(const sy_stream *s)
+{
+	return s->out_bytes;
+}
+
+void sy_stream_set_drain_cb(sy_stream *s, sy_stream_drain_cb cb)
+{
+	s->drain_cb = cb;
+}
+
+int sy_stream_start_tls(sy_stream *s, SSL *ssl, bool server, sy_stream_handshake_cb cb)
+{
+	pthread_once(&bio_once, init_bio_method);
+	if (s->ssl || s->closing) {
+		SSL_free(ssl);
+		return UV_EINVAL;
+	}
+	BIO *bio = BIO_new(bio_method);
+	if (!bio) {
+		SSL_free(ssl);
+		return UV_ENOMEM;
+	}
+	BIO_set_data(bio, s);
+	SSL_set_bio(ssl, bio, bio);
+	SSL_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	if (server)
+		SSL_set_accept_state(ssl);
+	else
+		SSL_set_connect_state(ssl);
+	s->ssl = ssl;
+	s->tls_server = server;
+	s->handshaking = true;
+	s->handshake_cb = cb;
+	/* Plaintext read before this point belongs to the caller, who discards
+	 * it; nothing of it may reach OpenSSL. */
+	if (s->in_buf) {
+		pool_put(s->pool, s->in_buf);
+		s->in_buf = NULL;
+		s->in_off = s->in_len = 0;
+	}
+	pump(s);
+	if (!s->closing)
+		update_uv_read(s);
+	return 0;
+}
+
+int sy_stream_inject(sy_stream *s, const char *data, size_t len)
+{
+	if (!s->ssl || s->in_buf || s->closing)
+		return UV_EINVAL;
+	if (len == 0)
+		return 0;
+	if (len > SY_BLOCK_SIZE)
+		return UV_E2BIG;
+	char *b = pool_get(s->pool);
+	if (!b)
+		return UV_ENOMEM;
+	memcpy(b, data, len);
+	s->in_buf = b;
+	s->in_off = 0;
+	s->in_len = len;
+	pump(s);
+	return 0;
+}
+
+void sy_stream_shutdown(sy_stream *s)
+{
+	if (s->shut || s->closing)
+		return;
+	s->shut = true;
+	if (s->ssl && !s->handshaking) {
+		ERR_clear_error();
+		SSL_shutdown(s->ssl);
+		flush_out(s);
+	}
+	maybe_finish_shutdown(s);
+}
+
+static void on_close(uv_handle_t *h)
+{
+	sy_stream *s = h->data;
+	free_out(s);
+	if (s->in_buf) {
+		pool_put(s->pool, s->in_buf);
+		s->in_buf = NULL;
+	}
+	if (s->ssl) {
+		SSL_free(s->ssl);
+		s->ssl = NULL;
+	}
+	if (s->close_cb)
+		s->close_cb(s);
+}
+
+void sy_stream_close(sy_stream *s, sy_stream_close_cb cb)
+{
+	if (s->closing)
+		return;
+	s->closing = true;
+	s->close_cb = cb;
+	if (s->uv_reading) {
+		uv_read_stop((uv_stream_t *)&s->tcp);
+		s->uv_reading = false;
+	}
+	uv_close((uv_handle_t *)&s->tcp, on_close);
+}
+
+int sy_stream_peer(sy_stream *s, struct sockaddr_storage *ss)
+{
+	int len = sizeof(*ss);
+	return uv_tcp_getpeername(&s->tcp, (struct sockaddr *)ss, &len);
+}
+
+int sy_stream_local(sy_stream *s, struct sockaddr_storage *ss)
+{
+	int len = sizeof(*ss);
+	return uv_tcp_getsockname(&s->tcp, (struct sockaddr *)ss, &len);
+}

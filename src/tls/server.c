@@ -1,0 +1,569 @@
+/*
+ * Inbound TLS: the certificate store, SNI selection and handshake policy.
+ *
+ * Every [tls.certificate.<name>] entry gets its own SSL_CTX carrying the same
+ * policy. A connection starts on the "fallback" context (what a client without
+ * SNI gets) and the servername callback moves it to the context the selection
+ * rule picks. Starting every connection on the same context matters: OpenSSL
+ * takes session-ticket keys and the session cache from the SSL's initial
+ * context, so resumption works whichever certificate the connection ends on.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+
+#include "switchyard/tls.h"
+
+/* The same on every context, so a session made on one certificate's context
+ * is acceptable on another's after the SNI switch. */
+static const unsigned char sid_ctx[] = "switchyard";
+
+#define SELF_SIGNED_NAME "self-signed"
+#define MAX_DNS_NAME     253
+
+typedef struct cert_entry {
+	char *name;
+	SSL_CTX *ctx;
+	char **subjects; /* lowercased, trailing dot removed */
+	size_t nsubjects;
+	bool is_default;
+} cert_entry;
+
+struct sy_tls_server {
+	atomic_uint refs;
+	cert_entry *entries;
+	size_t nentries;
+	/* Index of the entry serving unmatched names and connections without
+	 * SNI (selection steps 3-4), or -1 for the self-signed context. */
+	long fallback;
+	SSL_CTX *self_signed; /* NULL unless the fallback can reach it */
+};
+
+static _Thread_local char errbuf[512];
+
+/* Index of the SSL ex_data slot that holds the connection's server
+ * reference; its free callback drops the reference when the SSL is freed. */
+static int ssl_server_idx = -1;
+static pthread_once_t idx_once = PTHREAD_ONCE_INIT;
+
+static void ssl_server_ref_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+				void *argp)
+{
+	(void)parent;
+	(void)ad;
+	(void)idx;
+	(void)argl;
+	(void)argp;
+	tls_server_unref(ptr);
+}
+
+static void init_index(void)
+{
+	ssl_server_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, ssl_server_ref_free);
+}
+
+/* Formats an error into the thread-local buffer. When with_ssl is true the
+ * root cause from the OpenSSL error queue is appended. The queue is cleared in
+ * every case so stale entries cannot be blamed on a later, unrelated call. */
+__attribute__((format(printf, 3, 4))) static int fail(const char **error_r, bool with_ssl,
+						       const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(errbuf, sizeof(errbuf), fmt, ap);
+	va_end(ap);
+	unsigned long e = ERR_peek_error();
+	if (with_ssl && e != 0 && n >= 0 && (size_t)n < sizeof(errbuf)) {
+		const char *reason = ERR_reason_error_string(e);
+		if (reason != NULL)
+			snprintf(errbuf + n, sizeof(errbuf) - (size_t)n, ": %s", reason);
+	}
+	ERR_clear_error();
+	if (error_r != NULL)
+		*error_r = errbuf;
+	return -1;
+}
+
+/* Lowercases `in` into out[MAX_DNS_NAME + 1] and drops one trailing dot.
+ * Returns false for names that are empty or too long to be DNS names, which
+ * then match no subject. */
+static bool normalize_name(const char *in, char *out)
+{
+	size_t len = strlen(in);
+	if (len > 0 && in[len - 1] == '.')
+		len--;
+	if (len == 0 || len > MAX_DNS_NAME)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char ch = in[i];
+		out[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
+	}
+	out[len] = '\0';
+	return true;
+}
+
+static int add_subject(cert_entry *e, const char *raw, size_t rawlen)
+{
+	char tmp[MAX_DNS_NAME + 2];
+	char norm[MAX_DNS_NAME + 1];
+	/* An embedded NUL or an oversized name cannot match any SNI. */
+	if (rawlen > MAX_DNS_NAME + 1 || memchr(raw, '\0', rawlen) != NULL)
+		return 0;
+	memcpy(tmp, raw, rawlen);
+	tmp[rawlen] = '\0';
+	if (!normalize_name(tmp, norm))
+		return 0;
+	char **grown = realloc(e->subjects, (e->nsubjects + 1) * sizeof(*grown));
+	if (grown == NULL)
+		return -1;
+	e->subjects = grown;
+	e->subjects[e->nsubjects] = strdup(norm);
+	if (e->subjects[e->nsubjects] == NULL)
+		return -1;
+	e->nsubjects++;
+	return 0;
+}
+
+/* Subjects from the certificate: its DNS SANs, or its CN when it has none
+ * (the same preference RFC 6125 gives clients). */
+static int subjects_from_cert(cert_entry *e, X509 *x)
+{
+	GENERAL_NAMES *sans = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+	bool any_dns = false;
+	int rc = 0;
+	for (int i = 0; sans != NULL && i < sk_GENERAL_NAME_num(sans) && rc == 0; i++) {
+		const GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
+		if (gn->type != GEN_DNS)
+			continue;
+		any_dns = true;
+		const ASN1_IA5STRING *s = gn->d.dNSName;
+		rc = add_subject(e, (const char *)ASN1_STRING_get0_data(s),
+				 (size_t)ASN1_STRING_length(s));
+	}
+	GENERAL_NAMES_free(sans);
+	if (rc != 0 || any_dns)
+		return rc;
+
+	const X509_NAME *subj = X509_get_subject_name(x);
+	int pos = X509_NAME_get_index_by_NID(subj, NID_commonName, -1);
+	if (pos < 0)
+		return 0;
+	unsigned char *utf8 = NULL;
+	int len = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, pos)));
+	if (len < 0)
+		return 0;
+	rc = add_subject(e, (const char *)utf8, (size_t)len);
+	OPENSSL_free(utf8);
+	return rc;
+}
+
+static bool cipher_name_eq(const char *configured, const SSL_CIPHER *c)
+{
+	const char *std = SSL_CIPHER_standard_name(c);
+	const char *ossl = SSL_CIPHER_get_name(c);
+	if ((std != NULL && strcasecmp(configured, std) == 0) ||
+	    (ossl != NULL && strcasecmp(configured, ossl) == 0))
+		return true;
+	/* rustls, and so configs written for the reference system, spell the
+	 * TLS 1.3 suites TLS13_AES_128_GCM_SHA256. */
+	if (std != NULL && strncasecmp(configured, "TLS13_", 6) == 0 &&
+	    strncasecmp(std, "TLS_", 4) == 0 && strcasecmp(configured + 6, std + 4) == 0)
+		return true;
+	return false;
+}
+
+static bool cipher_disabled(const sy_strlist *disabled, const SSL_CIPHER *c)
+{
+	for (size_t i = 0; i < disabled->len; i++)
+		if (cipher_name_eq(disabled->items[i], c))
+			return true;
+	return false;
+}
+
+static bool append_name(char **list, size_t *len, const char *name)
+{
+	size_t n = strlen(name);
+	char *grown = realloc(*list, *len + n + 2);
+	if (grown == NULL)
+		return false;
+	if (*len > 0)
+		grown[(*len)++] = ':';
+	memcpy(grown + *len, name, n + 1);
+	*len += n;
+	*list = grown;
+	return true;
+}
+
+/* Removes the disabled suites from both lists by enumerating what the context
+ * offers and keeping the rest in OpenSSL's order. A version left without any
+ * suite is switched off rather than left to fail every handshake. */
+static int apply_ciphers(SSL_CTX *ctx, const sy_tls_policy *p, int min_version,
+			 const char **error_r)
+{
+	if (p->disable_cipher_suites.len == 0)
+		return 0;
+	STACK_OF(SSL_CIPHER) *all = SSL_CTX_get_ciphers(ctx);
+	char *tls12 = NULL, *tls13 = NULL;
+	size_t len12 = 0, len13 = 0;
+	for (int i = 0; i < sk_SSL_CIPHER_num(all); i++) {
+		const SSL_CIPHER *c = sk_SSL_CIPHER_value(all, i);
+		if (cipher_disabled(&p->disable_cipher_suites, c))
+			continue;
+		bool is13 = SSL_CIPHER_get_min_tls(c) >= TLS1_3_VERSION;
+		if (!append_name(is13 ? &tls13 : &tls12, is13 ? &len13 : &len12,
+				 SSL_CIPHER_get_name(c))) {
+			free(tls12);
+			free(tls13);
+			return fail(error_r, false, "tls.protocols: out of memory");
+		}
+	}
+	int rc = 0;
+	if (len12 == 0 && len13 == 0) {
+		rc = fail(error_r, false,
+			  "tls.protocols.disable_cipher_suites: removes every cipher suite; "
+			  "keep at least one");
+	} else if (len13 == 0 && min_version >= TLS1_3_VERSION) {
+		rc = fail(error_r, false,
+			  "tls.protocols.disable_cipher_suites: removes every TLS 1.3 suite "
+			  "but tls.protocols.min_version is \"1.3\"");
+	} else if (!SSL_CTX_set_ciphersuites(ctx, tls13 != NULL ? tls13 : "")) {
+		rc = fail(error_r, true, "tls.protocols.disable_cipher_suites: cannot apply");
+	} else if (len12 > 0 && !SSL_CTX_set_cipher_list(ctx, tls12)) {
+		rc = fail(error_r, true, "tls.protocols.disable_cipher_suites: cannot apply");
+	} else if (len12 == 0 && !SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION)) {
+		/* OpenSSL refuses an empty TLS 1.2 list, so TLS 1.2 is switched
+		 * off through the version range instead. */
+		rc = fail(error_r, true, "tls.protocols.disable_cipher_suites: cannot apply");
+	} else if (len13 == 0 && !SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION)) {
+		rc = fail(error_r, true, "tls.protocols.disable_cipher_suites: cannot apply");
+	}
+	free(tls12);
+	free(tls13);
+	return rc;
+}
+
+static int servername_cb(SSL *ssl, int *alert, void *arg);
+
+/* A context with the [tls.protocols] policy and no certificate yet. */
+static SSL_CTX *new_policy_ctx(const sy_tls_policy *p, const char **error_r)
+{
+	int min_version = p->min_version == 0 ? TLS1_2_VERSION : p->min_version;
+	if (min_version != TLS1_2_VERSION && min_version != TLS1_3_VERSION) {
+		fail(error_r, false,
+		     "tls.protocols.min_version: unsupported version 0x%04x; use \"1.2\" or \"1.3\"",
+		     (unsigned)p->min_version);
+		return NULL;
+	}
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+	if (ctx == NULL) {
+		fail(error_r, true, "tls: cannot create an SSL context");
+		return NULL;
+	}
+	/* Renegotiation is never needed by mail clients and has a history of
+	 * attacks; compression enables CRIME. Tickets stay on (the default). */
+	uint64_t opts = SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION;
+	if (p->ignore_client_order)
+		opts |= SSL_OP_CIPHER_SERVER_PREFERENCE;
+	SSL_CTX_set_options(ctx, opts);
+	SSL_CTX_clear_options(ctx, SSL_OP_NO_TICKET);
+	/* Idle sessions then hold no record buffers (DESIGN.md convention 8). */
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	if (!SSL_CTX_set_min_proto_version(ctx, min_version) ||
+	    !SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1)) {
+		fail(error_r, true, "tls.protocols: cannot apply the policy");
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	if (apply_ciphers(ctx, p, min_version, error_r) != 0) {
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
+	return ctx;
+}
+
+/* Fails with a clear message when a file is unreadable, before OpenSSL turns
+ * the errno into a less helpful "system lib". */
+static bool readable(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return false;
+	fclose(f);
+	return true;
+}
+
+static int load_entry(cert_entry *e, const sy_cert_config *cc, const sy_tls_policy *p,
+		      const char **error_r)
+{
+	e->name = strdup(cc->name);
+	e->is_default = cc->is_default;
+	if (e->name == NULL)
+		return fail(error_r, false, "tls.certificate.%s: out of memory", cc->name);
+	e->ctx = new_policy_ctx(p, error_r);
+	if (e->ctx == NULL)
+		return -1;
+	if (cc->cert_path == NULL || cc->key_path == NULL)
+		return fail(error_r, false, "tls.certificate.%s.%s: required", cc->name,
+			    cc->cert_path == NULL ? "cert" : "key");
+	if (!readable(cc->cert_path))
+		return fail(error_r, false, "tls.certificate.%s.cert: cannot read %s: %s", cc->name,
+			    cc->cert_path, strerror(errno));
+	if (!SSL_CTX_use_certificate_chain_file(e->ctx, cc->cert_path))
+		return fail(error_r, true,
+			    "tls.certificate.%s.cert: %s is not a PEM certificate chain",
+			    cc->name, cc->cert_path);
+	if (!readable(cc->key_path))
+		return fail(error_r, false, "tls.certificate.%s.key: cannot read %s: %s", cc->name,
+			    cc->key_path, strerror(errno));
+	if (!SSL_CTX_use_PrivateKey_file(e->ctx, cc->key_path, SSL_FILETYPE_PEM))
+		return fail(error_r, true, "tls.certificate.%s.key: cannot load a PEM key from %s",
+			    cc->name, cc->key_path);
+	if (!SSL_CTX_check_private_key(e->ctx))
+		return fail(error_r, true,
+			    "tls.certificate.%s.key: %s does not match the certificate in %s",
+			    cc->name, cc->key_path, cc->cert_path);
+
+	int rc = 0;
+	if (cc->subjects.len > 0) {
+		for (size_t i = 0; i < cc->subjects.len && rc == 0; i++)
+			rc = add_subject(e, cc->subjects.items[i], strlen(cc->subjects.items[i]));
+	} else {
+		rc = subjects_from_cert(e, SSL_CTX_get0_certificate(e->ctx));
+	}
+	if (rc != 0)
+		return fail(error_r, false, "tls.certificate.%s: out of memory", cc->name);
+	return 0;
+}
+
+/* The fallback certificate: EC P-256, CN=switchyard, random serial, valid for
+ * a year. It lets handshakes complete when nothing is configured to match, and
+ * is deliberately untrusted by clients. */
+static int make_self_signed(SSL_CTX *ctx, const char **error_r)
+{
+	EVP_PKEY *pkey = EVP_EC_gen("P-256");
+	X509 *x = X509_new();
+	BIGNUM *serial = BN_new();
+	unsigned char rnd[16];
+	int ok = pkey != NULL && x != NULL && serial != NULL && RAND_bytes(rnd, sizeof(rnd)) == 1;
+	if (ok) {
+		rnd[0] &= 0x7f; /* serials must be positive */
+		ok = BN_bin2bn(rnd, sizeof(rnd), serial) != NULL &&
+		     BN_to_ASN1_INTEGER(serial, X509_get_serialNumber(x)) != NULL &&
+		     X509_set_version(x, X509_VERSION_3) &&
+		     X509_gmtime_adj(X509_getm_notBefore(x), 0) != NULL &&
+		     X509_gmtime_adj(X509_getm_notAfter(x), 365L * 24 * 3600) != NULL &&
+		     X509_set_pubkey(x, pkey) &&
+		     X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+						(const unsigned char *)"switchyard", -1, -1, 0) &&
+		     X509_set_issuer_name(x, X509_get_subject_name(x)) &&
+		     X509_sign(x, pkey, EVP_sha256()) > 0 && SSL_CTX_use_certificate(ctx, x) &&
+		     SSL_CTX_use_PrivateKey(ctx, pkey);
+	}
+	BN_free(serial);
+	X509_free(x);
+	EVP_PKEY_free(pkey);
+	if (!ok)
+		return fail(error_r, true, "tls: cannot generate the self-signed certificate");
+	return 0;
+}
+
+static void free_server(sy_tls_server *s)
+{
+	for (size_t i = 0; i < s->nentries; i++) {
+		cert_entry *e = &s->entries[i];
+		free(e->name);
+		SSL_CTX_free(e->ctx);
+		for (size_t j = 0; j < e->nsubjects; j++)
+			free(e->subjects[j]);
+		free(e->subjects);
+	}
+	free(s->entries);
+	SSL_CTX_free(s->self_signed);
+	free(s);
+}
+
+static long compute_fallback(const sy_tls_server *s)
+{
+	for (size_t i = 0; i < s->nentries; i++)
+		if (s->entries[i].is_default)
+			return (long)i;
+	for (size_t i = 0; i < s->nentries; i++)
+		for (size_t j = 0; j < s->entries[i].nsubjects; j++)
+			if (strcmp(s->entries[i].subjects[j], "*") == 0)
+				return (long)i;
+	if (s->nentries == 1)
+		return 0;
+	return -1;
+}
+
+int tls_server_create(const sy_config *cfg, sy_tls_server **out, const char **error_r)
+{
+	*out = NULL;
+	pthread_once(&idx_once, init_index);
+	if (ssl_server_idx < 0)
+		return fail(error_r, true, "tls: cannot allocate SSL ex_data index");
+
+	sy_tls_server *s = calloc(1, sizeof(*s));
+	if (s == NULL)
+		return fail(error_r, false, "tls: out of memory");
+	atomic_init(&s->refs, 1);
+	if (cfg->ncerts > 0) {
+		s->entries = calloc(cfg->ncerts, sizeof(*s->entries));
+		if (s->entries == NULL) {
+			free(s);
+			return fail(error_r, false, "tls: out of memory");
+		}
+	}
+	for (size_t i = 0; i < cfg->ncerts; i++) {
+		/* Count the entry before loading so a partial one is freed. */
+		s->nentries++;
+		if (load_entry(&s->entries[i], &cfg->certs[i], &cfg->tls_policy, error_r) != 0) {
+			free_server(s);
+			return -1;
+		}
+	}
+	s->fallback = compute_fallback(s);
+	if (s->fallback < 0) {
+		s->self_signed = new_policy_ctx(&cfg->tls_policy, error_r);
+		if (s->self_signed == NULL || make_self_signed(s->self_signed, error_r) != 0) {
+			free_server(s);
+			return -1;
+		}
+	}
+	*out = s;
+	return 0;
+}
+
+sy_tls_server *tls_server_ref(sy_tls_server *s)
+{
+	atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+	return s;
+}
+
+void tls_server_unref(sy_tls_server *s)
+{
+	if (s == NULL)
+		return;
+	if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1)
+		free_server(s);
+}
+
+static bool subject_eq(const cert_entry *e, const char *name)
+{
+	for (size_t j = 0; j < e->nsubjects; j++)
+		if (e->subjects[j][0] != '*' && strcmp(e->subjects[j], name) == 0)
+			return true;
+	return false;
+}
+
+static bool wildcard_eq(const cert_entry *e, const char *parent)
+{
+	for (size_t j = 0; j < e->nsubjects; j++) {
+		const char *subj = e->subjects[j];
+		if (subj[0] == '*' && subj[1] == '.' && strcmp(subj + 2, parent) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* The selection rule (see tls_server_select_name); -1 = self-signed. */
+static long select_entry(const sy_tls_server *s, const char *sni)
+{
+	char name[MAX_DNS_NAME + 1];
+	if (sni == NULL || !normalize_name(sni, name))
+		return s->fallback;
+	for (size_t i = 0; i < s->nentries; i++)
+		if (subject_eq(&s->entries[i], name))
+			return (long)i;
+	bool first = true;
+	for (const char *dot = strchr(name, '.'); dot != NULL && dot[1] != '\0';
+	     dot = strchr(dot + 1, '.')) {
+		const char *parent = dot + 1;
+		if (first)
+			for (size_t i = 0; i < s->nentries; i++)
+				if (wildcard_eq(&s->entries[i], parent))
+					return (long)i;
+		for (size_t i = 0; i < s->nentries; i++)
+			if (subject_eq(&s->entries[i], parent))
+				return (long)i;
+		first = false;
+	}
+	return s->fallback;
+}
+
+static SSL_CTX *ctx_of(const sy_tls_server *s, long idx)
+{
+	return idx < 0 ? s->self_signed : s->entries[idx].ctx;
+}
+
+const char *tls_server_select_name(const sy_tls_server *s, const char *sni)
+{
+	long idx = select_entry(s, sni);
+	return idx < 0 ? SELF_SIGNED_NAME : s->entries[idx].name;
+}
+
+/* Runs once per handshake after the ClientHello extensions are parsed, also
+ * when the client sent no SNI (then the initial context is already right). */
+static int servername_cb(SSL *ssl, int *alert, void *arg)
+{
+	(void)arg;
+	const sy_tls_server *s = SSL_get_ex_data(ssl, ssl_server_idx);
+	if (s == NULL)
+		return SSL_TLSEXT_ERR_OK;
+	const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+	SSL_CTX *want = ctx_of(s, select_entry(s, sni));
+	if (want != SSL_get_SSL_CTX(ssl) && SSL_set_SSL_CTX(ssl, want) == NULL) {
+		*alert = SSL_AD_INTERNAL_ERROR;
+		return SSL_TLSEXT_ERR_ALERT_FATAL;
+	}
+	return SSL_TLSEXT_ERR_OK;
+}
+
+SSL *tls_server_new_ssl(sy_tls_server *s)
+{
+	SSL *ssl = SSL_new(ctx_of(s, s->fallback));
+	if (ssl == NULL)
+		return NULL;
+	if (!SSL_set_ex_data(ssl, ssl_server_idx, tls_server_ref(s))) {
+		tls_server_unref(s);
+		SSL_free(ssl);
+		return NULL;
+	}
+	SSL_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
+	SSL_set_accept_state(ssl);
+	return ssl;
+}
+
+bool tls_cipher_suite_known(const char *name)
+{
+	/* Ask a throwaway context with every suite OpenSSL implements enabled,
+	 * not just the default list, so disabling a non-default suite is valid. */
+	SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+	if (ctx == NULL) {
+		ERR_clear_error();
+		return false;
+	}
+	bool known = false;
+	if (SSL_CTX_set_cipher_list(ctx, "ALL:COMPLEMENTOFALL:@SECLEVEL=0") &&
+	    SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+					  "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_CCM_SHA256:"
+					  "TLS_AES_128_CCM_8_SHA256")) {
+		STACK_OF(SSL_CIPHER) *all = SSL_CTX_get_ciphers(ctx);
+		for (int i = 0; i < sk_SSL_CIPHER_num(all) && !known; i++)
+			known = cipher_name_eq(name, sk_SSL_CIPHER_value(all, i));
+	}
+	ERR_clear_error();
+	SSL_CTX_free(ctx);
+	return known;
+}
