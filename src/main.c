@@ -24,15 +24,15 @@
 static void usage(FILE *out)
 {
 	fprintf(out, "usage: switchyard [--check-config] [CONFIG]\n"
-		     "       switchyard --version | --help\n"
-		     "\n"
-		     "  CONFIG            path to the TOML configuration (default: $PROXY_CONFIG)\n"
-		     "  --check-config    validate the configuration, print \"configuration ok\"\n"
-		     "                    and exit 0, or print every error and exit 1\n"
-		     "  --version         print the version and exit\n"
-		     "  --help            print this help and exit\n"
-		     "\n"
-		     "environment: PROXY_CONFIG, PROXY_LOG (or RUST_LOG), PROXY_ADMIN_TOKEN\n");
+	             "       switchyard --version | --help\n"
+	             "\n"
+	             "  CONFIG            path to the TOML configuration (default: $PROXY_CONFIG)\n"
+	             "  --check-config    validate the configuration, print \"configuration ok\"\n"
+	             "                    and exit 0, or print every error and exit 1\n"
+	             "  --version         print the version and exit\n"
+	             "  --help            print this help and exit\n"
+	             "\n"
+	             "environment: PROXY_CONFIG, PROXY_LOG (or RUST_LOG), PROXY_ADMIN_TOKEN\n");
 }
 
 /* Applies PROXY_LOG / RUST_LOG over the configured level. An unreadable
@@ -90,7 +90,7 @@ int main(int argc, char **argv)
 	}
 	if (!path) {
 		fprintf(stderr, "switchyard: no configuration file: pass a path or set "
-				"PROXY_CONFIG\n");
+		                "PROXY_CONFIG\n");
 		usage(stderr);
 		return 2;
 	}
@@ -99,7 +99,7 @@ int main(int argc, char **argv)
 	sy_errors errs = {0};
 	if (config_load_file(path, &cfg, &errs) != 0) {
 		fprintf(stderr, "switchyard: %s: configuration invalid (%zu error%s)\n", path,
-			errs.len, errs.len == 1 ? "" : "s");
+		        errs.len, errs.len == 1 ? "" : "s");
 		for (size_t i = 0; i < errs.len; i++)
 			fprintf(stderr, "  %s\n", errs.msgs[i]);
 		sy_errors_free(&errs);

@@ -74,17 +74,17 @@ typedef struct sy_strlist {
 
 /* [server] */
 typedef struct sy_server_config {
-	uint32_t threads;               /* 0 = one per core */
-	char *hostname;                 /* NULL = use the local socket address */
-	uint64_t shutdown_grace_ms;     /* 30s */
-	uint64_t bridge_idle_ms;        /* 1800s */
-	uint64_t backend_timeout_ms;    /* 10s */
+	uint32_t threads;                 /* 0 = one per core */
+	char *hostname;                   /* NULL = use the local socket address */
+	uint64_t shutdown_grace_ms;       /* 30s */
+	uint64_t bridge_idle_ms;          /* 1800s */
+	uint64_t backend_timeout_ms;      /* 10s */
 	uint32_t backend_connect_retries; /* 1 */
-	uint32_t host_down_threshold;   /* 5; 0 disables the circuit breaker */
-	uint64_t host_down_cooldown_ms; /* 30s */
-	uint32_t proxy_ttl;             /* 7 */
-	sy_log_level log_level;         /* info (after env overrides are applied by main) */
-	sy_log_format log_format;       /* text */
+	uint32_t host_down_threshold;     /* 5; 0 disables the circuit breaker */
+	uint64_t host_down_cooldown_ms;   /* 30s */
+	uint32_t proxy_ttl;               /* 7 */
+	sy_log_level log_level;           /* info (after env overrides are applied by main) */
+	sy_log_format log_format;         /* text */
 } sy_server_config;
 
 /* [tls.certificate.<name>] */
@@ -137,10 +137,10 @@ typedef struct sy_endpoint_config {
 /* [destination.<id>] */
 typedef struct sy_destination_config {
 	char *id;
-	char *host;            /* hostname or literal IP */
+	char *host; /* hostname or literal IP */
 	bool host_is_ip;
-	char *tls_server_name; /* NULL = use host */
-	bool proxy_protocol;   /* default true */
+	char *tls_server_name;    /* NULL = use host */
+	bool proxy_protocol;      /* default true */
 	sy_forwarding forwarding; /* resolved: never SY_FWD_UNSET after load */
 	bool has_pin;
 	uint8_t tls_pinned_cert_sha256[32];
@@ -174,28 +174,31 @@ typedef enum sy_mapping_source {
 } sy_mapping_source;
 
 typedef enum sy_normalize { SY_NORMALIZE_NONE, SY_NORMALIZE_LOWERCASE } sy_normalize;
-typedef enum sy_store_error_policy { SY_STORE_ERR_TEMPFAIL, SY_STORE_ERR_DEFAULT } sy_store_error_policy;
+typedef enum sy_store_error_policy {
+	SY_STORE_ERR_TEMPFAIL,
+	SY_STORE_ERR_DEFAULT
+} sy_store_error_policy;
 
 /* [mapping] and its store sections */
 typedef struct sy_mapping_config {
 	sy_mapping_source source;
-	sy_normalize normalize;           /* none */
-	uint64_t positive_ttl_ms;         /* 600s */
-	uint64_t negative_ttl_ms;         /* 30s */
-	uint64_t cache_max_entries;       /* 1000000 */
-	uint64_t lookup_timeout_ms;       /* 5s */
+	sy_normalize normalize;               /* none */
+	uint64_t positive_ttl_ms;             /* 600s */
+	uint64_t negative_ttl_ms;             /* 30s */
+	uint64_t cache_max_entries;           /* 1000000 */
+	uint64_t lookup_timeout_ms;           /* 5s */
 	sy_store_error_policy on_store_error; /* tempfail */
 	struct {
 		char *path;
 	} file;
 	struct {
 		char *url;
-		char *key_prefix; /* "" */
+		char *key_prefix;   /* "" */
 		uint32_t pool_size; /* 16 */
 	} redis;
 	struct {
 		char *url;
-		char *query;        /* default "SELECT destination FROM routes WHERE identifier = $1" */
+		char *query; /* default "SELECT destination FROM routes WHERE identifier = $1" */
 		char *upsert_query; /* NULL = read-only */
 		char *delete_query; /* NULL = read-only */
 		uint32_t pool_size; /* 16 */
@@ -231,9 +234,9 @@ typedef struct sy_http_route {
 	char *match;       /* glob over the request path */
 	char *destination; /* fixed destination or cluster id, or NULL with extract */
 	sy_http_extract extract;
-	char *param;  /* query */
-	char *header; /* header */
-	char *regex;  /* body: POSIX ERE, capture group 1 */
+	char *param;    /* query */
+	char *header;   /* header */
+	char *regex;    /* body: POSIX ERE, capture group 1 */
 	char *fallback; /* destination when nothing is extracted; NULL = default destination */
 } sy_http_route;
 
@@ -250,15 +253,15 @@ typedef struct sy_http_config {
 
 /* [admin] */
 typedef struct sy_admin_config {
-	bool enabled; /* the [admin] table is present */
+	bool enabled;      /* the [admin] table is present */
 	sy_bind_addr bind; /* "127.0.0.1:9443" */
 	bool tls;          /* tls = "implicit" (default) */
 	bool allow_plaintext;
 	char *bearer_token_file;
-	char *token; /* the effective token: PROXY_ADMIN_TOKEN, else the file's content
-	                (trimmed), else bearer_token; NULL if none */
-	uint32_t min_token_len;      /* 32 */
-	uint32_t lockout_threshold;  /* 5 */
+	char *token;            /* the effective token: PROXY_ADMIN_TOKEN, else the file's content
+	                           (trimmed), else bearer_token; NULL if none */
+	uint32_t min_token_len; /* 32 */
+	uint32_t lockout_threshold;   /* 5 */
 	uint64_t lockout_duration_ms; /* 5m */
 } sy_admin_config;
 
@@ -319,7 +322,7 @@ int config_load_file(const char *path, sy_config **out, sy_errors *errs);
 
 /* Same from a string; relative paths resolve against `basedir` (NULL = cwd). */
 int config_load_string(const char *text, size_t len, const char *basedir, sy_config **out,
-		       sy_errors *errs);
+                       sy_errors *errs);
 
 void config_free(sy_config *cfg);
 
@@ -334,12 +337,26 @@ bool config_is_target(const sy_config *cfg, const char *id);
  * what its template declares.) */
 bool config_target_has_proto(const sy_config *cfg, const char *id, sy_proto p);
 
+/*
+ * The cipher configuration implied by a [tls.protocols] policy, in OpenSSL's
+ * syntax: *cipher_list for SSL_CTX_set_cipher_list() (TLS 1.2 and below; NULL
+ * when no such suite remains or min_version is 1.3, in which case the caller
+ * must not offer TLS 1.2) and *ciphersuites for SSL_CTX_set_ciphersuites()
+ * (TLS 1.3; "" when none remains). Both start from OpenSSL's defaults minus
+ * disable_cipher_suites (IANA or OpenSSL names, case-insensitive). Either
+ * output may be NULL when not wanted; the caller frees the strings.
+ * Returns 0, or -1 with messages in errs (may be NULL) for an unknown suite
+ * name or a policy that leaves no suite at all. (Added by the config module.)
+ */
+int config_tls_ciphers(const sy_tls_policy *p, char **cipher_list, char **ciphersuites,
+                       sy_errors *errs);
+
 /* Parses "<n>ms|s|m|h|d" into milliseconds; returns 0 or -1. */
 int sy_duration_parse(const char *s, uint64_t *ms_out);
 
 /* Parses "1.2.3.4:port", "[v6]:port" into a sockaddr; returns 0 or -1.
  * When allow_no_port is true, a bare address yields port 0 (for source_ips). */
 int sy_sockaddr_parse(const char *s, bool allow_no_port, struct sockaddr_storage *ss,
-		      socklen_t *len);
+                      socklen_t *len);
 
 #endif

@@ -26,7 +26,7 @@ typedef struct sy_health {
 
 typedef struct sy_health_state {
 	uint32_t consecutive_failures;
-	bool down; /* marked down and not yet probed back to health */
+	bool down;            /* marked down and not yet probed back to health */
 	uint64_t down_for_ms; /* remaining cooldown, 0 when probing is allowed */
 } sy_health_state;
 

@@ -6,6 +6,7 @@
 #ifndef SWITCHYARD_MAPFILE_H
 #define SWITCHYARD_MAPFILE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "switchyard/config.h"
@@ -28,12 +29,20 @@ typedef struct sy_mapfile {
  * A later duplicate of an identifier replaces the earlier one.
  */
 int mapfile_load(const char *path, sy_normalize norm, const sy_config *cfg, sy_mapfile *out,
-		 sy_errors *errs);
+                 sy_errors *errs);
 
 void mapfile_free(sy_mapfile *m);
 
 /* Binary search; NULL if absent. `identifier` must already be normalized. */
 const char *mapfile_lookup(const sy_mapfile *m, const char *identifier);
+
+/* Inserts or replaces one entry, keeping the array sorted. `identifier` must
+ * already be normalized. Returns 0, or -1 on allocation failure (m unchanged).
+ * (Added by the config module for the management API's PUT /mappings.) */
+int mapfile_set(sy_mapfile *m, const char *identifier, const char *destination);
+
+/* Removes an entry; returns true if it was present. */
+bool mapfile_remove(sy_mapfile *m, const char *identifier);
 
 /* Writes the entries sorted, to a temporary file beside `path`, fsyncs and
  * renames it over `path`. Returns 0 or -1 with *error_r set. */

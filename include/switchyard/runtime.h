@@ -29,8 +29,8 @@ typedef struct sy_session sy_session;
 /* One destination of a snapshot. */
 typedef struct sy_dest_rt {
 	const sy_destination_config *cfg;
-	sy_tls_client *tls; /* NULL when no leg uses TLS */
-	sy_health *health;  /* owned by the server's health table */
+	sy_tls_client *tls;  /* NULL when no leg uses TLS */
+	sy_health *health;   /* owned by the server's health table */
 	_Atomic uint32_t rr; /* source_ips round robin */
 } sy_dest_rt;
 
@@ -88,7 +88,7 @@ struct sy_server {
 	struct {
 		char *id;
 		sy_health health;
-	} *health;
+	} * health;
 	size_t nhealth;
 	uv_loop_t *main_loop;
 	uv_async_t worker_done;

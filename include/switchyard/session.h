@@ -39,8 +39,8 @@ struct sy_session {
 	sy_dest_rt *dest;   /* where the session goes */
 	uv_timer_t timer;   /* pre-auth deadline, then bridge idle checks */
 
-	struct sockaddr_storage peer;  /* client address (from the PROXY header if any) */
-	struct sockaddr_storage local; /* address the client connected to */
+	struct sockaddr_storage peer;        /* client address (from the PROXY header if any) */
+	struct sockaddr_storage local;       /* address the client connected to */
 	uint64_t start_ms, last_activity_ms; /* loop time */
 
 	sy_session_state state;

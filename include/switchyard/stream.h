@@ -49,17 +49,17 @@ struct sy_stream {
 	sy_pool *pool;
 	void *owner; /* free for the owner's use */
 
-	SSL *ssl;            /* NULL for a plaintext stream */
-	bool tls_server;     /* accept side of the handshake */
-	bool handshaking;    /* handshake started and not finished */
-	bool reading;        /* owner wants plaintext (read_start called) */
-	bool uv_reading;     /* libuv read is active */
-	bool eof_seen;       /* peer finished; reported once */
-	bool closing;        /* sy_stream_close was called */
-	bool shut;           /* sy_stream_shutdown was called */
-	bool in_callback;    /* guards against re-entrant pumping */
+	SSL *ssl;         /* NULL for a plaintext stream */
+	bool tls_server;  /* accept side of the handshake */
+	bool handshaking; /* handshake started and not finished */
+	bool reading;     /* owner wants plaintext (read_start called) */
+	bool uv_reading;  /* libuv read is active */
+	bool eof_seen;    /* peer finished; reported once */
+	bool closing;     /* sy_stream_close was called */
+	bool shut;        /* sy_stream_shutdown was called */
+	bool in_callback; /* guards against re-entrant pumping */
 	bool write_failed;
-	bool fin_issued; /* uv_shutdown sent */
+	bool fin_issued;          /* uv_shutdown sent */
 	uint8_t writes_in_flight; /* 0 or 1: one uv_write at a time */
 
 	/* Ciphertext received but not yet consumed by OpenSSL (only while the

@@ -137,10 +137,11 @@ void tls_client_free(sy_tls_client *c);
 SSL *tls_client_new_ssl(sy_tls_client *c);
 
 /*
- * Call after a successful client handshake: remembers the session for
- * resumption if it is resumable. TLS 1.3 tickets arrive after the handshake,
- * when the caller next reads; those are picked up by a callback without any
- * further call, so this function matters mostly for TLS 1.2.
+ * Call after a successful client handshake: remembers the TLS 1.2 session for
+ * resumption (a private copy, so it stays usable however this connection
+ * ends). TLS 1.3 tickets arrive after the handshake, when the caller next
+ * reads, and are picked up by a callback without any further call; the caller
+ * must therefore keep reading the backend leg (it does when bridging).
  */
 void tls_client_handshake_done(sy_tls_client *c, SSL *ssl);
 

@@ -78,7 +78,9 @@ toml_value *toml_parse(const char *src, size_t len, char *err, size_t errlen);
 /* Frees a tree returned by toml_parse. NULL is allowed. */
 void toml_free(toml_value *v);
 
-/* Looks a key up in a table; NULL if absent or if `table` is not a table. */
+/* Looks a key up in a table; NULL if absent or if `table` is not a table.
+ * The table must be part of a tree returned by toml_parse (lookups use an
+ * index kept alongside it). */
 const toml_value *toml_get(const toml_value *table, const char *key);
 
 /* Name of a type for messages: "string", "integer", "float", "boolean",

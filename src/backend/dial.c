@@ -37,7 +37,7 @@ typedef enum dial_state {
 } dial_state;
 
 static const char *const dial_state_names[] = {"resolving", "wait-retry", "connecting", "tls",
-					       "done"};
+                                               "done"};
 
 struct sy_dial {
 	sy_dial_params p;
@@ -193,7 +193,7 @@ static void on_deadline(uv_timer_t *t)
 	if (d->finished)
 		return;
 	snprintf(d->reason, sizeof(d->reason), "backend_timeout (%llu ms) passed while %s",
-		 (unsigned long long)d->p.timeout_ms, dial_state_names[d->state]);
+	         (unsigned long long)d->p.timeout_ms, dial_state_names[d->state]);
 	if (d->state == DIAL_RESOLVING)
 		uv_cancel((uv_req_t *)&d->gai);
 	finish_fail(d, UV_ETIMEDOUT, true);
@@ -205,8 +205,9 @@ static void on_tls_done(sy_stream *s, int status)
 	if (d->finished)
 		return;
 	if (status != 0) {
+		const char *why = s->ssl ? tls_client_verify_error(s->ssl) : NULL;
 		snprintf(d->reason, sizeof(d->reason), "TLS handshake with backend failed: %s",
-			 s->ssl ? tls_client_verify_error(s->ssl) : "connection closed");
+		         why ? why : "handshake error or connection closed");
 		drop_stream(d);
 		finish_fail(d, SY_ETLS, true);
 		return;
@@ -227,7 +228,7 @@ static void on_connect(uv_connect_t *req, int status)
 		char addr[64];
 		sy_sockaddr_str((struct sockaddr *)&d->target, addr, sizeof(addr), true);
 		snprintf(d->reason, sizeof(d->reason), "connect to %s failed: %s", addr,
-			 uv_strerror(status));
+		         uv_strerror(status));
 		attempt_failed(d, status);
 		return;
 	}
@@ -297,7 +298,7 @@ static void start_attempt(sy_dial *d)
 		char addr[64];
 		sy_sockaddr_str((struct sockaddr *)&d->target, addr, sizeof(addr), true);
 		snprintf(d->reason, sizeof(d->reason),
-			 "routing loop: %s is one of this proxy's own listeners", addr);
+		         "routing loop: %s is one of this proxy's own listeners", addr);
 		finish_fail(d, UV_ELOOP, false);
 		return;
 	}
@@ -318,7 +319,7 @@ static void start_attempt(sy_dial *d)
 		int r = uv_tcp_bind(&s->tcp, (struct sockaddr *)&src, 0);
 		if (r != 0) {
 			snprintf(d->reason, sizeof(d->reason), "cannot bind source address: %s",
-				 uv_strerror(r));
+			         uv_strerror(r));
 			drop_stream(d);
 			finish_fail(d, r, false);
 			return;
@@ -347,7 +348,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 	}
 	if (status < 0 || !res) {
 		snprintf(d->reason, sizeof(d->reason), "cannot resolve %s: %s",
-			 d->p.dest->cfg->host, uv_strerror(status));
+		         d->p.dest->cfg->host, uv_strerror(status));
 		finish_fail(d, status, true);
 		return;
 	}
@@ -387,7 +388,7 @@ sy_dial *dial_start(const sy_dial_params *p)
 	int r = uv_getaddrinfo(&p->w->loop, &d->gai, on_resolved, host, NULL, &hints);
 	if (r != 0) {
 		snprintf(d->reason, sizeof(d->reason), "cannot resolve %s: %s", host,
-			 uv_strerror(r));
+		         uv_strerror(r));
 		finish_fail(d, r, true);
 		return NULL;
 	}
@@ -427,7 +428,7 @@ static bool same_ip(const struct sockaddr *a, const struct sockaddr *b)
 		       ((const struct sockaddr_in *)b)->sin_addr.s_addr;
 	if (a->sa_family == AF_INET6)
 		return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-			      &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
+		              &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
 	return false;
 }
 

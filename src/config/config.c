@@ -17,8 +17,8 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
-#include <netinet/in.h>
 #include <net/if.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,13 +37,13 @@
 #define KEYMAX 512
 /* Files we read whole (the config, the admin token) are bounded. */
 #define CONFIG_MAX_BYTES (16u * 1024 * 1024)
-#define TOKEN_MAX_BYTES 4096
+#define TOKEN_MAX_BYTES  4096
 
 /* ------------------------------------------------------------------------ */
 /* Enumerations                                                             */
 
-static const char *const proto_names[] = {"imap", "pop3",	"managesieve", "submission",
-					  "smtp", "lmtp", "http",	 NULL};
+static const char *const proto_names[] = {"imap", "pop3", "managesieve", "submission",
+                                          "smtp", "lmtp", "http",        NULL};
 static const char *const tls_mode_names[] = {"implicit", "starttls", "plain", NULL};
 static const char *const proxy_mode_names[] = {"off", "optional", "required", NULL};
 static const char *const forwarding_names[] = {"proxy", "xclient", "none", NULL};
@@ -55,7 +55,7 @@ static const char *const normalize_names[] = {"none", "lowercase", NULL};
 static const char *const store_error_names[] = {"tempfail", "default", NULL};
 static const char *const extract_names[] = {"authorization", "query", "header", "body", NULL};
 static const int extract_values[] = {SY_HTTP_EXTRACT_AUTHORIZATION, SY_HTTP_EXTRACT_QUERY,
-				     SY_HTTP_EXTRACT_HEADER, SY_HTTP_EXTRACT_BODY};
+                                     SY_HTTP_EXTRACT_HEADER, SY_HTTP_EXTRACT_BODY};
 static const char *const admin_tls_names[] = {"implicit", "plain", NULL};
 static const char *const forwarded_names[] = {"off", "trust", NULL};
 static const char *const min_version_names[] = {"1.2", "1.3", NULL};
@@ -257,7 +257,7 @@ static int parse_v6(const char *s, size_t len, struct sockaddr_in6 *sin6)
 }
 
 int sy_sockaddr_parse(const char *s, bool allow_no_port, struct sockaddr_storage *ss,
-		      socklen_t *len)
+                      socklen_t *len)
 {
 	uint16_t port = 0;
 	const char *colon;
@@ -322,7 +322,7 @@ bool cfg_host_is_ip(const char *host)
 		return false;
 	return sy_sockaddr_parse(host, true, &ss, &len) == 0 &&
 	       (ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port == 0
-					: ((struct sockaddr_in6 *)&ss)->sin6_port == 0);
+	                                : ((struct sockaddr_in6 *)&ss)->sin6_port == 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -383,7 +383,7 @@ static const char *type_article(toml_type t)
 static void err_type(ctx *c, const char *key, const char *expected, const toml_value *v)
 {
 	sy_errors_add(c->errs, "%s: expected %s, found %s %s (line %d)", key, expected,
-		      type_article(v->type), toml_type_name(v->type), v->line);
+	              type_article(v->type), toml_type_name(v->type), v->line);
 }
 
 /* Joins a NULL-terminated name list as `"a", "b", "c"`. */
@@ -410,8 +410,7 @@ static int get_string(ctx *c, const toml_value *v, const char *key, bool empty_o
 		return -1;
 	}
 	if (!empty_ok && v->u.str.len == 0) {
-		sy_errors_add(c->errs, "%s: must not be empty; set a value or remove the key",
-			      key);
+		sy_errors_add(c->errs, "%s: must not be empty; set a value or remove the key", key);
 		return -1;
 	}
 	free(*out);
@@ -430,7 +429,7 @@ static int get_bool(ctx *c, const toml_value *v, const char *key, bool *out)
 }
 
 static int get_uint(ctx *c, const toml_value *v, const char *key, uint64_t max, bool nonzero,
-		    uint64_t *out)
+                    uint64_t *out)
 {
 	if (v->type != TOML_INTEGER) {
 		err_type(c, key, "an integer", v);
@@ -438,12 +437,12 @@ static int get_uint(ctx *c, const toml_value *v, const char *key, uint64_t max, 
 	}
 	if (v->u.integer < 0) {
 		sy_errors_add(c->errs, "%s: must not be negative (found %lld); use a value >= %d",
-			      key, (long long)v->u.integer, nonzero ? 1 : 0);
+		              key, (long long)v->u.integer, nonzero ? 1 : 0);
 		return -1;
 	}
 	if ((uint64_t)v->u.integer > max) {
 		sy_errors_add(c->errs, "%s: %lld is too large; the maximum is %llu", key,
-			      (long long)v->u.integer, (unsigned long long)max);
+		              (long long)v->u.integer, (unsigned long long)max);
 		return -1;
 	}
 	if (nonzero && v->u.integer == 0) {
@@ -454,8 +453,7 @@ static int get_uint(ctx *c, const toml_value *v, const char *key, uint64_t max, 
 	return 0;
 }
 
-static int get_duration(ctx *c, const toml_value *v, const char *key, bool nonzero,
-			uint64_t *out)
+static int get_duration(ctx *c, const toml_value *v, const char *key, bool nonzero, uint64_t *out)
 {
 	uint64_t ms;
 
@@ -465,9 +463,9 @@ static int get_duration(ctx *c, const toml_value *v, const char *key, bool nonze
 	}
 	if (sy_duration_parse(v->u.str.ptr, &ms) != 0) {
 		sy_errors_add(c->errs,
-			      "%s: \"%s\" is not a duration; write a whole number followed by "
-			      "ms, s, m, h or d, e.g. \"30s\"",
-			      key, v->u.str.ptr);
+		              "%s: \"%s\" is not a duration; write a whole number followed by "
+		              "ms, s, m, h or d, e.g. \"30s\"",
+		              key, v->u.str.ptr);
 		return -1;
 	}
 	if (nonzero && ms == 0) {
@@ -532,14 +530,15 @@ static int get_strlist(ctx *c, const toml_value *v, const char *key, sy_strlist 
 
 /* Matches a string against `names` (case-insensitive); *idx is its index. */
 static int get_enum(ctx *c, const toml_value *v, const char *key, const char *const *names,
-		    int *idx)
+                    int *idx)
 {
 	char allowed[256];
 
 	if (v->type != TOML_STRING) {
 		names_join(allowed, sizeof(allowed), names);
-		sy_errors_add(c->errs, "%s: expected a string, found %s %s (line %d); allowed values: %s",
-			      key, type_article(v->type), toml_type_name(v->type), v->line, allowed);
+		sy_errors_add(
+		    c->errs, "%s: expected a string, found %s %s (line %d); allowed values: %s",
+		    key, type_article(v->type), toml_type_name(v->type), v->line, allowed);
 		return -1;
 	}
 	for (int i = 0; names[i] != NULL; i++) {
@@ -551,7 +550,7 @@ static int get_enum(ctx *c, const toml_value *v, const char *key, const char *co
 	}
 	names_join(allowed, sizeof(allowed), names);
 	sy_errors_add(c->errs, "%s: invalid value \"%s\"; allowed values: %s", key, v->u.str.ptr,
-		      allowed);
+	              allowed);
 	return -1;
 }
 
@@ -616,7 +615,7 @@ typedef struct field {
 	const char *hint;         /* remedy when REQUIRED and missing */
 } field;
 
-#define FLD(n, t, type_, member, ...)                                                             \
+#define FLD(n, t, type_, member, ...)                                                              \
 	{                                                                                          \
 		.name = (n), .type = (type_), .off = offsetof(t, member), __VA_ARGS__              \
 	}
@@ -629,7 +628,8 @@ typedef struct field {
 static const field *find_field(const field *fs, size_t nf, const toml_kv *kv)
 {
 	for (size_t i = 0; i < nf; i++) {
-		if (strlen(fs[i].name) == kv->keylen && memcmp(fs[i].name, kv->key, kv->keylen) == 0)
+		if (strlen(fs[i].name) == kv->keylen &&
+		    memcmp(fs[i].name, kv->key, kv->keylen) == 0)
 			return &fs[i];
 	}
 	return NULL;
@@ -683,8 +683,8 @@ static void load_field(ctx *c, const field *f, const toml_value *v, const char *
  * reports unknown keys and missing required ones. F_CUSTOM keys are only
  * recognised; the caller converts them.
  */
-static void load_fields(ctx *c, const toml_value *tbl, const char *path, const field *fs,
-			size_t nf, void *base)
+static void load_fields(ctx *c, const toml_value *tbl, const char *path, const field *fs, size_t nf,
+                        void *base)
 {
 	char key[KEYMAX];
 
@@ -698,9 +698,9 @@ static void load_fields(ctx *c, const toml_value *tbl, const char *path, const f
 			allowed[0] = '\0';
 			for (size_t j = 0; j < nf && n < sizeof(allowed); j++)
 				n += (size_t)snprintf(allowed + n, sizeof(allowed) - n, "%s%s",
-						      j ? ", " : "", fs[j].name);
+				                      j ? ", " : "", fs[j].name);
 			sy_errors_add(c->errs, "%s: unknown key (line %d); allowed here: %s", key,
-				      kv->line, allowed);
+			              kv->line, allowed);
 			continue;
 		}
 		load_field(c, f, kv->value, key, base);
@@ -709,7 +709,7 @@ static void load_fields(ctx *c, const toml_value *tbl, const char *path, const f
 		if ((fs[i].flags & REQUIRED) && toml_get(tbl, fs[i].name) == NULL) {
 			key_sub(key, path, fs[i].name);
 			sy_errors_add(c->errs, "%s: missing; %s", key,
-				      fs[i].hint ? fs[i].hint : "this key is required");
+			              fs[i].hint ? fs[i].hint : "this key is required");
 		}
 	}
 }
@@ -728,16 +728,16 @@ static bool valid_id(ctx *c, const char *key, const char *name, size_t len)
 {
 	if (len == 0 || strlen(name) != len) {
 		sy_errors_add(c->errs, "%s: the name must not be empty or contain NUL; rename it",
-			      key);
+		              key);
 		return false;
 	}
 	for (size_t i = 0; i < len; i++) {
 		unsigned char ch = (unsigned char)name[i];
 		if (ch <= 0x20 || ch == 0x7f) {
 			sy_errors_add(c->errs,
-				      "%s: the name contains whitespace or a control character, so "
-				      "a mapping file could not refer to it; rename it",
-				      key);
+			              "%s: the name contains whitespace or a control character, so "
+			              "a mapping file could not refer to it; rename it",
+			              key);
 			return false;
 		}
 	}
@@ -774,10 +774,10 @@ static void load_server(ctx *c, const toml_value *t)
 			err_type(c, "server.log_level", "a string such as \"info\"", v);
 		else if (log_filter_parse(v->u.str.ptr, &s->log_level) != 0)
 			sy_errors_add(c->errs,
-				      "server.log_level: invalid value \"%s\"; allowed values: "
-				      "\"error\", \"warn\", \"info\", \"debug\", \"trace\" (or a "
-				      "target=level list)",
-				      v->u.str.ptr);
+			              "server.log_level: invalid value \"%s\"; allowed values: "
+			              "\"error\", \"warn\", \"info\", \"debug\", \"trace\" (or a "
+			              "target=level list)",
+			              v->u.str.ptr);
 	}
 }
 
@@ -786,9 +786,9 @@ static void load_server(ctx *c, const toml_value *t)
 
 static const field cert_fields[] = {
     FLD("cert", sy_cert_config, F_PATH, cert_path, .flags = REQUIRED,
-	.hint = "set it to the PEM file holding the certificate chain"),
+        .hint = "set it to the PEM file holding the certificate chain"),
     FLD("key", sy_cert_config, F_PATH, key_path, .flags = REQUIRED,
-	.hint = "set it to the PEM file holding the private key"),
+        .hint = "set it to the PEM file holding the private key"),
     FLD("subjects", sy_cert_config, F_STRLIST, subjects),
     FLD("default", sy_cert_config, F_BOOL, is_default),
 };
@@ -826,7 +826,7 @@ static void load_tls(ctx *c, const toml_value *t)
 		const toml_value *mv;
 		int idx;
 		load_fields(c, v, "tls.protocols", tls_protocols_fields,
-			    NFIELDS(tls_protocols_fields), &cfg->tls_policy);
+		            NFIELDS(tls_protocols_fields), &cfg->tls_policy);
 		if ((mv = toml_get(v, "min_version")) != NULL &&
 		    get_enum(c, mv, "tls.protocols.min_version", min_version_names, &idx) == 0)
 			cfg->tls_policy.min_version = idx == 0 ? 0x0303 : 0x0304;
@@ -838,12 +838,12 @@ static void load_tls(ctx *c, const toml_value *t)
 
 static const field listener_fields[] = {
     FLD("protocol", sy_listener_config, F_ENUM, protocol, .names = proto_names, .flags = REQUIRED,
-	.hint = "set it to one of \"imap\", \"pop3\", \"managesieve\", \"submission\", "
-		"\"smtp\", \"lmtp\", \"http\""),
+        .hint = "set it to one of \"imap\", \"pop3\", \"managesieve\", \"submission\", "
+                "\"smtp\", \"lmtp\", \"http\""),
     CUSTOM("bind", .flags = REQUIRED,
-	   .hint = "list the addresses to listen on, e.g. bind = [\"0.0.0.0:993\", \"[::]:993\"]"),
+           .hint = "list the addresses to listen on, e.g. bind = [\"0.0.0.0:993\", \"[::]:993\"]"),
     FLD("tls", sy_listener_config, F_ENUM, tls, .names = tls_mode_names, .flags = REQUIRED,
-	.hint = "set it to \"implicit\", \"starttls\" or \"plain\""),
+        .hint = "set it to \"implicit\", \"starttls\" or \"plain\""),
     FLD("proxy_protocol", sy_listener_config, F_ENUM, proxy_protocol, .names = proxy_mode_names),
     CUSTOM("proxy_trusted"),
     FLD("max_connections", sy_listener_config, F_U32, max_connections, .flags = NONZERO),
@@ -856,7 +856,7 @@ static const field listener_fields[] = {
  * Stalwart's own configuration allows). Port 0 is rejected: the proxy must
  * know the port it serves, e.g. for its loop guard. */
 static void load_binds(ctx *c, const toml_value *v, const char *key, sy_bind_addr **out,
-		       size_t *nout)
+                       size_t *nout)
 {
 	const toml_value *single[1];
 	const toml_value *const *items;
@@ -876,7 +876,7 @@ static void load_binds(ctx *c, const toml_value *v, const char *key, sy_bind_add
 	}
 	if (n == 0) {
 		sy_errors_add(c->errs,
-			      "%s: empty; list at least one address such as \"0.0.0.0:993\"", key);
+		              "%s: empty; list at least one address such as \"0.0.0.0:993\"", key);
 		return;
 	}
 	*out = cfg_xcalloc(n, sizeof(**out));
@@ -889,19 +889,20 @@ static void load_binds(ctx *c, const toml_value *v, const char *key, sy_bind_add
 			continue;
 		}
 		if (sy_sockaddr_parse(it->u.str.ptr, false, &b->addr, &b->addrlen) != 0) {
-			sy_errors_add(c->errs,
-				      "%s: \"%s\" is not \"ip:port\" or \"[ipv6]:port\" with a port "
-				      "between 1 and 65535; write e.g. \"0.0.0.0:993\" or \"[::]:993\"",
-				      key, it->u.str.ptr);
+			sy_errors_add(
+			    c->errs,
+			    "%s: \"%s\" is not \"ip:port\" or \"[ipv6]:port\" with a port "
+			    "between 1 and 65535; write e.g. \"0.0.0.0:993\" or \"[::]:993\"",
+			    key, it->u.str.ptr);
 			continue;
 		}
 		uint16_t port = b->addr.ss_family == AF_INET
-				    ? ntohs(((struct sockaddr_in *)&b->addr)->sin_port)
-				    : ntohs(((struct sockaddr_in6 *)&b->addr)->sin6_port);
+		                    ? ntohs(((struct sockaddr_in *)&b->addr)->sin_port)
+		                    : ntohs(((struct sockaddr_in6 *)&b->addr)->sin6_port);
 		if (port == 0) {
 			sy_errors_add(c->errs,
-				      "%s: \"%s\" has port 0; use a port between 1 and 65535", key,
-				      it->u.str.ptr);
+			              "%s: \"%s\" has port 0; use a port between 1 and 65535", key,
+			              it->u.str.ptr);
 			continue;
 		}
 		b->text = cfg_xstrdup(it->u.str.ptr);
@@ -926,10 +927,11 @@ static void load_cidrs(ctx *c, const toml_value *v, const char *key, sy_cidr **o
 			continue;
 		}
 		if (cidr_parse(it->u.str.ptr, &(*out)[*nout]) != 0) {
-			sy_errors_add(c->errs,
-				      "%s: \"%s\" is not a CIDR range; write an address with an "
-				      "optional prefix length, e.g. \"10.0.0.0/8\" or \"2001:db8::/32\"",
-				      key, it->u.str.ptr);
+			sy_errors_add(
+			    c->errs,
+			    "%s: \"%s\" is not a CIDR range; write an address with an "
+			    "optional prefix length, e.g. \"10.0.0.0/8\" or \"2001:db8::/32\"",
+			    key, it->u.str.ptr);
 			continue;
 		}
 		(*nout)++;
@@ -982,11 +984,11 @@ static void load_listeners(ctx *c, const toml_value *t)
 
 static const field dest_fields[] = {
     FLD("host", sy_destination_config, F_STR, host, .flags = REQUIRED,
-	.hint = "set it to the backend's hostname or IP address"),
+        .hint = "set it to the backend's hostname or IP address"),
     FLD("tls_server_name", sy_destination_config, F_STR, tls_server_name),
     FLD("proxy_protocol", sy_destination_config, F_BOOL, proxy_protocol),
     FLD("forwarding", sy_destination_config, F_ENUM, forwarding, .names = forwarding_names,
-	.values = forwarding_values),
+        .values = forwarding_values),
     CUSTOM("tls_pinned_cert_sha256"),
     FLD("tls_allow_invalid_certs", sy_destination_config, F_BOOL, tls_allow_invalid_certs),
     FLD("tls_client_cert", sy_destination_config, F_PATH, tls_client_cert),
@@ -1000,11 +1002,11 @@ static const field dest_fields[] = {
 
 static const field endpoint_fields[] = {
     FLD("port", sy_endpoint_config, F_PORT, port, .flags = REQUIRED,
-	.hint = "set the backend port for this protocol"),
+        .hint = "set the backend port for this protocol"),
     FLD("tls", sy_endpoint_config, F_ENUM, tls, .names = tls_mode_names, .flags = REQUIRED,
-	.hint = "set it to \"implicit\", \"starttls\" or \"plain\""),
+        .hint = "set it to \"implicit\", \"starttls\" or \"plain\""),
     FLD("forwarding", sy_endpoint_config, F_ENUM, forwarding, .names = forwarding_names,
-	.values = forwarding_values),
+        .values = forwarding_values),
 };
 
 static int hexval(int ch)
@@ -1046,18 +1048,17 @@ static void load_pin(ctx *c, const toml_value *v, const char *key, sy_destinatio
 	}
 	if (nd != 64) {
 		sy_errors_add(c->errs,
-			      "%s: not a SHA-256 fingerprint; write 64 hexadecimal digits (colons "
-			      "allowed), e.g. the output of `openssl x509 -noout -fingerprint "
-			      "-sha256`",
-			      key);
+		              "%s: not a SHA-256 fingerprint; write 64 hexadecimal digits (colons "
+		              "allowed), e.g. the output of `openssl x509 -noout -fingerprint "
+		              "-sha256`",
+		              key);
 		return;
 	}
 	memcpy(d->tls_pinned_cert_sha256, out, sizeof(out));
 	d->has_pin = true;
 }
 
-static void load_source_ips(ctx *c, const toml_value *v, const char *key,
-			    sy_destination_config *d)
+static void load_source_ips(ctx *c, const toml_value *v, const char *key, sy_destination_config *d)
 {
 	char ik[KEYMAX];
 
@@ -1077,9 +1078,9 @@ static void load_source_ips(ctx *c, const toml_value *v, const char *key,
 		if (!cfg_host_is_ip(it->u.str.ptr) ||
 		    sy_sockaddr_parse(it->u.str.ptr, true, &b->addr, &b->addrlen) != 0) {
 			sy_errors_add(c->errs,
-				      "%s: \"%s\" is not an IP address; write a bare local address "
-				      "such as \"10.0.2.5\" or \"2001:db8::5\" (no port)",
-				      key, it->u.str.ptr);
+			              "%s: \"%s\" is not an IP address; write a bare local address "
+			              "such as \"10.0.2.5\" or \"2001:db8::5\" (no port)",
+			              key, it->u.str.ptr);
 			continue;
 		}
 		b->text = cfg_xstrdup(it->u.str.ptr);
@@ -1087,8 +1088,7 @@ static void load_source_ips(ctx *c, const toml_value *v, const char *key,
 	}
 }
 
-static void load_endpoints(ctx *c, const toml_value *t, const char *key,
-			   sy_destination_config *d)
+static void load_endpoints(ctx *c, const toml_value *t, const char *key, sy_destination_config *d)
 {
 	char pk[KEYMAX];
 
@@ -1099,9 +1099,9 @@ static void load_endpoints(ctx *c, const toml_value *t, const char *key,
 		if (strlen(kv->key) != kv->keylen || sy_proto_parse(kv->key, &p) != 0 ||
 		    strcmp(kv->key, proto_names[p]) != 0) {
 			sy_errors_add(c->errs,
-				      "%s: unknown key (line %d); the protocols are imap, pop3, "
-				      "managesieve, submission, smtp, lmtp and http",
-				      pk, kv->line);
+			              "%s: unknown key (line %d); the protocols are imap, pop3, "
+			              "managesieve, submission, smtp, lmtp and http",
+			              pk, kv->line);
 			continue;
 		}
 		if (!want_table(c, kv->value, pk))
@@ -1183,10 +1183,10 @@ static const field routing_fields[] = {
 /* [mapping]                                                                */
 
 static const field mapping_fields[] = {
-    FLD("source", sy_mapping_config, F_ENUM, source, .names = source_names,
-	.values = source_values, .flags = REQUIRED,
-	.hint = "set source = \"file\", \"redis\" or \"sql\" (or remove [mapping] to route "
-		"everything to routing.default_destination)"),
+    FLD("source", sy_mapping_config, F_ENUM, source, .names = source_names, .values = source_values,
+        .flags = REQUIRED,
+        .hint = "set source = \"file\", \"redis\" or \"sql\" (or remove [mapping] to route "
+                "everything to routing.default_destination)"),
     FLD("normalize", sy_mapping_config, F_ENUM, normalize, .names = normalize_names),
     FLD("positive_ttl", sy_mapping_config, F_DUR, positive_ttl_ms),
     FLD("negative_ttl", sy_mapping_config, F_DUR, negative_ttl_ms),
@@ -1200,19 +1200,19 @@ static const field mapping_fields[] = {
 
 static const field mapping_file_fields[] = {
     FLD("path", sy_mapping_config, F_PATH, file.path, .flags = REQUIRED,
-	.hint = "set it to the mapping file, one \"<identifier> <destination>\" per line"),
+        .hint = "set it to the mapping file, one \"<identifier> <destination>\" per line"),
 };
 
 static const field mapping_redis_fields[] = {
     FLD("url", sy_mapping_config, F_STR, redis.url, .flags = REQUIRED,
-	.hint = "set it to redis://host:port or rediss://host:port"),
+        .hint = "set it to redis://host:port or rediss://host:port"),
     FLD("key_prefix", sy_mapping_config, F_STR, redis.key_prefix, .flags = EMPTY_OK),
     FLD("pool_size", sy_mapping_config, F_U32, redis.pool_size, .flags = NONZERO, .max = 1024),
 };
 
 static const field mapping_sql_fields[] = {
     FLD("url", sy_mapping_config, F_STR, sql.url, .flags = REQUIRED,
-	.hint = "set it to a postgres:// or postgresql:// connection URL"),
+        .hint = "set it to a postgres:// or postgresql:// connection URL"),
     FLD("query", sy_mapping_config, F_STR, sql.query),
     FLD("upsert_query", sy_mapping_config, F_STR, sql.upsert_query),
     FLD("delete_query", sy_mapping_config, F_STR, sql.delete_query),
@@ -1225,9 +1225,9 @@ static void load_mapping(ctx *c, const toml_value *t)
 	const toml_value *sec[3];
 	static const char *const secnames[3] = {"file", "redis", "sql"};
 	static const field *const secfields[3] = {mapping_file_fields, mapping_redis_fields,
-						  mapping_sql_fields};
+	                                          mapping_sql_fields};
 	static const size_t secn[3] = {NFIELDS(mapping_file_fields), NFIELDS(mapping_redis_fields),
-				       NFIELDS(mapping_sql_fields)};
+	                               NFIELDS(mapping_sql_fields)};
 	char key[KEYMAX];
 
 	load_fields(c, t, "mapping", mapping_fields, NFIELDS(mapping_fields), m);
@@ -1246,12 +1246,12 @@ static void load_mapping(ctx *c, const toml_value *t)
 	 * does not uncover old mistakes.) */
 	if (m->source >= SY_MAP_FILE && m->source <= SY_MAP_SQL && sec[m->source - 1] == NULL) {
 		const char *name = secnames[m->source - 1];
-		sy_errors_add(c->errs,
-			      "mapping.%s: missing; source = \"%s\" needs a [mapping.%s] table (%s)",
-			      name, name, name,
-			      m->source == SY_MAP_FILE	  ? "with path"
-			      : m->source == SY_MAP_REDIS ? "with url = \"redis://...\""
-							  : "with url = \"postgres://...\"");
+		sy_errors_add(
+		    c->errs, "mapping.%s: missing; source = \"%s\" needs a [mapping.%s] table (%s)",
+		    name, name, name,
+		    m->source == SY_MAP_FILE    ? "with path"
+		    : m->source == SY_MAP_REDIS ? "with url = \"redis://...\""
+		                                : "with url = \"postgres://...\"");
 	}
 }
 
@@ -1307,8 +1307,8 @@ static void load_sasl(ctx *c, const toml_value *v, const char *key, sy_caps_conf
 			key_index(ik, key, i);
 			names_join(allowed, sizeof(allowed), sasl_mechs);
 			sy_errors_add(c->errs,
-				      "%s: unsupported SASL mechanism \"%s\"; allowed values: %s", ik,
-				      tmp.items[i], allowed);
+			              "%s: unsupported SASL mechanism \"%s\"; allowed values: %s",
+			              ik, tmp.items[i], allowed);
 			ok = false;
 		}
 	}
@@ -1335,7 +1335,7 @@ static void load_capabilities(ctx *c, const toml_value *t)
 	    {"managesieve", SY_PROTO_MANAGESIEVE, caps_sieve_fields, NFIELDS(caps_sieve_fields)},
 	};
 	static const field known[] = {CUSTOM("imap"), CUSTOM("pop3"), CUSTOM("submission"),
-				      CUSTOM("managesieve")};
+	                              CUSTOM("managesieve")};
 	char key[KEYMAX], sub[KEYMAX];
 
 	load_fields(c, t, "capabilities", known, NFIELDS(known), NULL);
@@ -1363,9 +1363,8 @@ static const field oauth_fields[] = {
 static const field http_fields[] = {
     CUSTOM("route"),
     FLD("body_extract_cap", sy_http_config, F_U64, body_extract_cap, .flags = NONZERO,
-	.max = 1ull << 30),
-    FLD("max_head_size", sy_http_config, F_U64, max_head_size, .flags = NONZERO,
-	.max = 1ull << 30),
+        .max = 1ull << 30),
+    FLD("max_head_size", sy_http_config, F_U64, max_head_size, .flags = NONZERO, .max = 1ull << 30),
     FLD("relay_idle", sy_http_config, F_DUR, relay_idle_ms, .flags = NONZERO),
     FLD("keepalive_timeout", sy_http_config, F_DUR, keepalive_timeout_ms),
     FLD("max_keepalive_requests", sy_http_config, F_U32, max_keepalive_requests),
@@ -1373,7 +1372,7 @@ static const field http_fields[] = {
 
 static const field route_fields[] = {
     FLD("match", sy_http_route, F_STR, match, .flags = REQUIRED,
-	.hint = "set it to a path glob such as \"/.well-known/**\" or \"/**\""),
+        .hint = "set it to a path glob such as \"/.well-known/**\" or \"/**\""),
     FLD("destination", sy_http_route, F_STR, destination),
     CUSTOM("extract"),
     FLD("fallback", sy_http_route, F_STR, fallback),
@@ -1381,8 +1380,8 @@ static const field route_fields[] = {
 
 static const field extract_fields[] = {
     FLD("from", sy_http_route, F_ENUM, extract, .names = extract_names, .values = extract_values,
-	.flags = REQUIRED,
-	.hint = "set from = \"authorization\", \"query\", \"header\" or \"body\""),
+        .flags = REQUIRED,
+        .hint = "set from = \"authorization\", \"query\", \"header\" or \"body\""),
     FLD("param", sy_http_route, F_STR, param),
     FLD("header", sy_http_route, F_STR, header),
     FLD("regex", sy_http_route, F_STR, regex),
@@ -1447,18 +1446,18 @@ static char *read_token_file(ctx *c, const char *path)
 
 	if (f == NULL) {
 		sy_errors_add(c->errs,
-			      "admin.bearer_token_file: cannot read %s: %s; create it or fix the "
-			      "path",
-			      path, strerror(errno));
+		              "admin.bearer_token_file: cannot read %s: %s; create it or fix the "
+		              "path",
+		              path, strerror(errno));
 		return NULL;
 	}
 	n = fread(buf, 1, sizeof(buf), f);
 	fclose(f);
 	if (n > TOKEN_MAX_BYTES) {
 		sy_errors_add(c->errs,
-			      "admin.bearer_token_file: %s is larger than %u bytes; it must hold "
-			      "only the token",
-			      path, TOKEN_MAX_BYTES);
+		              "admin.bearer_token_file: %s is larger than %u bytes; it must hold "
+		              "only the token",
+		              path, TOKEN_MAX_BYTES);
 		return NULL;
 	}
 	while (n > 0 && isspace((unsigned char)buf[n - 1]))
@@ -1487,17 +1486,19 @@ static void load_admin(ctx *c, const toml_value *t)
 		if (v->type != TOML_STRING) {
 			err_type(c, "admin.bind", "an \"ip:port\" string", v);
 		} else if (sy_sockaddr_parse(v->u.str.ptr, false, &a->bind.addr,
-					     &a->bind.addrlen) != 0) {
-			sy_errors_add(c->errs,
-				      "admin.bind: \"%s\" is not \"ip:port\" or \"[ipv6]:port\"; write "
-				      "e.g. \"127.0.0.1:9443\"",
-				      v->u.str.ptr);
+		                             &a->bind.addrlen) != 0) {
+			sy_errors_add(
+			    c->errs,
+			    "admin.bind: \"%s\" is not \"ip:port\" or \"[ipv6]:port\"; write "
+			    "e.g. \"127.0.0.1:9443\"",
+			    v->u.str.ptr);
 		} else {
 			free(a->bind.text);
 			a->bind.text = cfg_xstrdup(v->u.str.ptr);
 		}
 	}
-	if ((v = toml_get(t, "tls")) != NULL && get_enum(c, v, "admin.tls", admin_tls_names, &idx) == 0)
+	if ((v = toml_get(t, "tls")) != NULL &&
+	    get_enum(c, v, "admin.tls", admin_tls_names, &idx) == 0)
 		a->tls = idx == 0;
 	if ((v = toml_get(t, "bearer_token")) != NULL)
 		get_string(c, v, "admin.bearer_token", false, &inline_token);
@@ -1519,16 +1520,16 @@ static void load_admin(ctx *c, const toml_value *t)
 		inline_token = NULL;
 		source = "admin.bearer_token";
 	} else if (toml_get(t, "bearer_token") == NULL) {
-		sy_errors_add(c->errs,
-			      "admin.bearer_token: no management token configured; set "
-			      "admin.bearer_token_file, admin.bearer_token or the PROXY_ADMIN_TOKEN "
-			      "environment variable");
+		sy_errors_add(
+		    c->errs, "admin.bearer_token: no management token configured; set "
+		             "admin.bearer_token_file, admin.bearer_token or the PROXY_ADMIN_TOKEN "
+		             "environment variable");
 	}
 	if (source != NULL && a->token != NULL && strlen(a->token) < a->min_token_len) {
 		sy_errors_add(c->errs,
-			      "%s: the token is %zu characters, shorter than admin.min_token_len "
-			      "(%u); use a longer random token, e.g. `openssl rand -hex 32`",
-			      source, strlen(a->token), a->min_token_len);
+		              "%s: the token is %zu characters, shorter than admin.min_token_len "
+		              "(%u); use a longer random token, e.g. `openssl rand -hex 32`",
+		              source, strlen(a->token), a->min_token_len);
 	}
 	if (inline_token != NULL) {
 		explicit_bzero(inline_token, strlen(inline_token));
@@ -1541,14 +1542,14 @@ static void load_admin(ctx *c, const toml_value *t)
 
 static const field cluster_fields[] = {
     FLD("template", sy_cluster_config, F_STR, template_dest, .flags = REQUIRED,
-	.hint = "name the destination whose ports, TLS and forwarding the nodes inherit"),
+        .hint = "name the destination whose ports, TLS and forwarding the nodes inherit"),
     FLD("nodes", sy_cluster_config, F_STRLIST, nodes),
     CUSTOM("kubernetes"),
 };
 
 static const field k8s_fields[] = {
     FLD("service", sy_cluster_config, F_STR, kubernetes.service, .flags = REQUIRED,
-	.hint = "name the Service whose EndpointSlices list the nodes"),
+        .hint = "name the Service whose EndpointSlices list the nodes"),
     FLD("namespace", sy_cluster_config, F_STR, kubernetes.namespace_),
     FLD("api_url", sy_cluster_config, F_STR, kubernetes.api_url),
     FLD("token_file", sy_cluster_config, F_PATH, kubernetes.token_file),
@@ -1587,25 +1588,12 @@ static void load_clusters(ctx *c, const toml_value *t)
 static const char *const default_sasl[] = {"PLAIN", "OAUTHBEARER", "XOAUTH2", NULL};
 static const char *const default_imap_advertise[] = {
     "IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", NULL};
-static const char *const default_sieve[] = {"fileinto",
-					    "reject",
-					    "envelope",
-					    "vacation",
-					    "imap4flags",
-					    "comparator-i;ascii-numeric",
-					    "relational",
-					    "regex",
-					    "body",
-					    "copy",
-					    "include",
-					    "variables",
-					    "date",
-					    "index",
-					    "mailbox",
-					    NULL};
+static const char *const default_sieve[] = {
+    "fileinto",   "reject", "envelope", "vacation", "imap4flags", "comparator-i;ascii-numeric",
+    "relational", "regex",  "body",     "copy",     "include",    "variables",
+    "date",       "index",  "mailbox",  NULL};
 static const char *const default_ehlo[] = {
-    "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING", "SIZE 52428800",
-    NULL};
+    "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING", "SIZE 52428800", NULL};
 static const char *const default_separators[] = {"%", NULL};
 
 static void set_defaults(sy_config *cfg)
@@ -1683,9 +1671,9 @@ static void set_defaults(sy_config *cfg)
 static void load_root(ctx *c, const toml_value *root)
 {
 	static const field root_fields[] = {
-	    CUSTOM("server"),  CUSTOM("tls"),	  CUSTOM("listener"),	  CUSTOM("destination"),
+	    CUSTOM("server"),  CUSTOM("tls"),     CUSTOM("listener"),     CUSTOM("destination"),
 	    CUSTOM("routing"), CUSTOM("mapping"), CUSTOM("capabilities"), CUSTOM("oauth"),
-	    CUSTOM("http"),    CUSTOM("admin"),	  CUSTOM("cluster"),
+	    CUSTOM("http"),    CUSTOM("admin"),   CUSTOM("cluster"),
 	};
 	const toml_value *v;
 
@@ -1705,7 +1693,7 @@ static void load_root(ctx *c, const toml_value *root)
 		load_listeners(c, v);
 	if ((v = toml_get(root, "routing")) != NULL && want_table(c, v, "routing"))
 		load_fields(c, v, "routing", routing_fields, NFIELDS(routing_fields),
-			    &c->cfg->routing);
+		            &c->cfg->routing);
 	if ((v = toml_get(root, "mapping")) != NULL && want_table(c, v, "mapping"))
 		load_mapping(c, v);
 	if ((v = toml_get(root, "capabilities")) != NULL && want_table(c, v, "capabilities"))
@@ -1742,7 +1730,7 @@ static char *current_dir(void)
 }
 
 static int load_text(const char *text, size_t len, const char *basedir, const char *origin,
-		     sy_config **out, sy_errors *errs)
+                     sy_config **out, sy_errors *errs)
 {
 	sy_errors local = {0};
 	char perr[512];
@@ -1791,7 +1779,7 @@ static int load_text(const char *text, size_t len, const char *basedir, const ch
 }
 
 int config_load_string(const char *text, size_t len, const char *basedir, sy_config **out,
-		       sy_errors *errs)
+                       sy_errors *errs)
 {
 	if (out == NULL || text == NULL)
 		return -1;
@@ -1810,7 +1798,7 @@ int config_load_file(const char *path, sy_config **out, sy_errors *errs)
 	*out = NULL;
 	if (path == NULL || (f = fopen(path, "rb")) == NULL) {
 		sy_errors_add(errs, "%s: cannot open the configuration file: %s",
-			      path ? path : "(null)", strerror(errno));
+		              path ? path : "(null)", strerror(errno));
 		return -1;
 	}
 	buf = cfg_xmalloc(cap);
@@ -1828,7 +1816,7 @@ int config_load_file(const char *path, sy_config **out, sy_errors *errs)
 	}
 	if (ferror(f) || len >= CONFIG_MAX_BYTES) {
 		sy_errors_add(errs, "%s: cannot read the configuration file: %s", path,
-			      ferror(f) ? strerror(errno) : "larger than 16 MiB");
+		              ferror(f) ? strerror(errno) : "larger than 16 MiB");
 		fclose(f);
 		free(buf);
 		return -1;

@@ -368,12 +368,6 @@ static int peek(const parser *p, size_t ahead)
 	return p->pos + ahead < p->len ? (unsigned char)p->s[p->pos + ahead] : -1;
 }
 
-static bool starts(const parser *p, const char *lit)
-{
-	size_t n = strlen(lit);
-	return p->len - p->pos >= n && memcmp(p->s + p->pos, lit, n) == 0;
-}
-
 static void skip_ws(parser *p)
 {
 	while (p->pos < p->len && (p->s[p->pos] == ' ' || p->s[p->pos] == '\t'))
@@ -1304,6 +1298,23 @@ static node *parse_value(parser *p, int depth)
 		        TOML_MAX_DEPTH);
 		return NULL;
 	}
+	if (c >= 0 && (c | 0x20) >= 'a' && (c | 0x20) <= 'z') {
+		/* The only bare words TOML has are true, false, inf and nan.
+		 * Anything else is most likely a string someone forgot to
+		 * quote, so say that rather than complain about one letter. */
+		size_t end = p->pos;
+		while (end < p->len && is_bare((unsigned char)p->s[end]))
+			end++;
+		size_t n = end - p->pos;
+		const char *w = p->s + p->pos;
+		if (!((n == 4 && memcmp(w, "true", 4) == 0) ||
+		      (n == 5 && memcmp(w, "false", 5) == 0) ||
+		      (n == 3 && (memcmp(w, "inf", 3) == 0 || memcmp(w, "nan", 3) == 0)))) {
+			fail_lc(p, line, col, "invalid value '%.*s' (strings must be quoted)",
+			        n > 40 ? 40 : (int)n, w);
+			return NULL;
+		}
+	}
 	switch (c) {
 	case '"':
 	case '\'': {
@@ -1327,11 +1338,8 @@ static node *parse_value(parser *p, int depth)
 		return v;
 	case 't':
 	case 'f': {
+		/* The bare word check above made sure this is true or false. */
 		bool val = c == 't';
-		if (!starts(p, val ? "true" : "false")) {
-			fail_unexpected(p, "a value");
-			return NULL;
-		}
 		v = new_node(p, TOML_BOOL, depth, line, col);
 		if (v) {
 			v->v.u.boolean = val;

@@ -108,7 +108,7 @@ static FILE *open_readable(vctx *v, const char *key, const char *path, const cha
  * load them later. Messages name cert_key or key_key.
  */
 static void check_cert_pair(vctx *v, const char *cert_key, const char *cert_path,
-			    const char *key_key, const char *key_path)
+                            const char *key_key, const char *key_path)
 {
 	char why[256];
 	FILE *f;
@@ -149,8 +149,9 @@ static void check_cert_pair(vctx *v, const char *cert_key, const char *cert_path
 		goto out;
 	}
 	if (SSL_CTX_use_PrivateKey(ctx, pk) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
-		verr(v, key_key, "%s does not match the certificate in %s (%s); use the key the "
-				 "certificate was issued for",
+		verr(v, key_key,
+		     "%s does not match the certificate in %s (%s); use the key the "
+		     "certificate was issued for",
 		     key_path, cert_path, ssl_reason(why, sizeof(why)));
 	}
 out:
@@ -164,8 +165,8 @@ out:
 /* Cipher suites                                                            */
 
 static const char all_tls13_suites[] = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
-				       "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_CCM_SHA256:"
-				       "TLS_AES_128_CCM_8_SHA256";
+                                       "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_CCM_SHA256:"
+                                       "TLS_AES_128_CCM_8_SHA256";
 
 static bool cipher_named(const SSL_CIPHER *c, const char *name)
 {
@@ -176,7 +177,7 @@ static bool cipher_named(const SSL_CIPHER *c, const char *name)
 
 static bool is_tls13(const SSL_CIPHER *c)
 {
-	return SSL_CIPHER_get_min_tls(c) >= TLS1_3_VERSION;
+	return strcmp(SSL_CIPHER_get_version(c), "TLSv1.3") == 0;
 }
 
 /* Appends "name" to a ':'-separated list. */
@@ -191,10 +192,10 @@ static void list_append(char **list, size_t *len, const char *name)
 }
 
 int config_tls_ciphers(const sy_tls_policy *p, char **cipher_list, char **ciphersuites,
-		       sy_errors *errs)
+                       sy_errors *errs)
 {
 	SSL_CTX *def = NULL, *all = NULL;
-	STACK_OF(SSL_CIPHER) *dsk, *ask;
+	STACK_OF(SSL_CIPHER) * dsk, *ask;
 	char *l12 = NULL, *l13 = NULL;
 	size_t n12 = 0, n13 = 0;
 	bool only13 = p->min_version >= 0x0304;
@@ -223,11 +224,12 @@ int config_tls_ciphers(const sy_tls_policy *p, char **cipher_list, char **cipher
 		for (int j = 0; j < sk_SSL_CIPHER_num(ask) && !known; j++)
 			known = cipher_named(sk_SSL_CIPHER_value(ask, j), name);
 		if (!known) {
-			sy_errors_add(errs,
-				      "tls.protocols.disable_cipher_suites[%zu]: unknown cipher suite "
-				      "\"%s\"; use a standard name such as TLS_AES_128_GCM_SHA256 or "
-				      "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-				      i, name);
+			sy_errors_add(
+			    errs,
+			    "tls.protocols.disable_cipher_suites[%zu]: unknown cipher suite "
+			    "\"%s\"; use a standard name such as TLS_AES_128_GCM_SHA256 or "
+			    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+			    i, name);
 			rc = -1;
 		}
 	}
@@ -246,9 +248,9 @@ int config_tls_ciphers(const sy_tls_policy *p, char **cipher_list, char **cipher
 	}
 	if (n12 == 0 && n13 == 0) {
 		sy_errors_add(errs,
-			      "tls.protocols.disable_cipher_suites: removes every cipher suite "
-			      "available%s; keep at least one enabled",
-			      only13 ? " with min_version = \"1.3\"" : "");
+		              "tls.protocols.disable_cipher_suites: removes every cipher suite "
+		              "available%s; keep at least one enabled",
+		              only13 ? " with min_version = \"1.3\"" : "");
 		rc = -1;
 	}
 	if (rc == 0) {
@@ -277,8 +279,9 @@ static bool check_target(vctx *v, const char *key, const char *id)
 {
 	if (config_is_target(v->cfg, id))
 		return true;
-	verr(v, key, "\"%s\" is not a declared destination or cluster; declare [destination.%s] "
-		     "or fix the name",
+	verr(v, key,
+	     "\"%s\" is not a declared destination or cluster; declare [destination.%s] "
+	     "or fix the name",
 	     id, id);
 	return false;
 }
@@ -321,8 +324,9 @@ static void check_routing(vctx *v)
 		if (cfg->routing.master_user_separators.items[i][0] == '\0') {
 			char key[KEYMAX];
 			snprintf(key, sizeof(key), "routing.master_user_separators[%zu]", i);
-			verr(v, key, "empty separator; remove it (it would cut every login before "
-				     "its first character)");
+			verr(v, key,
+			     "empty separator; remove it (it would cut every login before "
+			     "its first character)");
 		}
 	}
 
@@ -336,7 +340,8 @@ static void check_routing(vctx *v)
 		verr(v, key,
 		     "the default destination \"%s\" does not declare %s, and accounts without a "
 		     "mapping fall back to it; add [destination.%s.protocol.%s] with port and tls",
-		     dd, sy_proto_name(l->protocol), proto_owner(cfg, dd), sy_proto_name(l->protocol));
+		     dd, sy_proto_name(l->protocol), proto_owner(cfg, dd),
+		     sy_proto_name(l->protocol));
 	}
 }
 
@@ -357,21 +362,24 @@ static void check_passthrough(vctx *v)
 		if (l->tls == SY_TLS_STARTTLS) {
 			char key[KEYMAX];
 			snprintf(key, sizeof(key), "listener.%s.tls", l->name);
-			verr(v, key,
-			     "\"starttls\" is not possible on a %s listener: the proxy bridges it as "
-			     "an opaque byte stream and cannot intercept STARTTLS; use \"plain\" or "
-			     "\"implicit\"",
-			     sy_proto_name(l->protocol));
+			verr(
+			    v, key,
+			    "\"starttls\" is not possible on a %s listener: the proxy bridges it "
+			    "as "
+			    "an opaque byte stream and cannot intercept STARTTLS; use \"plain\" or "
+			    "\"implicit\"",
+			    sy_proto_name(l->protocol));
 		}
 	}
 
 	if (pt == NULL) {
 		if (first != NULL)
-			verr(v, "routing.smtp_passthrough_destination",
-			     "missing, but listener \"%s\" accepts %s; set it to a destination that "
-			     "declares [destination.<id>.protocol.%s]",
-			     first->name, sy_proto_name(first->protocol),
-			     sy_proto_name(first->protocol));
+			verr(
+			    v, "routing.smtp_passthrough_destination",
+			    "missing, but listener \"%s\" accepts %s; set it to a destination that "
+			    "declares [destination.<id>.protocol.%s]",
+			    first->name, sy_proto_name(first->protocol),
+			    sy_proto_name(first->protocol));
 		return;
 	}
 	if (!check_target(v, "routing.smtp_passthrough_destination", pt))
@@ -410,7 +418,7 @@ static bool addr_equal(const struct sockaddr_storage *a, const struct sockaddr_s
 		return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
 		       ((const struct sockaddr_in *)b)->sin_addr.s_addr;
 	return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-		      &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
+	              &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
 }
 
 /* Two binds collide when they share family and port and either is the
@@ -516,41 +524,46 @@ static void check_destinations(vctx *v)
 			if (sy_proto_carries_credentials((sy_proto)p) && ep->tls == SY_TLS_PLAIN &&
 			    !d->allow_plaintext_auth) {
 				snprintf(key, sizeof(key), "destination.%s.protocol.%s.tls", d->id,
-					 proto_names_get(p));
+				         sy_proto_name((sy_proto)p));
 				verr(v, key,
 				     "\"plain\" would send client credentials to the backend "
 				     "unencrypted; use \"implicit\" or \"starttls\", or set "
-				     "destination.%s.allow_plaintext_auth = true if the leg is already "
+				     "destination.%s.allow_plaintext_auth = true if the leg is "
+				     "already "
 				     "protected (loopback, VPN, encrypted tunnel)",
 				     d->id);
 			}
 			if (ep->forwarding == SY_FWD_XCLIENT &&
 			    (sy_proto_is_passthrough((sy_proto)p) || p == SY_PROTO_HTTP)) {
 				snprintf(key, sizeof(key), "destination.%s.protocol.%s.forwarding",
-					 d->id, proto_names_get(p));
+				         d->id, sy_proto_name((sy_proto)p));
 				verr(v, key,
 				     "\"xclient\" is not possible on a%s leg%s; use \"proxy\" or "
 				     "\"none\"",
 				     p == SY_PROTO_HTTP ? "n http" : " pass-through",
 				     p == SY_PROTO_HTTP
-					 ? " (http conveys the client with destination.forwarded)"
-					 : " (the stream is relayed opaquely; only a PROXY header can "
-					   "be added)");
+				         ? " (http conveys the client with destination.forwarded)"
+				         : " (the stream is relayed opaquely; only a PROXY header "
+				           "can "
+				           "be added)");
 			}
 		}
 		if (d->host_is_ip && tls_leg >= 0 && d->tls_server_name == NULL) {
 			snprintf(key, sizeof(key), "destination.%s.tls_server_name", d->id);
-			verr(v, key,
-			     "required because host \"%s\" is an IP address and the %s leg uses TLS "
-			     "(an IP address cannot be matched against the certificate); set it to a "
-			     "name on the backend's certificate",
-			     d->host, proto_names_get(tls_leg));
+			verr(
+			    v, key,
+			    "required because host \"%s\" is an IP address and the %s leg uses TLS "
+			    "(an IP address cannot be matched against the certificate); set it to "
+			    "a "
+			    "name on the backend's certificate",
+			    d->host, sy_proto_name((sy_proto)tls_leg));
 		}
 		if ((d->tls_client_cert == NULL) != (d->tls_client_key == NULL)) {
 			snprintf(key, sizeof(key), "destination.%s.%s", d->id,
-				 d->tls_client_cert == NULL ? "tls_client_cert" : "tls_client_key");
-			verr(v, key, "missing while %s is set; mutual TLS needs both the client "
-				     "certificate and its key",
+			         d->tls_client_cert == NULL ? "tls_client_cert" : "tls_client_key");
+			verr(v, key,
+			     "missing while %s is set; mutual TLS needs both the client "
+			     "certificate and its key",
 			     d->tls_client_cert == NULL ? "tls_client_key" : "tls_client_cert");
 		} else if (d->tls_client_cert != NULL) {
 			char kk[KEYMAX];
@@ -612,21 +625,20 @@ static bool has_prefix_ci(const char *s, const char *prefix)
 static void check_mapped_targets(vctx *v, const sy_mapfile *mf)
 {
 	const sy_config *cfg = v->cfg;
-	const char *seen[64];
+	const char **seen = NULL;
 	size_t nseen = 0;
 
 	for (size_t i = 0; i < mf->len; i++) {
 		const char *dest = mf->entries[i].destination;
 		bool dup = false;
+		/* Few distinct targets, many accounts: check each target once. */
 		for (size_t j = 0; j < nseen && !dup; j++)
 			dup = strcmp(seen[j], dest) == 0;
-		/* Only the first 64 distinct targets are remembered; later ones
-		 * may be checked repeatedly, which costs time, not messages,
-		 * because each message is also de-duplicated below. */
 		if (dup)
 			continue;
-		if (nseen < sizeof(seen) / sizeof(seen[0]))
-			seen[nseen++] = dest;
+		seen = cfg_xrealloc(seen, (nseen + 1) * sizeof(*seen));
+		seen[nseen++] = dest;
+
 		bool reported[SY_PROTO_COUNT] = {false};
 		for (size_t k = 0; k < cfg->nlisteners; k++) {
 			const sy_listener_config *l = &cfg->listeners[k];
@@ -634,21 +646,17 @@ static void check_mapped_targets(vctx *v, const sy_mapfile *mf)
 			    config_target_has_proto(cfg, dest, l->protocol))
 				continue;
 			reported[l->protocol] = true;
-			char msg[1024];
-			snprintf(msg, sizeof(msg),
-				 "mapping.file.path: destination \"%s\" (mapped in %s) does not declare "
-				 "%s, which listener \"%s\" accepts; add [destination.%s.protocol.%s] "
-				 "or map those accounts elsewhere",
-				 dest, cfg->mapping.file.path, sy_proto_name(l->protocol), l->name,
-				 proto_owner(cfg, dest), sy_proto_name(l->protocol));
-			bool known = false;
-			for (size_t e = 0; e < v->errs->len && !known; e++)
-				known = strcmp(v->errs->msgs[e], msg) == 0;
-			v->failed = true;
-			if (!known)
-				sy_errors_add(v->errs, "%s", msg);
+			verr(
+			    v, "mapping.file.path",
+			    "destination \"%s\" (mapped in %s) does not declare %s, which listener "
+			    "\"%s\" accepts; add [destination.%s.protocol.%s] or map those "
+			    "accounts "
+			    "elsewhere",
+			    dest, cfg->mapping.file.path, sy_proto_name(l->protocol), l->name,
+			    proto_owner(cfg, dest), sy_proto_name(l->protocol));
 		}
 	}
+	free(seen);
 }
 
 static void check_mapping(vctx *v)
@@ -667,19 +675,21 @@ static void check_mapping(vctx *v)
 		if (has_prefix_ci(m->sql.url, "mysql:") || has_prefix_ci(m->sql.url, "mariadb:") ||
 		    has_prefix_ci(m->sql.url, "sqlite:"))
 			verr(v, "mapping.sql.url",
-			     "this database is not supported; PostgreSQL is the supported SQL store, "
+			     "this database is not supported; PostgreSQL is the supported SQL "
+			     "store, "
 			     "use a postgres:// or postgresql:// URL");
 		else
 			verr(v, "mapping.sql.url",
-			     "must be a postgres:// or postgresql:// URL; PostgreSQL is the supported "
+			     "must be a postgres:// or postgresql:// URL; PostgreSQL is the "
+			     "supported "
 			     "SQL store");
 	}
 	if (m->sql.url != NULL && m->sql.query != NULL && strstr(m->sql.query, "$1") == NULL)
 		verr(v, "mapping.sql.query",
 		     "does not use $1; the identifier is passed as parameter $1, e.g. \"SELECT "
 		     "destination FROM routes WHERE identifier = $1\"");
-	if (m->sql.upsert_query != NULL &&
-	    (strstr(m->sql.upsert_query, "$1") == NULL || strstr(m->sql.upsert_query, "$2") == NULL))
+	if (m->sql.upsert_query != NULL && (strstr(m->sql.upsert_query, "$1") == NULL ||
+	                                    strstr(m->sql.upsert_query, "$2") == NULL))
 		verr(v, "mapping.sql.upsert_query",
 		     "must use $1 (identifier) and $2 (destination)");
 	if (m->sql.delete_query != NULL && strstr(m->sql.delete_query, "$1") == NULL)
@@ -711,7 +721,7 @@ static void check_http_target(vctx *v, const char *key, const char *id)
 static void check_http(vctx *v)
 {
 	const sy_http_config *h = &v->cfg->http;
-	char key[KEYMAX], sub[KEYMAX];
+	char key[KEYMAX], sub[KEYMAX + 64];
 
 	for (size_t i = 0; i < h->nroutes; i++) {
 		const sy_http_route *r = &h->routes[i];
@@ -739,7 +749,8 @@ static void check_http(vctx *v)
 		}
 		if (r->extract == SY_HTTP_EXTRACT_QUERY && r->param == NULL) {
 			snprintf(sub, sizeof(sub), "%s.extract.param", key);
-			verr(v, sub, "missing; from = \"query\" needs param = \"<query parameter>\"");
+			verr(v, sub,
+			     "missing; from = \"query\" needs param = \"<query parameter>\"");
 		}
 		if (r->extract == SY_HTTP_EXTRACT_HEADER && r->header == NULL) {
 			snprintf(sub, sizeof(sub), "%s.extract.header", key);
@@ -758,7 +769,8 @@ static void check_http(vctx *v)
 			if (rc != 0) {
 				char why[256];
 				regerror(rc, &re, why, sizeof(why));
-				verr(v, sub, "does not compile as a POSIX extended regex (%s); fix it",
+				verr(v, sub,
+				     "does not compile as a POSIX extended regex (%s); fix it",
 				     why);
 			} else {
 				if (re.re_nsub < 1)
@@ -777,7 +789,7 @@ static void check_http(vctx *v)
 static void check_clusters(vctx *v)
 {
 	const sy_config *cfg = v->cfg;
-	char key[KEYMAX], sub[KEYMAX];
+	char key[KEYMAX], sub[KEYMAX + 64];
 
 	for (size_t i = 0; i < cfg->nclusters; i++) {
 		const sy_cluster_config *cl = &cfg->clusters[i];
@@ -794,26 +806,29 @@ static void check_clusters(vctx *v)
 			snprintf(sub, sizeof(sub), "%s.template", key);
 			tmpl = config_destination(cfg, cl->template_dest);
 			if (tmpl == NULL)
-				verr(v, sub,
-				     "\"%s\" is not a declared destination; declare "
-				     "[destination.%s] with the ports and TLS modes the nodes serve",
-				     cl->template_dest, cl->template_dest);
+				verr(
+				    v, sub,
+				    "\"%s\" is not a declared destination; declare "
+				    "[destination.%s] with the ports and TLS modes the nodes serve",
+				    cl->template_dest, cl->template_dest);
 		}
 		for (int p = 0; tmpl != NULL && p < SY_PROTO_COUNT; p++)
 			tmpl_tls |= tmpl->proto[p].declared && tmpl->proto[p].tls != SY_TLS_PLAIN;
 
 		if (cl->nodes.len == 0 && !cl->has_kubernetes) {
 			snprintf(sub, sizeof(sub), "%s.nodes", key);
-			verr(v, sub,
-			     "missing; a cluster needs static nodes = [\"<destination>\", ...] or a "
-			     "[cluster.%s.kubernetes] table for discovery",
-			     cl->id);
+			verr(
+			    v, sub,
+			    "missing; a cluster needs static nodes = [\"<destination>\", ...] or a "
+			    "[cluster.%s.kubernetes] table for discovery",
+			    cl->id);
 		} else if (cl->nodes.len > 0 && cl->has_kubernetes) {
 			snprintf(sub, sizeof(sub), "%s.nodes", key);
-			verr(v, sub,
-			     "set together with [cluster.%s.kubernetes]; use either static nodes or "
-			     "discovery, not both",
-			     cl->id);
+			verr(
+			    v, sub,
+			    "set together with [cluster.%s.kubernetes]; use either static nodes or "
+			    "discovery, not both",
+			    cl->id);
 		}
 		for (size_t j = 0; j < cl->nodes.len; j++) {
 			const char *node = cl->nodes.items[j];
@@ -821,7 +836,8 @@ static void check_clusters(vctx *v)
 			snprintf(sub, sizeof(sub), "%s.nodes[%zu]", key, j);
 			if (d == NULL) {
 				verr(v, sub,
-				     "\"%s\" is not a declared destination; declare [destination.%s] "
+				     "\"%s\" is not a declared destination; declare "
+				     "[destination.%s] "
 				     "with the node's host",
 				     node, node);
 				continue;
@@ -829,7 +845,8 @@ static void check_clusters(vctx *v)
 			if (tmpl_tls && d->host_is_ip && d->tls_server_name == NULL &&
 			    tmpl->tls_server_name == NULL)
 				verr(v, sub,
-				     "node \"%s\" has the IP host \"%s\" and the template \"%s\" uses "
+				     "node \"%s\" has the IP host \"%s\" and the template \"%s\" "
+				     "uses "
 				     "TLS; set tls_server_name on the node or on the template",
 				     node, d->host, tmpl->id);
 		}

@@ -120,7 +120,7 @@ typedef struct linebuf {
 
 static void put(linebuf *b, const char *s, size_t n)
 {
-	if (b->len + n > b->cap) {
+	if (n > b->cap - b->len) {
 		n = b->cap - b->len;
 		b->truncated = true;
 	}
@@ -135,7 +135,10 @@ static void puts_(linebuf *b, const char *s)
 
 static void putc_(linebuf *b, char c)
 {
-	put(b, &c, 1);
+	if (b->len < b->cap)
+		b->p[b->len++] = c;
+	else
+		b->truncated = true;
 }
 
 static bool needs_quotes(const char *v)
@@ -189,8 +192,8 @@ static void format_time(char *out, size_t outlen)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-		 ts.tv_nsec / 1000000);
+	         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+	         (long)(ts.tv_nsec / 1000000) % 1000);
 }
 
 static void emit(sy_log_level level, const char *msg, va_list fields)
@@ -198,7 +201,7 @@ static void emit(sy_log_level level, const char *msg, va_list fields)
 	char buf[LINE_MAX_BYTES];
 	/* Keep room for the truncation marker and the newline. */
 	linebuf b = {buf, 0, sizeof(buf) - 16, false};
-	char ts[40];
+	char ts[64];
 	format_time(ts, sizeof(ts));
 	bool json = atomic_load_explicit(&current_format, memory_order_relaxed) == SY_LOG_JSON;
 

@@ -25,7 +25,7 @@
 #include "switchyard/session.h"
 
 #define LISTEN_BACKLOG 511
-#define POOL_MAX_FREE 64
+#define POOL_MAX_FREE  64
 
 uint64_t sy_now_ms(void)
 {
@@ -336,7 +336,7 @@ int server_run(sy_config *cfg)
 	for (size_t i = 0; i < cfg->ndestinations; i++) {
 		srv->health[i].id = strdup(cfg->destinations[i].id);
 		health_init(&srv->health[i].health, cfg->server.host_down_threshold,
-			    cfg->server.host_down_cooldown_ms);
+		            cfg->server.host_down_cooldown_ms);
 	}
 	srv->nlisteners = cfg->nlisteners;
 	srv->listeners = calloc(cfg->nlisteners ? cfg->nlisteners : 1, sizeof(*srv->listeners));

@@ -12,7 +12,7 @@
 #include "switchyard/proxy_protocol.h"
 
 const char *const sy_session_state_names[] = {"proxy-header", "tls-handshake", "protocol",
-					      "bridging", "closing"};
+                                              "bridging", "closing"};
 
 static _Atomic uint64_t next_session_id = 1;
 
@@ -76,8 +76,8 @@ static void log_closed(sy_session *s)
 	snprintf(secs, sizeof(secs), "%.3f", elapsed);
 	sy_log(SY_LOG_INFO, "session closed", "listener", s->lcfg->name, "protocol",
 	       sy_proto_name(s->lcfg->protocol), "client", peer, "destination",
-	       s->dest ? s->dest->cfg->id : "-", "bytes_in", in, "bytes_out", out, "seconds",
-	       secs, NULL);
+	       s->dest ? s->dest->cfg->id : "-", "bytes_in", in, "bytes_out", out, "seconds", secs,
+	       NULL);
 }
 
 void session_close(sy_session *s, const char *why)
@@ -113,8 +113,8 @@ static void on_preauth_timeout(uv_timer_t *t)
 	sy_session *s = t->data;
 	char peer[64];
 	session_peer_str(s, peer, sizeof(peer));
-	sy_log(SY_LOG_INFO, "pre-authentication timeout", "listener", s->lcfg->name, "client",
-	       peer, "stage", sy_session_state_names[s->state], NULL);
+	sy_log(SY_LOG_INFO, "pre-authentication timeout", "listener", s->lcfg->name, "client", peer,
+	       "stage", sy_session_state_names[s->state], NULL);
 	session_close(s, "preauth_timeout");
 }
 
@@ -277,7 +277,7 @@ void session_accept(sy_worker *w, sy_acceptor *a)
 
 	if (s->lcfg->proxy_protocol != SY_PROXY_OFF) {
 		bool trusted = cidr_match_any(s->lcfg->proxy_trusted, s->lcfg->nproxy_trusted,
-					      (struct sockaddr *)&s->peer);
+		                              (struct sockaddr *)&s->peer);
 		if (trusted) {
 			sy_stream_read_start(&s->client, on_proxy_header_read);
 			return;
@@ -285,8 +285,9 @@ void session_accept(sy_worker *w, sy_acceptor *a)
 		if (s->lcfg->proxy_protocol == SY_PROXY_REQUIRED) {
 			char peer[64];
 			session_peer_str(s, peer, sizeof(peer));
-			sy_log(SY_LOG_WARN, "connection rejected: PROXY header required from an "
-					    "untrusted peer",
+			sy_log(SY_LOG_WARN,
+			       "connection rejected: PROXY header required from an "
+			       "untrusted peer",
 			       "listener", s->lcfg->name, "client", peer, NULL);
 			session_close(s, "untrusted PROXY peer");
 			return;

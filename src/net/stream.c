@@ -26,7 +26,7 @@ struct sy_outblock {
 	char data[];
 };
 
-#define OUTBLOCK_CAP (SY_BLOCK_SIZE - sizeof(sy_outblock))
+#define OUTBLOCK_CAP   (SY_BLOCK_SIZE - sizeof(sy_outblock))
 #define MAX_WRITE_BUFS 16
 
 static BIO_METHOD *bio_method;

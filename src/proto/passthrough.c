@@ -15,8 +15,8 @@ static void on_dialed(void *arg, sy_stream *stream, int status, const char *reas
 		char peer[64];
 		session_peer_str(s, peer, sizeof(peer));
 		sy_log(SY_LOG_WARN, "backend connection failed", "listener", s->lcfg->name,
-		       "protocol", sy_proto_name(s->lcfg->protocol), "client", peer,
-		       "destination", s->dest->cfg->id, "reason", reason, NULL);
+		       "protocol", sy_proto_name(s->lcfg->protocol), "client", peer, "destination",
+		       s->dest->cfg->id, "reason", reason, NULL);
 		session_close(s, "backend unavailable");
 		return;
 	}
@@ -34,8 +34,8 @@ static void on_dialed(void *arg, sy_stream *stream, int status, const char *reas
 	if (log_enabled(SY_LOG_DEBUG)) {
 		char peer[64];
 		session_peer_str(s, peer, sizeof(peer));
-		sy_log(SY_LOG_DEBUG, "backend connected", "listener", s->lcfg->name, "client",
-		       peer, "destination", s->dest->cfg->id, NULL);
+		sy_log(SY_LOG_DEBUG, "backend connected", "listener", s->lcfg->name, "client", peer,
+		       "destination", s->dest->cfg->id, NULL);
 	}
 	bridge_start(s);
 }

@@ -25,6 +25,7 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
 #include "switchyard/tls.h"
@@ -36,17 +37,17 @@
 
 struct sy_tls_client {
 	SSL_CTX *ctx;
-	char *name;       /* expected name: tls_server_name, else host */
-	char *ip;         /* the address when `name` is an IP literal, else NULL */
+	char *name; /* expected name: tls_server_name, else host */
+	char *ip;   /* the address when `name` is an IP literal, else NULL */
 	bool has_pin;
 	unsigned char pin[32];
-	pthread_mutex_t lock; /* guards sessions/nsessions */
+	pthread_mutex_t lock;                 /* guards sessions/nsessions */
 	SSL_SESSION *sessions[SESSION_SLOTS]; /* oldest first */
 	size_t nsessions;
 };
 
 static const char pin_mismatch_msg[] = "certificate fingerprint does not match "
-				       "tls_pinned_cert_sha256";
+                                       "tls_pinned_cert_sha256";
 
 static _Thread_local char errbuf[512];
 
@@ -64,7 +65,7 @@ static void init_index(void)
 /* Formats an error into the thread-local buffer, appending the root cause
  * from the OpenSSL error queue when with_ssl is true, and clears the queue. */
 __attribute__((format(printf, 3, 4))) static int fail(const char **error_r, bool with_ssl,
-						       const char *fmt, ...)
+                                                      const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -110,30 +111,53 @@ static bool session_usable(SSL_SESSION *s, time_t now)
 	       (long)now < SSL_SESSION_get_time(s) + SSL_SESSION_get_timeout(s);
 }
 
-/* Takes over the caller's reference on sess. */
+static bool same_session(SSL_SESSION *a, SSL_SESSION *b)
+{
+	unsigned int alen = 0, blen = 0;
+	const unsigned char *aid = SSL_SESSION_get_id(a, &alen);
+	const unsigned char *bid = SSL_SESSION_get_id(b, &blen);
+	return alen > 0 && alen == blen && memcmp(aid, bid, alen) == 0;
+}
+
+/*
+ * Stores a private copy of sess (the caller keeps its own reference). The
+ * copy matters: OpenSSL marks a connection's session not resumable when the
+ * SSL is freed without a close_notify having been sent, and backend legs often
+ * end that way (peer reset, client gone). RFC 5246 section 7.2.1 no longer
+ * requires that, and a copy nobody is attached to stays usable.
+ */
 static void remember(sy_tls_client *c, SSL_SESSION *sess)
 {
+	if (!SSL_SESSION_is_resumable(sess))
+		return;
 	pthread_mutex_lock(&c->lock);
 	for (size_t i = 0; i < c->nsessions; i++) {
-		if (c->sessions[i] == sess) {
+		if (same_session(c->sessions[i], sess)) {
 			pthread_mutex_unlock(&c->lock);
-			SSL_SESSION_free(sess);
 			return;
 		}
 	}
+	SSL_SESSION *copy = SSL_SESSION_dup(sess);
 	SSL_SESSION *evicted = NULL;
-	if (c->nsessions == SESSION_SLOTS) {
-		evicted = c->sessions[0];
-		memmove(c->sessions, c->sessions + 1, (SESSION_SLOTS - 1) * sizeof(*c->sessions));
-		c->nsessions--;
+	if (copy != NULL) {
+		if (c->nsessions == SESSION_SLOTS) {
+			evicted = c->sessions[0];
+			memmove(c->sessions, c->sessions + 1,
+			        (SESSION_SLOTS - 1) * sizeof(*c->sessions));
+			c->nsessions--;
+		}
+		c->sessions[c->nsessions++] = copy;
 	}
-	c->sessions[c->nsessions++] = sess;
 	pthread_mutex_unlock(&c->lock);
 	SSL_SESSION_free(evicted);
+	if (copy == NULL)
+		ERR_clear_error();
 }
 
-/* Returns a referenced session to offer, or NULL. Drops expired ones on the
- * way. A TLS 1.3 session leaves the cache, since its ticket is single-use. */
+/* Returns a session to offer, owned by the caller and attached to nothing
+ * else, or NULL. Drops expired ones on the way. A TLS 1.3 session leaves the
+ * cache, since its ticket is single-use; a TLS 1.2 one stays and the caller
+ * gets a copy, so one connection's fate cannot spoil it for the others. */
 static SSL_SESSION *take_session(sy_tls_client *c)
 {
 	SSL_SESSION *stale[SESSION_SLOTS];
@@ -147,11 +171,12 @@ static SSL_SESSION *take_session(sy_tls_client *c)
 			stale[nstale++] = s;
 			c->nsessions--;
 		} else if (SSL_SESSION_get_protocol_version(s) >= TLS1_3_VERSION) {
-			pick = s; /* our reference moves to the caller */
+			pick = s;
 			c->nsessions--;
 		} else {
-			SSL_SESSION_up_ref(s);
-			pick = s;
+			pick = SSL_SESSION_dup(s);
+			if (pick == NULL)
+				break;
 		}
 	}
 	pthread_mutex_unlock(&c->lock);
@@ -163,10 +188,9 @@ static SSL_SESSION *take_session(sy_tls_client *c)
 static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
 {
 	sy_tls_client *c = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
-	if (c == NULL || !SSL_SESSION_is_resumable(sess))
-		return 0;
-	remember(c, sess);
-	return 1; /* we keep the reference */
+	if (c != NULL)
+		remember(c, sess);
+	return 0; /* OpenSSL keeps (and drops) its reference; we hold a copy */
 }
 
 /*
@@ -205,33 +229,66 @@ static bool readable(const char *path)
 	return true;
 }
 
-static int load_client_cert(sy_tls_client *c, const sy_destination_config *d,
-			    const char **error_r)
+/* Never prompt on the terminal for a passphrase (OpenSSL's default for an
+ * encrypted key): such a key simply fails to load. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+	(void)buf;
+	(void)size;
+	(void)rwflag;
+	(void)u;
+	return 0;
+}
+
+/* Reads a PEM private key; NULL with errno set when the file cannot be
+ * opened, NULL with errno 0 when it holds no usable key. */
+static EVP_PKEY *read_key(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return NULL;
+	EVP_PKEY *key = PEM_read_PrivateKey(f, NULL, no_passphrase, NULL);
+	fclose(f);
+	errno = 0;
+	return key;
+}
+
+static int load_client_cert(sy_tls_client *c, const sy_destination_config *d, const char **error_r)
 {
 	if (d->tls_client_cert == NULL && d->tls_client_key == NULL)
 		return 0;
 	if (d->tls_client_cert == NULL || d->tls_client_key == NULL)
 		return fail(error_r, false, "destination.%s.%s: required when %s is set", d->id,
-			    d->tls_client_cert == NULL ? "tls_client_cert" : "tls_client_key",
-			    d->tls_client_cert == NULL ? "tls_client_key" : "tls_client_cert");
+		            d->tls_client_cert == NULL ? "tls_client_cert" : "tls_client_key",
+		            d->tls_client_cert == NULL ? "tls_client_key" : "tls_client_cert");
 	if (!readable(d->tls_client_cert))
 		return fail(error_r, false, "destination.%s.tls_client_cert: cannot read %s: %s",
-			    d->id, d->tls_client_cert, strerror(errno));
+		            d->id, d->tls_client_cert, strerror(errno));
 	if (!SSL_CTX_use_certificate_chain_file(c->ctx, d->tls_client_cert))
 		return fail(error_r, true,
-			    "destination.%s.tls_client_cert: %s is not a PEM certificate chain",
-			    d->id, d->tls_client_cert);
-	if (!readable(d->tls_client_key))
+		            "destination.%s.tls_client_cert: %s is not a PEM certificate chain",
+		            d->id, d->tls_client_cert);
+	EVP_PKEY *key = read_key(d->tls_client_key);
+	if (key == NULL && errno != 0)
 		return fail(error_r, false, "destination.%s.tls_client_key: cannot read %s: %s",
-			    d->id, d->tls_client_key, strerror(errno));
-	if (!SSL_CTX_use_PrivateKey_file(c->ctx, d->tls_client_key, SSL_FILETYPE_PEM))
-		return fail(error_r, true,
-			    "destination.%s.tls_client_key: cannot load a PEM key from %s", d->id,
-			    d->tls_client_key);
-	if (!SSL_CTX_check_private_key(c->ctx))
-		return fail(error_r, true,
-			    "destination.%s.tls_client_key: %s does not match the certificate in %s",
-			    d->id, d->tls_client_key, d->tls_client_cert);
+		            d->id, d->tls_client_key, strerror(errno));
+	if (key == NULL)
+		return fail(
+		    error_r, true,
+		    "destination.%s.tls_client_key: %s holds no unencrypted PEM private key", d->id,
+		    d->tls_client_key);
+	if (!X509_check_private_key(SSL_CTX_get0_certificate(c->ctx), key)) {
+		EVP_PKEY_free(key);
+		return fail(
+		    error_r, false,
+		    "destination.%s.tls_client_key: %s does not match the certificate in %s", d->id,
+		    d->tls_client_key, d->tls_client_cert);
+	}
+	int ok = SSL_CTX_use_PrivateKey(c->ctx, key);
+	EVP_PKEY_free(key);
+	if (!ok)
+		return fail(error_r, true, "destination.%s.tls_client_key: cannot use %s", d->id,
+		            d->tls_client_key);
 	return 0;
 }
 
@@ -269,7 +326,7 @@ int tls_client_create(const sy_destination_config *d, sy_tls_client **out, const
 	/* The internal store is keyed by session id, which is useless to a
 	 * client; sessions live in our per-destination slots instead. */
 	SSL_CTX_set_session_cache_mode(c->ctx,
-				       SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+	                               SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
 	SSL_CTX_sess_set_new_cb(c->ctx, new_session_cb);
 	if (!SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION)) {
 		fail(error_r, true, "destination.%s: cannot set the minimum TLS version", id);
@@ -339,14 +396,13 @@ SSL *tls_client_new_ssl(sy_tls_client *c)
 
 void tls_client_handshake_done(sy_tls_client *c, SSL *ssl)
 {
-	SSL_SESSION *sess = SSL_get1_session(ssl);
-	if (sess == NULL)
+	/* A TLS 1.3 handshake's own session is either not resumable yet or the
+	 * ticket just spent; the fresh tickets arrive through new_session_cb. */
+	if (SSL_version(ssl) >= TLS1_3_VERSION)
 		return;
-	if (!SSL_SESSION_is_resumable(sess)) {
-		SSL_SESSION_free(sess);
-		return;
-	}
-	remember(c, sess);
+	SSL_SESSION *sess = SSL_get_session(ssl);
+	if (sess != NULL)
+		remember(c, sess);
 }
 
 const char *tls_client_verify_error(SSL *ssl)

@@ -19,6 +19,7 @@
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
@@ -57,7 +58,7 @@ static int ssl_server_idx = -1;
 static pthread_once_t idx_once = PTHREAD_ONCE_INIT;
 
 static void ssl_server_ref_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
-				void *argp)
+                                void *argp)
 {
 	(void)parent;
 	(void)ad;
@@ -76,7 +77,7 @@ static void init_index(void)
  * root cause from the OpenSSL error queue is appended. The queue is cleared in
  * every case so stale entries cannot be blamed on a later, unrelated call. */
 __attribute__((format(printf, 3, 4))) static int fail(const char **error_r, bool with_ssl,
-						       const char *fmt, ...)
+                                                      const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -148,7 +149,7 @@ static int subjects_from_cert(cert_entry *e, X509 *x)
 		any_dns = true;
 		const ASN1_IA5STRING *s = gn->d.dNSName;
 		rc = add_subject(e, (const char *)ASN1_STRING_get0_data(s),
-				 (size_t)ASN1_STRING_length(s));
+		                 (size_t)ASN1_STRING_length(s));
 	}
 	GENERAL_NAMES_free(sans);
 	if (rc != 0 || any_dns)
@@ -159,7 +160,8 @@ static int subjects_from_cert(cert_entry *e, X509 *x)
 	if (pos < 0)
 		return 0;
 	unsigned char *utf8 = NULL;
-	int len = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, pos)));
+	int len =
+	    ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, pos)));
 	if (len < 0)
 		return 0;
 	rc = add_subject(e, (const char *)utf8, (size_t)len);
@@ -190,6 +192,13 @@ static bool cipher_disabled(const sy_strlist *disabled, const SSL_CIPHER *c)
 	return false;
 }
 
+/* TLS 1.3 suites are exactly the IANA code points 0x13xx, and they are
+ * configured separately from the older ones in OpenSSL. */
+static bool is_tls13(const SSL_CIPHER *c)
+{
+	return (SSL_CIPHER_get_protocol_id(c) & 0xff00) == 0x1300;
+}
+
 static bool append_name(char **list, size_t *len, const char *name)
 {
 	size_t n = strlen(name);
@@ -208,7 +217,7 @@ static bool append_name(char **list, size_t *len, const char *name)
  * offers and keeping the rest in OpenSSL's order. A version left without any
  * suite is switched off rather than left to fail every handshake. */
 static int apply_ciphers(SSL_CTX *ctx, const sy_tls_policy *p, int min_version,
-			 const char **error_r)
+                         const char **error_r)
 {
 	if (p->disable_cipher_suites.len == 0)
 		return 0;
@@ -219,9 +228,9 @@ static int apply_ciphers(SSL_CTX *ctx, const sy_tls_policy *p, int min_version,
 		const SSL_CIPHER *c = sk_SSL_CIPHER_value(all, i);
 		if (cipher_disabled(&p->disable_cipher_suites, c))
 			continue;
-		bool is13 = SSL_CIPHER_get_min_tls(c) >= TLS1_3_VERSION;
+		bool is13 = is_tls13(c);
 		if (!append_name(is13 ? &tls13 : &tls12, is13 ? &len13 : &len12,
-				 SSL_CIPHER_get_name(c))) {
+		                 SSL_CIPHER_get_name(c))) {
 			free(tls12);
 			free(tls13);
 			return fail(error_r, false, "tls.protocols: out of memory");
@@ -230,12 +239,12 @@ static int apply_ciphers(SSL_CTX *ctx, const sy_tls_policy *p, int min_version,
 	int rc = 0;
 	if (len12 == 0 && len13 == 0) {
 		rc = fail(error_r, false,
-			  "tls.protocols.disable_cipher_suites: removes every cipher suite; "
-			  "keep at least one");
+		          "tls.protocols.disable_cipher_suites: removes every cipher suite; "
+		          "keep at least one");
 	} else if (len13 == 0 && min_version >= TLS1_3_VERSION) {
 		rc = fail(error_r, false,
-			  "tls.protocols.disable_cipher_suites: removes every TLS 1.3 suite "
-			  "but tls.protocols.min_version is \"1.3\"");
+		          "tls.protocols.disable_cipher_suites: removes every TLS 1.3 suite "
+		          "but tls.protocols.min_version is \"1.3\"");
 	} else if (!SSL_CTX_set_ciphersuites(ctx, tls13 != NULL ? tls13 : "")) {
 		rc = fail(error_r, true, "tls.protocols.disable_cipher_suites: cannot apply");
 	} else if (len12 > 0 && !SSL_CTX_set_cipher_list(ctx, tls12)) {
@@ -259,9 +268,10 @@ static SSL_CTX *new_policy_ctx(const sy_tls_policy *p, const char **error_r)
 {
 	int min_version = p->min_version == 0 ? TLS1_2_VERSION : p->min_version;
 	if (min_version != TLS1_2_VERSION && min_version != TLS1_3_VERSION) {
-		fail(error_r, false,
-		     "tls.protocols.min_version: unsupported version 0x%04x; use \"1.2\" or \"1.3\"",
-		     (unsigned)p->min_version);
+		fail(
+		    error_r, false,
+		    "tls.protocols.min_version: unsupported version 0x%04x; use \"1.2\" or \"1.3\"",
+		    (unsigned)p->min_version);
 		return NULL;
 	}
 	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -292,8 +302,8 @@ static SSL_CTX *new_policy_ctx(const sy_tls_policy *p, const char **error_r)
 	return ctx;
 }
 
-/* Fails with a clear message when a file is unreadable, before OpenSSL turns
- * the errno into a less helpful "system lib". */
+/* Checked first so an unreadable file is reported with errno's text rather
+ * than OpenSSL's less helpful "system lib". */
 static bool readable(const char *path)
 {
 	FILE *f = fopen(path, "r");
@@ -303,8 +313,32 @@ static bool readable(const char *path)
 	return true;
 }
 
+/* Never prompt on the terminal for a passphrase (OpenSSL's default for an
+ * encrypted key): such a key simply fails to load. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+	(void)buf;
+	(void)size;
+	(void)rwflag;
+	(void)u;
+	return 0;
+}
+
+/* Reads a PEM private key; NULL with errno set when the file cannot be
+ * opened, NULL with errno 0 when it holds no usable key. */
+static EVP_PKEY *read_key(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return NULL;
+	EVP_PKEY *key = PEM_read_PrivateKey(f, NULL, no_passphrase, NULL);
+	fclose(f);
+	errno = 0;
+	return key;
+}
+
 static int load_entry(cert_entry *e, const sy_cert_config *cc, const sy_tls_policy *p,
-		      const char **error_r)
+                      const char **error_r)
 {
 	e->name = strdup(cc->name);
 	e->is_default = cc->is_default;
@@ -315,24 +349,33 @@ static int load_entry(cert_entry *e, const sy_cert_config *cc, const sy_tls_poli
 		return -1;
 	if (cc->cert_path == NULL || cc->key_path == NULL)
 		return fail(error_r, false, "tls.certificate.%s.%s: required", cc->name,
-			    cc->cert_path == NULL ? "cert" : "key");
+		            cc->cert_path == NULL ? "cert" : "key");
 	if (!readable(cc->cert_path))
 		return fail(error_r, false, "tls.certificate.%s.cert: cannot read %s: %s", cc->name,
-			    cc->cert_path, strerror(errno));
+		            cc->cert_path, strerror(errno));
 	if (!SSL_CTX_use_certificate_chain_file(e->ctx, cc->cert_path))
 		return fail(error_r, true,
-			    "tls.certificate.%s.cert: %s is not a PEM certificate chain",
-			    cc->name, cc->cert_path);
-	if (!readable(cc->key_path))
+		            "tls.certificate.%s.cert: %s is not a PEM certificate chain", cc->name,
+		            cc->cert_path);
+	EVP_PKEY *key = read_key(cc->key_path);
+	if (key == NULL && errno != 0)
 		return fail(error_r, false, "tls.certificate.%s.key: cannot read %s: %s", cc->name,
-			    cc->key_path, strerror(errno));
-	if (!SSL_CTX_use_PrivateKey_file(e->ctx, cc->key_path, SSL_FILETYPE_PEM))
-		return fail(error_r, true, "tls.certificate.%s.key: cannot load a PEM key from %s",
-			    cc->name, cc->key_path);
-	if (!SSL_CTX_check_private_key(e->ctx))
+		            cc->key_path, strerror(errno));
+	if (key == NULL)
 		return fail(error_r, true,
-			    "tls.certificate.%s.key: %s does not match the certificate in %s",
-			    cc->name, cc->key_path, cc->cert_path);
+		            "tls.certificate.%s.key: %s holds no unencrypted PEM private key",
+		            cc->name, cc->key_path);
+	if (!X509_check_private_key(SSL_CTX_get0_certificate(e->ctx), key)) {
+		EVP_PKEY_free(key);
+		return fail(error_r, false,
+		            "tls.certificate.%s.key: %s does not match the certificate in %s",
+		            cc->name, cc->key_path, cc->cert_path);
+	}
+	int ok = SSL_CTX_use_PrivateKey(e->ctx, key);
+	EVP_PKEY_free(key);
+	if (!ok)
+		return fail(error_r, true, "tls.certificate.%s.key: cannot use %s", cc->name,
+		            cc->key_path);
 
 	int rc = 0;
 	if (cc->subjects.len > 0) {
@@ -365,7 +408,7 @@ static int make_self_signed(SSL_CTX *ctx, const char **error_r)
 		     X509_gmtime_adj(X509_getm_notAfter(x), 365L * 24 * 3600) != NULL &&
 		     X509_set_pubkey(x, pkey) &&
 		     X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
-						(const unsigned char *)"switchyard", -1, -1, 0) &&
+		                                (const unsigned char *)"switchyard", -1, -1, 0) &&
 		     X509_set_issuer_name(x, X509_get_subject_name(x)) &&
 		     X509_sign(x, pkey, EVP_sha256()) > 0 && SSL_CTX_use_certificate(ctx, x) &&
 		     SSL_CTX_use_PrivateKey(ctx, pkey);
@@ -557,8 +600,8 @@ bool tls_cipher_suite_known(const char *name)
 	bool known = false;
 	if (SSL_CTX_set_cipher_list(ctx, "ALL:COMPLEMENTOFALL:@SECLEVEL=0") &&
 	    SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
-					  "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_CCM_SHA256:"
-					  "TLS_AES_128_CCM_8_SHA256")) {
+	                                  "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_CCM_SHA256:"
+	                                  "TLS_AES_128_CCM_8_SHA256")) {
 		STACK_OF(SSL_CIPHER) *all = SSL_CTX_get_ciphers(ctx);
 		for (int i = 0; i < sk_SSL_CIPHER_num(all) && !known; i++)
 			known = cipher_name_eq(name, sk_SSL_CIPHER_value(all, i));
