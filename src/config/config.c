@@ -34,7 +34,7 @@
 #include "switchyard/toml.h"
 
 /* Longest dotted key we print; longer ones are cut (only messages use them). */
-#define KEYMAX 512
+#define KEYMAX CFG_KEYMAX
 /* Files we read whole (the config, the admin token) are bounded. */
 #define CONFIG_MAX_BYTES (16u * 1024 * 1024)
 #define TOKEN_MAX_BYTES  4096
@@ -176,9 +176,16 @@ void sy_errors_free(sy_errors *e)
 int sy_duration_parse(const char *s, uint64_t *ms_out)
 {
 	uint64_t n = 0, mult;
-	const char *p = s;
+	const char *p = s, *unit;
+	size_t ulen;
 
-	if (s == NULL || !isdigit((unsigned char)*p))
+	if (s == NULL)
+		return -1;
+	/* Blanks around the number and the unit are tolerated ("30 s"),
+	 * as the reference implementation tolerates them. */
+	while (*p == ' ' || *p == '\t')
+		p++;
+	if (!isdigit((unsigned char)*p))
 		return -1;
 	for (; isdigit((unsigned char)*p); p++) {
 		unsigned d = (unsigned)(*p - '0');
@@ -186,15 +193,25 @@ int sy_duration_parse(const char *s, uint64_t *ms_out)
 			return -1;
 		n = n * 10 + d;
 	}
-	if (strcmp(p, "ms") == 0)
+	while (*p == ' ' || *p == '\t')
+		p++;
+	unit = p;
+	while (*p >= 'a' && *p <= 'z')
+		p++;
+	ulen = (size_t)(p - unit);
+	while (*p == ' ' || *p == '\t')
+		p++;
+	if (*p != '\0')
+		return -1;
+	if (ulen == 2 && strncmp(unit, "ms", 2) == 0)
 		mult = 1;
-	else if (strcmp(p, "s") == 0)
+	else if (ulen == 1 && *unit == 's')
 		mult = 1000;
-	else if (strcmp(p, "m") == 0)
+	else if (ulen == 1 && *unit == 'm')
 		mult = 60ull * 1000;
-	else if (strcmp(p, "h") == 0)
+	else if (ulen == 1 && *unit == 'h')
 		mult = 3600ull * 1000;
-	else if (strcmp(p, "d") == 0)
+	else if (ulen == 1 && *unit == 'd')
 		mult = 86400ull * 1000;
 	else
 		return -1;
@@ -365,6 +382,12 @@ static void key_join(char *out, const char *prefix, const char *key, size_t keyl
 	out[n] = '\0';
 }
 
+const char *cfg_qname(const char *name, char *buf)
+{
+	key_join(buf, NULL, name, strlen(name));
+	return buf;
+}
+
 static void key_sub(char *out, const char *prefix, const char *key)
 {
 	key_join(out, prefix, key, strlen(key));
@@ -396,6 +419,21 @@ static void names_join(char *out, size_t outlen, const char *const *names)
 		n += (size_t)snprintf(out + n, outlen - n, "%s\"%s\"", i ? ", " : "", names[i]);
 }
 
+/*
+ * The text of a TOML string value. Only this accessor is used, so that an
+ * empty string is always "" whatever buffer the parser left behind, and
+ * has_nul() looks only at the bytes the parser says are there.
+ */
+static const char *sv(const toml_value *v)
+{
+	return v->u.str.len == 0 ? "" : v->u.str.ptr;
+}
+
+static bool has_nul(const toml_value *v)
+{
+	return v->u.str.len > 0 && memchr(v->u.str.ptr, '\0', v->u.str.len) != NULL;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Typed getters: each reports its own error and returns -1 on failure.     */
 
@@ -405,7 +443,7 @@ static int get_string(ctx *c, const toml_value *v, const char *key, bool empty_o
 		err_type(c, key, "a string", v);
 		return -1;
 	}
-	if (strlen(v->u.str.ptr) != v->u.str.len) {
+	if (has_nul(v)) {
 		sy_errors_add(c->errs, "%s: contains a NUL character; remove it", key);
 		return -1;
 	}
@@ -414,7 +452,7 @@ static int get_string(ctx *c, const toml_value *v, const char *key, bool empty_o
 		return -1;
 	}
 	free(*out);
-	*out = cfg_xstrdup(v->u.str.ptr);
+	*out = cfg_xstrdup(sv(v));
 	return 0;
 }
 
@@ -461,11 +499,11 @@ static int get_duration(ctx *c, const toml_value *v, const char *key, bool nonze
 		err_type(c, key, "a duration string such as \"30s\"", v);
 		return -1;
 	}
-	if (sy_duration_parse(v->u.str.ptr, &ms) != 0) {
+	if (sy_duration_parse(sv(v), &ms) != 0) {
 		sy_errors_add(c->errs,
 		              "%s: \"%s\" is not a duration; write a whole number followed by "
 		              "ms, s, m, h or d, e.g. \"30s\"",
-		              key, v->u.str.ptr);
+		              key, sv(v));
 		return -1;
 	}
 	if (nonzero && ms == 0) {
@@ -513,7 +551,7 @@ static int get_strlist(ctx *c, const toml_value *v, const char *key, sy_strlist 
 		if (it->type != TOML_STRING) {
 			err_type(c, ik, "a string", it);
 			rc = -1;
-		} else if (strlen(it->u.str.ptr) != it->u.str.len) {
+		} else if (has_nul(it)) {
 			sy_errors_add(c->errs, "%s: contains a NUL character; remove it", ik);
 			rc = -1;
 		}
@@ -523,7 +561,7 @@ static int get_strlist(ctx *c, const toml_value *v, const char *key, sy_strlist 
 	strlist_free(out);
 	out->items = cfg_xcalloc(v->u.arr.len, sizeof(char *));
 	for (size_t i = 0; i < v->u.arr.len; i++)
-		out->items[i] = cfg_xstrdup(v->u.arr.items[i]->u.str.ptr);
+		out->items[i] = cfg_xstrdup(sv(v->u.arr.items[i]));
 	out->len = v->u.arr.len;
 	return 0;
 }
@@ -542,15 +580,14 @@ static int get_enum(ctx *c, const toml_value *v, const char *key, const char *co
 		return -1;
 	}
 	for (int i = 0; names[i] != NULL; i++) {
-		if (strcasecmp(v->u.str.ptr, names[i]) == 0 &&
-		    strlen(v->u.str.ptr) == v->u.str.len) {
+		if (strlen(names[i]) == v->u.str.len &&
+		    strncasecmp(sv(v), names[i], v->u.str.len) == 0) {
 			*idx = i;
 			return 0;
 		}
 	}
 	names_join(allowed, sizeof(allowed), names);
-	sy_errors_add(c->errs, "%s: invalid value \"%s\"; allowed values: %s", key, v->u.str.ptr,
-	              allowed);
+	sy_errors_add(c->errs, "%s: invalid value \"%s\"; allowed values: %s", key, sv(v), allowed);
 	return -1;
 }
 
@@ -772,12 +809,12 @@ static void load_server(ctx *c, const toml_value *t)
 		 * "info,proxy=debug"); accept the same and keep its level. */
 		if (v->type != TOML_STRING)
 			err_type(c, "server.log_level", "a string such as \"info\"", v);
-		else if (log_filter_parse(v->u.str.ptr, &s->log_level) != 0)
+		else if (log_filter_parse(sv(v), &s->log_level) != 0)
 			sy_errors_add(c->errs,
 			              "server.log_level: invalid value \"%s\"; allowed values: "
 			              "\"error\", \"warn\", \"info\", \"debug\", \"trace\" (or a "
 			              "target=level list)",
-			              v->u.str.ptr);
+			              sv(v));
 	}
 }
 
@@ -888,12 +925,12 @@ static void load_binds(ctx *c, const toml_value *v, const char *key, sy_bind_add
 			err_type(c, ik, "an \"ip:port\" string", it);
 			continue;
 		}
-		if (sy_sockaddr_parse(it->u.str.ptr, false, &b->addr, &b->addrlen) != 0) {
+		if (sy_sockaddr_parse(sv(it), false, &b->addr, &b->addrlen) != 0) {
 			sy_errors_add(
 			    c->errs,
 			    "%s: \"%s\" is not \"ip:port\" or \"[ipv6]:port\" with a port "
 			    "between 1 and 65535; write e.g. \"0.0.0.0:993\" or \"[::]:993\"",
-			    key, it->u.str.ptr);
+			    key, sv(it));
 			continue;
 		}
 		uint16_t port = b->addr.ss_family == AF_INET
@@ -902,10 +939,10 @@ static void load_binds(ctx *c, const toml_value *v, const char *key, sy_bind_add
 		if (port == 0) {
 			sy_errors_add(c->errs,
 			              "%s: \"%s\" has port 0; use a port between 1 and 65535", key,
-			              it->u.str.ptr);
+			              sv(it));
 			continue;
 		}
-		b->text = cfg_xstrdup(it->u.str.ptr);
+		b->text = cfg_xstrdup(sv(it));
 		(*nout)++;
 	}
 }
@@ -926,12 +963,12 @@ static void load_cidrs(ctx *c, const toml_value *v, const char *key, sy_cidr **o
 			err_type(c, ik, "a CIDR string such as \"10.0.0.0/8\"", it);
 			continue;
 		}
-		if (cidr_parse(it->u.str.ptr, &(*out)[*nout]) != 0) {
+		if (cidr_parse(sv(it), &(*out)[*nout]) != 0) {
 			sy_errors_add(
 			    c->errs,
 			    "%s: \"%s\" is not a CIDR range; write an address with an "
 			    "optional prefix length, e.g. \"10.0.0.0/8\" or \"2001:db8::/32\"",
-			    key, it->u.str.ptr);
+			    key, sv(it));
 			continue;
 		}
 		(*nout)++;
@@ -1030,7 +1067,7 @@ static void load_pin(ctx *c, const toml_value *v, const char *key, sy_destinatio
 		err_type(c, key, "a string of 64 hexadecimal digits", v);
 		return;
 	}
-	for (const char *p = v->u.str.ptr; *p != '\0'; p++) {
+	for (const char *p = sv(v); *p != '\0'; p++) {
 		int h;
 		if (*p == ':')
 			continue;
@@ -1075,15 +1112,15 @@ static void load_source_ips(ctx *c, const toml_value *v, const char *key, sy_des
 			err_type(c, ik, "an IP address string", it);
 			continue;
 		}
-		if (!cfg_host_is_ip(it->u.str.ptr) ||
-		    sy_sockaddr_parse(it->u.str.ptr, true, &b->addr, &b->addrlen) != 0) {
+		if (!cfg_host_is_ip(sv(it)) ||
+		    sy_sockaddr_parse(sv(it), true, &b->addr, &b->addrlen) != 0) {
 			sy_errors_add(c->errs,
 			              "%s: \"%s\" is not an IP address; write a bare local address "
 			              "such as \"10.0.2.5\" or \"2001:db8::5\" (no port)",
-			              key, it->u.str.ptr);
+			              key, sv(it));
 			continue;
 		}
-		b->text = cfg_xstrdup(it->u.str.ptr);
+		b->text = cfg_xstrdup(sv(it));
 		d->nsource_ips++;
 	}
 }
@@ -1485,16 +1522,15 @@ static void load_admin(ctx *c, const toml_value *t)
 	if ((v = toml_get(t, "bind")) != NULL) {
 		if (v->type != TOML_STRING) {
 			err_type(c, "admin.bind", "an \"ip:port\" string", v);
-		} else if (sy_sockaddr_parse(v->u.str.ptr, false, &a->bind.addr,
-		                             &a->bind.addrlen) != 0) {
+		} else if (sy_sockaddr_parse(sv(v), false, &a->bind.addr, &a->bind.addrlen) != 0) {
 			sy_errors_add(
 			    c->errs,
 			    "admin.bind: \"%s\" is not \"ip:port\" or \"[ipv6]:port\"; write "
 			    "e.g. \"127.0.0.1:9443\"",
-			    v->u.str.ptr);
+			    sv(v));
 		} else {
 			free(a->bind.text);
-			a->bind.text = cfg_xstrdup(v->u.str.ptr);
+			a->bind.text = cfg_xstrdup(sv(v));
 		}
 	}
 	if ((v = toml_get(t, "tls")) != NULL &&

@@ -66,6 +66,17 @@ static inline char *cfg_xstrdup(const char *s)
  */
 int config_validate(const sy_config *cfg, sy_errors *errs, size_t prior_from, size_t prior_to);
 
+/* Longest dotted key the config module prints (longer ones are cut). */
+#define CFG_KEYMAX 512
+
+/*
+ * Writes `name` into buf (CFG_KEYMAX bytes) as it appears inside a dotted key:
+ * bare when TOML allows it, "quoted" otherwise. Returns buf. QN() is the
+ * convenience form with a buffer that lives until the end of the block.
+ */
+const char *cfg_qname(const char *name, char *buf);
+#define QN(name) cfg_qname((name), (char[CFG_KEYMAX]){0})
+
 /* True if `host` is a literal IPv4 or IPv6 address (brackets allowed). */
 bool cfg_host_is_ip(const char *host);
 

@@ -23,7 +23,7 @@
 #include "switchyard/config.h"
 #include "switchyard/mapfile.h"
 
-#define KEYMAX 512
+#define KEYMAX CFG_KEYMAX
 
 typedef struct vctx {
 	const sy_config *cfg;
@@ -336,7 +336,7 @@ static void check_routing(vctx *v)
 		if (!dd_ok || !listener_resolves_accounts(v, l->protocol) ||
 		    config_target_has_proto(cfg, dd, l->protocol))
 			continue;
-		snprintf(key, sizeof(key), "listener.%s.protocol", l->name);
+		snprintf(key, sizeof(key), "listener.%s.protocol", QN(l->name));
 		verr(v, key,
 		     "the default destination \"%s\" does not declare %s, and accounts without a "
 		     "mapping fall back to it; add [destination.%s.protocol.%s] with port and tls",
@@ -361,7 +361,7 @@ static void check_passthrough(vctx *v)
 			lmtp = l;
 		if (l->tls == SY_TLS_STARTTLS) {
 			char key[KEYMAX];
-			snprintf(key, sizeof(key), "listener.%s.tls", l->name);
+			snprintf(key, sizeof(key), "listener.%s.tls", QN(l->name));
 			verr(
 			    v, key,
 			    "\"starttls\" is not possible on a %s listener: the proxy bridges it "
@@ -450,7 +450,8 @@ static void check_binds(vctx *v)
 	for (size_t i = 0; i < cfg->nlisteners; i++) {
 		for (size_t j = 0; j < cfg->listeners[i].nbinds; j++) {
 			refs[n].b = &cfg->listeners[i].binds[j];
-			snprintf(refs[n].owner, KEYMAX, "listener.%s.bind", cfg->listeners[i].name);
+			snprintf(refs[n].owner, KEYMAX, "listener.%s.bind",
+			         QN(cfg->listeners[i].name));
 			n++;
 		}
 	}
@@ -482,11 +483,11 @@ static void check_listeners(vctx *v)
 	for (size_t i = 0; i < cfg->nlisteners; i++) {
 		const sy_listener_config *l = &cfg->listeners[i];
 		if (l->nbinds == 0) {
-			snprintf(key, sizeof(key), "listener.%s.bind", l->name);
+			snprintf(key, sizeof(key), "listener.%s.bind", QN(l->name));
 			verr(v, key, "empty; list at least one address such as \"0.0.0.0:993\"");
 		}
 		if (l->proxy_protocol != SY_PROXY_OFF && l->nproxy_trusted == 0) {
-			snprintf(key, sizeof(key), "listener.%s.proxy_trusted", l->name);
+			snprintf(key, sizeof(key), "listener.%s.proxy_trusted", QN(l->name));
 			verr(v, key,
 			     "required when proxy_protocol is \"%s\"; list the CIDR ranges of the "
 			     "load balancers allowed to send a PROXY header, e.g. [\"10.0.0.0/8\"]",
@@ -523,8 +524,8 @@ static void check_destinations(vctx *v)
 				tls_leg = p;
 			if (sy_proto_carries_credentials((sy_proto)p) && ep->tls == SY_TLS_PLAIN &&
 			    !d->allow_plaintext_auth) {
-				snprintf(key, sizeof(key), "destination.%s.protocol.%s.tls", d->id,
-				         sy_proto_name((sy_proto)p));
+				snprintf(key, sizeof(key), "destination.%s.protocol.%s.tls",
+				         QN(d->id), sy_proto_name((sy_proto)p));
 				verr(v, key,
 				     "\"plain\" would send client credentials to the backend "
 				     "unencrypted; use \"implicit\" or \"starttls\", or set "
@@ -536,7 +537,7 @@ static void check_destinations(vctx *v)
 			if (ep->forwarding == SY_FWD_XCLIENT &&
 			    (sy_proto_is_passthrough((sy_proto)p) || p == SY_PROTO_HTTP)) {
 				snprintf(key, sizeof(key), "destination.%s.protocol.%s.forwarding",
-				         d->id, sy_proto_name((sy_proto)p));
+				         QN(d->id), sy_proto_name((sy_proto)p));
 				verr(v, key,
 				     "\"xclient\" is not possible on a%s leg%s; use \"proxy\" or "
 				     "\"none\"",
@@ -549,7 +550,7 @@ static void check_destinations(vctx *v)
 			}
 		}
 		if (d->host_is_ip && tls_leg >= 0 && d->tls_server_name == NULL) {
-			snprintf(key, sizeof(key), "destination.%s.tls_server_name", d->id);
+			snprintf(key, sizeof(key), "destination.%s.tls_server_name", QN(d->id));
 			verr(
 			    v, key,
 			    "required because host \"%s\" is an IP address and the %s leg uses TLS "
@@ -559,7 +560,7 @@ static void check_destinations(vctx *v)
 			    d->host, sy_proto_name((sy_proto)tls_leg));
 		}
 		if ((d->tls_client_cert == NULL) != (d->tls_client_key == NULL)) {
-			snprintf(key, sizeof(key), "destination.%s.%s", d->id,
+			snprintf(key, sizeof(key), "destination.%s.%s", QN(d->id),
 			         d->tls_client_cert == NULL ? "tls_client_cert" : "tls_client_key");
 			verr(v, key,
 			     "missing while %s is set; mutual TLS needs both the client "
@@ -567,8 +568,8 @@ static void check_destinations(vctx *v)
 			     d->tls_client_cert == NULL ? "tls_client_key" : "tls_client_cert");
 		} else if (d->tls_client_cert != NULL) {
 			char kk[KEYMAX];
-			snprintf(key, sizeof(key), "destination.%s.tls_client_cert", d->id);
-			snprintf(kk, sizeof(kk), "destination.%s.tls_client_key", d->id);
+			snprintf(key, sizeof(key), "destination.%s.tls_client_cert", QN(d->id));
+			snprintf(kk, sizeof(kk), "destination.%s.tls_client_key", QN(d->id));
 			check_cert_pair(v, key, d->tls_client_cert, kk, d->tls_client_key);
 		}
 	}
@@ -587,7 +588,8 @@ static void check_tls(vctx *v)
 		const sy_cert_config *c = &cfg->certs[i];
 		if (c->is_default) {
 			if (first_default != NULL) {
-				snprintf(key, sizeof(key), "tls.certificate.%s.default", c->name);
+				snprintf(key, sizeof(key), "tls.certificate.%s.default",
+				         QN(c->name));
 				verr(v, key,
 				     "more than one certificate is marked default (also "
 				     "tls.certificate.%s); keep default = true on one only",
@@ -597,8 +599,8 @@ static void check_tls(vctx *v)
 			}
 		}
 		if (c->cert_path != NULL && c->key_path != NULL) {
-			snprintf(key, sizeof(key), "tls.certificate.%s.cert", c->name);
-			snprintf(kk, sizeof(kk), "tls.certificate.%s.key", c->name);
+			snprintf(key, sizeof(key), "tls.certificate.%s.cert", QN(c->name));
+			snprintf(kk, sizeof(kk), "tls.certificate.%s.key", QN(c->name));
 			check_cert_pair(v, key, c->cert_path, kk, c->key_path);
 		}
 	}
@@ -796,7 +798,7 @@ static void check_clusters(vctx *v)
 		const sy_destination_config *tmpl = NULL;
 		bool tmpl_tls = false;
 
-		snprintf(key, sizeof(key), "cluster.%s", cl->id);
+		snprintf(key, sizeof(key), "cluster.%s", QN(cl->id));
 		if (config_destination(cfg, cl->id) != NULL)
 			verr(v, key,
 			     "a destination is also named \"%s\"; clusters and destinations share "

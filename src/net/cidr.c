@@ -12,21 +12,35 @@
 #include <netinet/in.h>
 #include <string.h>
 
-/* Parses a decimal prefix length of at most three digits, no sign. */
-static int parse_prefix(const char *s, unsigned max, unsigned *out)
+/* Parses a decimal prefix length: digits only (leading zeros allowed, as
+ * the reference implementation allows them), at most `max`. */
+static int parse_prefix(const char *s, size_t len, unsigned max, unsigned *out)
 {
 	unsigned v = 0;
-	size_t n = 0;
 
-	for (; s[n] != '\0'; n++) {
-		if (s[n] < '0' || s[n] > '9' || n >= 3)
-			return -1;
-		v = v * 10 + (unsigned)(s[n] - '0');
-	}
-	if (n == 0 || v > max)
+	if (len == 0)
 		return -1;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -1;
+		v = v * 10 + (unsigned)(s[i] - '0');
+		if (v > max)
+			return -1;
+	}
 	*out = v;
 	return 0;
+}
+
+/* Narrows [*s, *s + *len) to exclude surrounding blanks. Operators write
+ * "10.0.0.0 / 8" now and then, and the reference accepts it. */
+static void trim(const char **s, size_t *len)
+{
+	while (*len > 0 && (**s == ' ' || **s == '\t')) {
+		(*s)++;
+		(*len)--;
+	}
+	while (*len > 0 && ((*s)[*len - 1] == ' ' || (*s)[*len - 1] == '\t'))
+		(*len)--;
 }
 
 /* Clears every bit after the first `prefix` bits of `addr` (len bytes). */
@@ -44,19 +58,26 @@ static void clear_host_bits(uint8_t *addr, size_t len, unsigned prefix)
 int cidr_parse(const char *s, sy_cidr *out)
 {
 	char buf[INET6_ADDRSTRLEN + 8];
-	const char *slash;
-	size_t alen;
+	const char *slash, *a, *p = NULL;
+	size_t alen, plen = 0;
 	unsigned prefix;
 	sy_cidr c;
 
 	if (s == NULL || out == NULL)
 		return -1;
 	slash = strchr(s, '/');
+	a = s;
 	alen = slash != NULL ? (size_t)(slash - s) : strlen(s);
+	trim(&a, &alen);
 	if (alen == 0 || alen >= sizeof(buf))
 		return -1;
-	memcpy(buf, s, alen);
+	memcpy(buf, a, alen);
 	buf[alen] = '\0';
+	if (slash != NULL) {
+		p = slash + 1;
+		plen = strlen(p);
+		trim(&p, &plen);
+	}
 
 	memset(&c, 0, sizeof(c));
 	if (inet_pton(AF_INET, buf, c.addr) == 1) {
@@ -68,7 +89,7 @@ int cidr_parse(const char *s, sy_cidr *out)
 	} else {
 		return -1;
 	}
-	if (slash != NULL && parse_prefix(slash + 1, prefix, &prefix) != 0)
+	if (slash != NULL && parse_prefix(p, plen, prefix, &prefix) != 0)
 		return -1;
 
 	c.prefix = (uint8_t)prefix;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "switchyard/interactive.h"
 #include "switchyard/log.h"
 #include "switchyard/proxy_protocol.h"
 
@@ -37,6 +38,8 @@ static void free_session(sy_session *s)
 		atomic_fetch_sub(&s->lrt->active, 1);
 	if (s->pending)
 		pool_put(&w->pool, s->pending);
+	if (s->proto)
+		interactive_release(s);
 	snapshot_unref(s->snap);
 	free(s);
 	worker_session_gone(w);
@@ -124,6 +127,10 @@ static void client_ready(sy_session *s)
 	s->state = SS_PROTOCOL;
 	if (sy_proto_is_passthrough(s->lcfg->protocol)) {
 		passthrough_start(s);
+		return;
+	}
+	if (s->lcfg->protocol != SY_PROTO_HTTP) {
+		interactive_start(s);
 		return;
 	}
 	sy_log(SY_LOG_ERROR, "protocol not served by this build", "listener", s->lcfg->name,

@@ -159,7 +159,8 @@ int mapfile_load(const char *path, sy_normalize norm, const sy_config *cfg, sy_m
 
 	/* Sort by identifier then line, and keep the last line of each run:
 	 * a later duplicate replaces an earlier one. */
-	qsort(items, n, sizeof(*items), cmp_pending);
+	if (n > 1)
+		qsort(items, n, sizeof(*items), cmp_pending);
 	out->entries = calloc(n ? n : 1, sizeof(*out->entries));
 	if (out->entries == NULL) {
 		fputs("switchyard: out of memory while reading the mapping file\n", stderr);
@@ -326,7 +327,8 @@ int mapfile_write(const char *path, const sy_mapfile *m, const char **error_r)
 		order[i] = &m->entries[i];
 	/* Entries are kept sorted, but a file someone diffs must be sorted
 	 * whatever the caller did. */
-	qsort(order, m->len, sizeof(*order), cmp_entry_ptr);
+	if (m->len > 1)
+		qsort(order, m->len, sizeof(*order), cmp_entry_ptr);
 	for (size_t i = 0; i < m->len; i++) {
 		if (fprintf(f, "%s\t%s\n", order[i]->identifier, order[i]->destination) < 0) {
 			*error_r = "cannot write the temporary file";

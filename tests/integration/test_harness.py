@@ -323,6 +323,8 @@ def test_dovecot_stop_and_cleanup(make_dovecot):
     d = make_dovecot(listeners={"lmtp": ("plain",)})
     pid, path = d.pid, d.dir
     assert pid_alive(pid)
+    subject, _ = clients.lmtp_deliver(d.lmtp)
+    assert d.has_message("alice@example.com", subject)
     d.cleanup()
     assert not pid_alive(pid)
     assert not os.path.exists(path)

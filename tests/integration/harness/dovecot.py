@@ -11,7 +11,11 @@ Gotchas baked in here (learned on these machines):
   before it daemonizes, so once `dovecot -c` has exited 0 the ports are bound.
   We still confirm them in /proc/net/tcp (without connecting: a probe
   connection would spawn login processes and write log lines).
-- Stop it by the pid in <base_dir>/master.pid.
+- Stop it by the pid in <base_dir>/master.pid. The master sleeps about 1 s
+  on SIGTERM to let its log process drain (about 6 s when signalled within a
+  few ms of starting), hence one shared instance per session.
+- A failed login delays the next ones from the same IP (anvil auth penalty)
+  and the failure reply by auth_failure_delay: both are switched off here.
 - OAUTHBEARER/XOAUTH2 in Dovecot 2.3 verify the bearer token as the user's
   password through the ordinary passdbs, so a passwd-file user whose password
   is a token string can log in with that token (used by the token tests).
@@ -173,6 +177,9 @@ disable_plaintext_auth = no
 login_trusted_networks = 127.0.0.0/8
 haproxy_trusted_networks = 127.0.0.0/8
 haproxy_timeout = 5s
+# Tests log in with wrong passwords on purpose: no 2 s failure delay, and no
+# per-IP auth penalty (which would slow later logins from 127.0.0.1).
+auth_failure_delay = 0
 
 passdb {{
   driver = passwd-file
@@ -198,6 +205,11 @@ plugin {{
   sieve = file:~/sieve;active=~/.dovecot.sieve
 }}
 
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
 service imap-login {{
 {self._listener_block("imap", "imap")}}}
 service pop3-login {{
