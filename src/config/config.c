@@ -1629,7 +1629,7 @@ static const char *const default_sieve[] = {
     "relational", "regex",  "body",     "copy",     "include",    "variables",
     "date",       "index",  "mailbox",  NULL};
 static const char *const default_ehlo[] = {
-    "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING", "SIZE 52428800", NULL};
+    "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "CHUNKING", "SIZE 52428800", NULL};
 static const char *const default_separators[] = {"%", NULL};
 
 static void set_defaults(sy_config *cfg)

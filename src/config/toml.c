@@ -456,7 +456,10 @@ static bool sb_putc(parser *p, strbuf *b, char c)
 /* Makes sure the buffer is allocated (and NUL-terminated) even when empty. */
 static bool sb_finish(parser *p, strbuf *b)
 {
-	return sb_reserve(p, b, 0);
+	if (!sb_reserve(p, b, 0))
+		return false;
+	b->p[b->len] = '\0';
+	return true;
 }
 
 static bool sb_put_utf8(parser *p, strbuf *b, unsigned long cp)

@@ -24,10 +24,10 @@ format is `<time> <LEVEL> <message> key=value ...`):
     error / unreachable when the backend cannot be reached;
   - a line containing the word `down` and the destination id (`dovecot`)
     when the circuit breaker marks a destination down;
-  - a line mentioning verif / pin / fingerprint / certificate together with
-    fail / mismatch / error / reject / untrusted when backend TLS
-    verification fails;
-  - a line mentioning shut down / shutdown / drain / stopping / terminat
+  - a line mentioning verif / pin / fingerprint / certificate / hostname /
+    tls / handshake together with fail / mismatch / error / reject /
+    untrusted when backend TLS verification fails;
+  - a line mentioning shutting down / shutdown / drain / stopping / terminat
     when SIGTERM starts the drain.
 
 Dovecot's side (see test_harness.py): LMTP logs `Connect from <ip>`.
@@ -54,8 +54,9 @@ RE_LIMIT = r"max_connections|connection limit|too many connections|limit reached
 RE_TIMEOUT = r"timeout|timed out"
 RE_BACKEND_FAIL = r"(?=.*(backend|connect|dial))(?=.*(fail|refused|error|unreachable))"
 RE_DOWN = r"(?=.*\bdown\b)(?=.*\bdovecot\b)"
-RE_TLS_VERIFY_FAIL = r"(?=.*(verif|pin|fingerprint|certificate))(?=.*(fail|mismatch|error|reject|untrusted))"
-RE_SHUTDOWN = r"shut ?down|drain|stopping|terminat"
+RE_TLS_VERIFY_FAIL = (r"(?=.*(verif|pin|fingerprint|certificate|hostname|tls|handshake))"
+                      r"(?=.*(fail|mismatch|error|reject|untrusted))")
+RE_SHUTDOWN = r"shut(ting)? ?down|drain|stopping|terminat"
 
 
 def q(s):

@@ -32,7 +32,7 @@ static const char cfg_text[] = "[routing]\ndefault_destination = \"old\"\n"
 
 static char *path_of(const char *name)
 {
-	static char buf[256];
+	static char buf[512];
 	snprintf(buf, sizeof(buf), "%s/%s", tmpdir, name);
 	return buf;
 }
@@ -169,7 +169,7 @@ static void test_errors(void **state)
 	assert_int_equal(m.len, 0);
 	/* One message per bad line, each naming the key, file and line. */
 	assert_int_equal(errs.len, 3);
-	char want[512];
+	char want[1024];
 	snprintf(want, sizeof(want), "mapping.file.path: %s:2: expected", path_of("bad.tsv"));
 	assert_true(has_msg(&errs, want));
 	snprintf(want, sizeof(want),

@@ -132,7 +132,7 @@ class Switchyard:
         self.returncode = rc
         return rc
 
-    def stop(self, timeout=DEFAULT_TIMEOUT, check=True, sig=signal.SIGTERM):
+    def stop(self, timeout=20.0, check=True, sig=signal.SIGTERM):
         """SIGTERM and wait. Returns the exit code; with check, a non-zero exit
         (including a sanitizer report's exit code) fails with stderr."""
         if self.proc is None:

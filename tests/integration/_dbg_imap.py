@@ -1,0 +1,969 @@
+"""IMAP through Switchyard (src/proto/imap.c on the interactive framework)
+against a real Dovecot, with real clients (imaplib, curl, raw sockets for the
+wire-level cases).
+
+One private Dovecot serves the whole module (module-scoped fixture): the
+shared one lacks what these tests need, namely an implicit-TLS listener that
+also takes a PROXY header (`imaps_haproxy`), the client port in the login log
+line (`rport=`), and users whose password is a bearer token or contains
+quotes and spaces. Switchyard instances are module-scoped too and shared by
+the tests that use the same configuration (`sy_pool`); routing is by the
+default destination only, so there is one Switchyard per (backend leg,
+forwarding) combination, each with an implicit, a STARTTLS and a plain
+listener.
+
+Every client binds its own loopback source address (127.0.0.5 and up, one
+per test) so that Dovecot's log line for a login can be told apart and the
+address Dovecot saw can be checked.
+
+Dovecot 2.3 log lines matched here (login_log_format_elements set below):
+  imap-login: Info: Login: user=<u>, method=M, rip=IP, rport=PORT, lip=IP, mpid=N, TLS|secured, session=<..>
+  auth: Info: ... Master user logging in as <user>
+Switchyard's: `login listener=.. protocol=imap client=.. identifier=.. mechanism=.. destination=.. result=ok|failed|tempfail`.
+
+Dovecot 2.3 limit found here: imap-login refuses a SASL response longer than
+8 KiB of base64 ("Authentication response too large" and a disconnect), so a
+16 KiB bearer token cannot reach Dovecot's passdb; the 16 KiB token test uses
+a small fake IMAP backend that checks the replayed token byte for byte.
+"""
+
+import base64
+import itertools
+import json
+import re
+import socket
+import socketserver
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from harness import Dovecot, Switchyard, clients
+from harness.dovecot import DEFAULT_USERS
+from harness.util import (HarnessError, connect, expect_closed, free_port, read_text, recv_line,
+                          wait_ports_listening)
+
+ALICE = ("alice@example.com", "alicepass")
+BOB = ("bob@example.com", "bobpass")
+
+
+def b64u(b):
+    return base64.urlsafe_b64encode(b).decode().rstrip("=")
+
+
+def make_jwt(payload):
+    """An unsigned-looking JWT (header.payload.signature); nobody checks the signature here."""
+    return ".".join((b64u(json.dumps({"alg": "RS256", "typ": "JWT"}).encode()),
+                     b64u(json.dumps(payload).encode()), b64u(b"s" * 64)))
+
+
+DAVE = "dave@example.com"
+DAVE_JWT = make_jwt({"email": DAVE, "sub": "1234"})
+# A 16 KiB bearer token (a padding claim).
+BIG_JWT = make_jwt({"email": DAVE, "pad": "P" * 12200})
+assert 16384 <= len(BIG_JWT) < 17000, len(BIG_JWT)
+# The largest kind of token Dovecot 2.3's imap-login still takes (< 8 KiB of base64 on the wire).
+MID_JWT = make_jwt({"email": "erin@example.com", "pad": "M" * 3500})
+QUOTE_USER = "quote@example.com"
+QUOTE_PASS = 'p a"s\\s w'  # space, double quote, backslash
+LOCKED_USER = "locked@example.com"  # nologin with a reason: Dovecot's own failure text
+
+GENERIC_FAIL = b"NO [AUTHENTICATIONFAILED] Authentication failed."
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def q(s):
+    return json.dumps(s)
+
+
+def toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return q(v)
+
+
+def toml_table(name, values):
+    return f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items() if v is not None)
+
+
+_sources = itertools.count(5)
+
+
+def next_source():
+    """A loopback address no other test in this module uses."""
+    n = next(_sources)
+    return f"127.0.{n // 250}.{n % 250 + 2}" if n >= 250 else f"127.0.0.{n}"
+
+
+def rx(s):
+    return re.escape(s)
+
+
+def login_re(user, ip, port=None, method=None):
+    method = method or r"\S+"
+    port = r"\d+" if port is None else str(port)
+    return rf"imap-login: Info: Login: user=<{rx(user)}>, method={method}, rip={rx(ip)}, rport={port}, "
+
+
+class Raw:
+    """A line-oriented raw IMAP client over a socket (optionally TLS)."""
+
+    def __init__(self, port, source=None, tls_ctx=None, greeting=True):
+        self.source = source or next_source()
+        self.sock = connect(port, source=self.source)
+        self.client_port = self.sock.getsockname()[1]
+        if tls_ctx is not None:
+            self.sock = tls_ctx.wrap_socket(self.sock, server_hostname="localhost")
+        self.buf = b""
+        self.greeting = self.line() if greeting else None
+
+    def send(self, data):
+        self.sock.sendall(data if isinstance(data, bytes) else data.encode())
+
+    def line(self, timeout=10.0):
+        """One line with its CRLF; b'' on EOF."""
+        self.sock.settimeout(timeout)
+        while b"\n" not in self.buf:
+            try:
+                chunk = self.sock.recv(65536)
+            except (ConnectionResetError, ssl.SSLEOFError):
+                chunk = b""
+            if not chunk:
+                out, self.buf = self.buf, b""
+                return out
+            self.buf += chunk
+        out, self.buf = self.buf.split(b"\n", 1)
+        return out + b"\n"
+
+    def tagged(self, tag, timeout=10.0):
+        """Lines up to and including the one tagged `tag` (stripped of CRLF)."""
+        lines = []
+        t = tag.encode() + b" "
+        while True:
+            l = self.line(timeout)
+            if not l:
+                raise HarnessError(f"EOF waiting for {tag!r}; got {lines!r}")
+            lines.append(l.rstrip(b"\r\n"))
+            if l.startswith(t):
+                return lines
+
+    def cmd(self, tag, text):
+        self.send(f"{tag} {text}\r\n")
+        return self.tagged(tag)
+
+    def starttls(self, ctx, tag="tls"):
+        r = self.cmd(tag, "STARTTLS")
+        assert r[-1].startswith(f"{tag} OK".encode()), r
+        assert self.buf == b""
+        self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost")
+
+    def closed(self, timeout=5.0):
+        """Waits for EOF; returns (bytes received before it, elapsed)."""
+        data, elapsed = expect_closed(self.sock, timeout)
+        return self.buf + data, elapsed
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def imap_client(leg, port, certs, source=None):
+    """An imaplib session on a Switchyard listener of kind `leg` (implicit,
+    starttls, plain), connected from `source`; returns (imap, source, client port)."""
+    source = source or next_source()
+    sock = connect(port, source=source)
+    cport = sock.getsockname()[1]
+    if leg == "implicit":
+        sock = certs.client_context().wrap_socket(sock, server_hostname="localhost")
+    m = clients.imap_on(sock)
+    if leg == "starttls":
+        m.starttls(ssl_context=certs.client_context())
+    return m, source, cport
+
+
+def caps_of(line):
+    m = re.search(rb"\[CAPABILITY ([^\]]*)\]", line)
+    assert m, line
+    return m.group(1).split()
+
+
+# --- a fake IMAP backend ------------------------------------------------------------------------
+
+class FakeImap:
+    """A tiny IMAP server for what Dovecot cannot show: it greets with the
+    given capabilities, answers CAPABILITY, and takes AUTHENTICATE (SASL-IR or
+    a continuation), recording the decoded SASL message; the login succeeds
+    when `accept(mech, message)` says so."""
+
+    def __init__(self, caps="IMAP4rev1 SASL-IR ID AUTH=PLAIN AUTH=XOAUTH2 AUTH=OAUTHBEARER",
+                 accept=lambda mech, msg: True):
+        self.auths = []
+        self.lines = []
+        self.cond = threading.Condition()
+        owner = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                self.request.settimeout(20)
+                w = self.wfile
+                w.write(f"* OK [CAPABILITY {caps}] fake ready\r\n".encode())
+                try:
+                    while True:
+                        line = self.rfile.readline(1 << 20)
+                        if not line:
+                            return
+                        with owner.cond:
+                            owner.lines.append(line)
+                            owner.cond.notify_all()
+                        parts = line.rstrip(b"\r\n").split(b" ")
+                        if len(parts) < 2:
+                            w.write(b"* BAD what\r\n")
+                            continue
+                        tag, cmd = parts[0], parts[1].upper()
+                        if cmd == b"CAPABILITY":
+                            w.write(f"* CAPABILITY {caps}\r\n".encode() + tag + b" OK done\r\n")
+                        elif cmd == b"ID":
+                            w.write(b"* ID NIL\r\n" + tag + b" OK ID done\r\n")
+                        elif cmd == b"AUTHENTICATE":
+                            mech = parts[2].decode()
+                            if len(parts) > 3:
+                                resp = parts[3]
+                            else:
+                                w.write(b"+ \r\n")
+                                resp = self.rfile.readline(1 << 20).rstrip(b"\r\n")
+                            msg = base64.b64decode(resp)
+                            with owner.cond:
+                                owner.auths.append((mech, msg))
+                                owner.cond.notify_all()
+                            if accept(mech, msg):
+                                w.write(tag + b" OK [CAPABILITY IMAP4rev1 FAKE-AFTER-LOGIN] Logged in\r\n")
+                            else:
+                                w.write(tag + b" NO [AUTHENTICATIONFAILED] fake says no\r\n")
+                        elif cmd == b"LOGOUT":
+                            w.write(b"* BYE bye\r\n" + tag + b" OK bye\r\n")
+                            return
+                        else:
+                            w.write(tag + b" OK " + cmd + b" done\r\n")
+                except OSError:
+                    return
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+
+class ImapDovecot(Dovecot):
+    """The module's Dovecot: imap listeners only, plus an implicit-TLS
+    listener with haproxy = yes, rport in the login log line, and users with
+    extra fields (nologin with a reason)."""
+
+    def __init__(self, certs):
+        self.imaps_haproxy = free_port()
+        users = dict(DEFAULT_USERS)
+        users.update({DAVE: DAVE_JWT, "erin@example.com": MID_JWT, QUOTE_USER: QUOTE_PASS,
+                      LOCKED_USER: "lockedpass"})
+        extra = f"""
+login_log_format_elements = user=<%u> method=%m rip=%r rport=%{{rport}} lip=%l mpid=%e %c session=<%{{session}}>
+service imap-login {{
+  inet_listener imaps_haproxy {{
+    address = 127.0.0.1
+    port = {self.imaps_haproxy}
+    ssl = yes
+    haproxy = yes
+  }}
+}}
+"""
+        super().__init__(certs, users=users, listeners={"imap": ("plain", "tls", "haproxy")}, extra_conf=extra)
+
+    def _write_files(self):
+        super()._write_files()
+        # passwd-file extra fields: a user whose correct password still fails
+        # with Dovecot's own reason text.
+        path = f"{self.dir}/users"
+        with open(path) as f:
+            lines = f.read().splitlines()
+        with open(path, "w") as f:
+            for l in lines:
+                if l.startswith(LOCKED_USER + ":"):
+                    l += "nologin reason=Mailbox_is_being_migrated"
+                f.write(l + "\n")
+
+    def start(self, *a, **kw):
+        super().start(*a, **kw)
+        wait_ports_listening([self.imaps_haproxy], 10, "dovecot imaps_haproxy")
+        return self
+
+
+@pytest.fixture(scope="module")
+def dv(certs):
+    d = ImapDovecot(certs)
+    try:
+        d.start()
+        yield d
+    finally:
+        d.cleanup()
+
+
+class SyPool:
+    """Switchyards shared by the tests that ask for the same key; stopped at
+    the end of the module (each must exit 0)."""
+
+    def __init__(self):
+        self.instances = {}
+
+    def get(self, key, config, ports):
+        sy = self.instances.get(key)
+        if sy is None:
+            sy = Switchyard(config, name="switchyard-imap")
+            sy.ports = ports
+            self.instances[key] = sy
+            sy.start(timeout=10)
+        return sy
+
+
+@pytest.fixture(scope="module")
+def sy_pool():
+    pool = SyPool()
+    yield pool
+    errors = []
+    for sy in pool.instances.values():
+        try:
+            if sy.running():
+                sy.stop(check=True)
+        except AssertionError as e:
+            errors.append(str(e))
+        finally:
+            sy.cleanup()
+    if errors:
+        pytest.fail("\n".join(errors), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _logs_on_failure(request, dv, sy_pool):
+    """On a failure, print what Dovecot and every pooled Switchyard logged during the test."""
+    dmark = dv.log_mark()
+    smarks = {k: s.log_mark() for k, s in sy_pool.instances.items()}
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and not rep.failed:
+        return
+    print(f"--- dovecot log during the test ---\n{dv.log_text(dmark)[-15000:]}")
+    for k, s in sy_pool.instances.items():
+        lines = s.log_lines()[smarks.get(k, 0):]
+        if lines:
+            print(f"--- switchyard {k} ({s.config_path}) ---\n" + "\n".join(lines)[-15000:])
+
+
+def imap_config(certs, backend_port, *, backend_tls="plain", forwarding="none", listeners=None,
+                caps=None, destination=None, server=None, pin=True):
+    """Switchyard config text: the listeners {name: (port, tls, extra)} and one
+    default destination `backend` on 127.0.0.1:backend_port (imap only)."""
+    server = {"log_level": "info", "shutdown_grace": "2s", "host_down_threshold": 0, **(server or {})}
+    dest = {"host": "127.0.0.1", "forwarding": forwarding}
+    if backend_tls != "plain":
+        dest["tls_server_name"] = "localhost"
+        if pin:
+            dest["tls_pinned_cert_sha256"] = certs.localhost.sha256
+    else:
+        dest["allow_plaintext_auth"] = True
+    dest.update(destination or {})
+    parts = [
+        toml_table("server", server),
+        toml_table("tls.certificate.local", {"cert": certs.localhost.cert, "key": certs.localhost.key,
+                                             "default": True}),
+        toml_table("destination.backend", dest),
+        toml_table("destination.backend.protocol.imap", {"port": backend_port, "tls": backend_tls}),
+        toml_table("routing", {"default_destination": "backend"}),
+    ]
+    if caps:
+        parts.append(toml_table("capabilities.imap", caps))
+    for name, (port, tls, extra) in listeners.items():
+        parts.append(toml_table(f"listener.{name}", {"protocol": "imap", "bind": [f"127.0.0.1:{port}"],
+                                                     "tls": tls, **(extra or {})}))
+    return "\n".join(parts)
+
+
+def three_listeners(extra=None):
+    return {"implicit": (free_port(), "implicit", extra), "starttls": (free_port(), "starttls", extra),
+            "plain": (free_port(), "plain", extra)}
+
+
+def pooled(sy_pool, key, certs, backend_port, listeners, **kw):
+    """A pooled Switchyard; `sy.ports[name]` gives each listener's port."""
+    return sy_pool.get(key, imap_config(certs, backend_port, listeners=listeners, **kw),
+                       {n: p for n, (p, _, _) in listeners.items()})
+
+
+@pytest.fixture
+def lax(sy_pool, dv, certs):
+    """Plain backend leg to Dovecot, forwarding none, cleartext auth allowed
+    everywhere: the config the wire-level tests use (listener `plain`)."""
+    return pooled(sy_pool, "lax", certs, dv.imap, three_listeners(), backend_tls="plain", forwarding="none",
+                  caps={"allow_plain_auth_without_tls": True})
+
+
+@pytest.fixture
+def strict(sy_pool, dv, certs):
+    """STARTTLS backend leg with ID forwarding, default capabilities
+    (cleartext auth needs TLS); listeners: starttls, implicit, `limited`
+    (max_auth_attempts = 2) and `short` (preauth_timeout = 1s)."""
+    listeners = {"starttls": (free_port(), "starttls", None), "implicit": (free_port(), "implicit", None),
+                 "limited": (free_port(), "implicit", {"max_auth_attempts": 2}),
+                 "short": (free_port(), "starttls", {"preauth_timeout": "1s"})}
+    return pooled(sy_pool, "strict", certs, dv.imap, listeners, backend_tls="starttls", forwarding="xclient")
+
+
+@pytest.fixture
+def hidden(sy_pool, dv, certs):
+    """Like lax, but the destination has hide_auth_errors."""
+    return pooled(sy_pool, "hidden", certs, dv.imap, three_listeners(), backend_tls="plain",
+                  forwarding="none", caps={"allow_plain_auth_without_tls": True},
+                  destination={"hide_auth_errors": True})
+
+
+def login_logged(sy, since, identifier, result="ok"):
+    return sy.wait_log(rf"\blogin\b.*protocol=imap.*identifier={rx(identifier)}\b.*result={result}",
+                       since=since)
+
+
+# --- 1. the matrix ------------------------------------------------------------------------------
+
+BACKEND_LEGS = ("implicit", "starttls", "plain")
+FORWARDINGS = ("proxy", "xclient", "none")
+CLIENT_LEGS = ("implicit", "starttls", "plain")
+
+
+def matrix_backend_port(dv, leg, fwd):
+    if fwd == "proxy":
+        return dv.imaps_haproxy if leg == "implicit" else dv.imap_haproxy
+    return dv.imaps if leg == "implicit" else dv.imap
+
+
+@pytest.mark.parametrize("client_leg", CLIENT_LEGS)
+@pytest.mark.parametrize("forwarding", FORWARDINGS)
+@pytest.mark.parametrize("backend_leg", BACKEND_LEGS)
+def test_login_matrix(dv, certs, sy_pool, backend_leg, forwarding, client_leg):
+    """LOGIN and SELECT INBOX through the bridge, for every client leg x
+    backend leg x forwarding; Dovecot logs the client's address and port for
+    proxy and xclient forwarding, the proxy's for none; a TLS backend leg
+    shows as TLS in Dovecot's log (STARTTLS really happened)."""
+    sy = pooled(sy_pool, f"matrix-{backend_leg}-{forwarding}", certs,
+                matrix_backend_port(dv, backend_leg, forwarding), three_listeners(),
+                backend_tls=backend_leg, forwarding=forwarding, caps={"allow_plain_auth_without_tls": True})
+    dmark, smark = dv.log_mark(), sy.log_mark()
+    m, source, cport = imap_client(client_leg, sy.ports[client_leg], certs)
+    typ, data = m.login(*ALICE)
+    assert typ == "OK", data
+    # The tagged OK is Dovecot's, with its post-login capabilities.
+    assert b"[CAPABILITY " in data[0] and b"Logged in" in data[0], data
+    typ, data = m.select("INBOX")
+    assert typ == "OK", data
+    m.logout()
+    login_logged(sy, smark, ALICE[0])
+    if forwarding == "none":
+        line = dv.wait_log(login_re(ALICE[0], "127.0.0.1") + r".*", since=dmark).group(0)
+        assert source not in dv.log_text(dmark)
+    else:
+        line = dv.wait_log(login_re(ALICE[0], source, cport) + r".*", since=dmark).group(0)
+    if backend_leg != "plain":
+        assert re.search(r", TLS[,:]", line), line
+    if forwarding == "xclient":
+        # The ID's x-session-id becomes Dovecot's session id.
+        assert re.search(r"session=<[0-9a-f]{16}>", line), line
+
+
+@pytest.mark.parametrize("client_leg", CLIENT_LEGS)
+def test_curl(dv, certs, sy_pool, client_leg):
+    """curl (imaps://, imap:// with --ssl-reqd, cleartext imap://) selects
+    INBOX and searches it through the proxy; the backend leg is STARTTLS with
+    ID forwarding, so Dovecot logs curl's address."""
+    sy = pooled(sy_pool, "matrix-starttls-xclient", certs, dv.imap, three_listeners(),
+                backend_tls="starttls", forwarding="xclient", caps={"allow_plain_auth_without_tls": True})
+    dmark = dv.log_mark()
+    source = next_source()
+    scheme = "imaps" if client_leg == "implicit" else "imap"
+    cmd = ["curl", "-sS", "--max-time", "10", "--interface", source, "--cacert", certs.ca_cert,
+           "-u", f"{BOB[0]}:{BOB[1]}", f"{scheme}://localhost:{sy.ports[client_leg]}/INBOX?ALL"]
+    if client_leg == "starttls":
+        cmd.insert(1, "--ssl-reqd")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("* SEARCH"), p.stdout
+    dv.wait_log(login_re(BOB[0], source), since=dmark)
+
+
+# --- 2. failures, hide_auth_errors, retry, max_auth_attempts ---------------------------------------
+
+def test_wrong_password_then_retry(dv, lax):
+    """Dovecot's failure reply reaches the client under the client's tag; the
+    client retries on the same connection and gets in."""
+    c = Raw(lax.ports["plain"])
+    r = c.cmd("a1", 'LOGIN "alice@example.com" "wrong"')
+    assert r[-1] == b"a1 NO [AUTHENTICATIONFAILED] Authentication failed.", r
+    r = c.cmd("a2", 'LOGIN "alice@example.com" "alicepass"')
+    assert r[-1].startswith(b"a2 OK [CAPABILITY "), r
+    assert c.cmd("a3", "SELECT INBOX")[-1].startswith(b"a3 OK"), "select"
+    c.close()
+
+
+def test_backend_reason_passed_through(dv, lax):
+    """A backend failure text other than the generic one (Dovecot's nologin
+    reason) goes to the client verbatim."""
+    c = Raw(lax.ports["plain"])
+    r = c.cmd("x", f'LOGIN "{LOCKED_USER}" "lockedpass"')
+    assert r[-1].startswith(b"x NO "), r
+    assert b"Mailbox_is_being_migrated" in r[-1], r
+    c.close()
+
+
+def test_hide_auth_errors(dv, hidden):
+    """hide_auth_errors: exactly the generic reply, whatever Dovecot said; a
+    retry on the same connection still works."""
+    c = Raw(hidden.ports["plain"])
+    assert c.cmd("h1", f'LOGIN "{LOCKED_USER}" "lockedpass"')[-1] == b"h1 " + GENERIC_FAIL
+    assert c.cmd("h2", 'LOGIN "alice@example.com" "nope"')[-1] == b"h2 " + GENERIC_FAIL
+    r = c.cmd("h3", 'LOGIN "alice@example.com" "alicepass"')
+    assert r[-1].startswith(b"h3 OK"), r
+    c.close()
+
+
+def test_max_auth_attempts(dv, strict, certs):
+    """max_auth_attempts = 2: the second failure is answered, then BYE and close."""
+    c = Raw(strict.ports["limited"], tls_ctx=certs.client_context())
+    assert c.cmd("m1", 'LOGIN "alice@example.com" "bad1"')[-1].startswith(b"m1 NO [AUTHENTICATIONFAILED]")
+    assert c.cmd("m2", 'LOGIN "alice@example.com" "bad2"')[-1].startswith(b"m2 NO [AUTHENTICATIONFAILED]")
+    rest, _ = c.closed()
+    assert rest.startswith(b"* BYE "), rest
+    c.close()
+
+
+# --- 3. authentication forms ---------------------------------------------------------------------
+
+def sasl_plain(user, pw, authz=""):
+    return base64.b64encode(f"{authz}\0{user}\0{pw}".encode()).decode()
+
+
+def assert_logged_in(c, tag, reply):
+    assert reply[-1].startswith(f"{tag} OK".encode()), reply
+    assert c.cmd("s1", "SELECT INBOX")[-1].startswith(b"s1 OK")
+    r = c.cmd("lo", "LOGOUT")
+    assert r[-1].startswith(b"lo OK"), r
+
+
+def test_authenticate_plain_sasl_ir(dv, lax):
+    dmark, smark = dv.log_mark(), lax.log_mark()
+    c = Raw(lax.ports["plain"])
+    assert_logged_in(c, "p1", c.cmd("p1", "AUTHENTICATE PLAIN " + sasl_plain(*ALICE)))
+    login_logged(lax, smark, ALICE[0])
+    dv.wait_log(login_re(ALICE[0], "127.0.0.1", method="PLAIN"), since=dmark)
+
+
+def test_authenticate_plain_continuation(dv, lax):
+    """imaplib sends AUTHENTICATE without an initial response and answers the continuation."""
+    m = clients.imap_on(connect(lax.ports["plain"], source=next_source()))
+    typ, data = m.authenticate("PLAIN", lambda _: f"\0{BOB[0]}\0{BOB[1]}".encode())
+    assert typ == "OK", data
+    assert m.select("INBOX")[0] == "OK"
+    m.logout()
+
+
+def test_authenticate_plain_empty_continuation_then_cancel(dv, lax):
+    """'*' cancels an AUTHENTICATE; the connection stays usable."""
+    c = Raw(lax.ports["plain"])
+    c.send("c1 AUTHENTICATE PLAIN\r\n")
+    assert c.line().startswith(b"+"), "continuation"
+    c.send("*\r\n")
+    r = c.tagged("c1")
+    assert r[-1].startswith(b"c1 BAD"), r
+    assert_logged_in(c, "c2", c.cmd("c2", "AUTHENTICATE PLAIN " + sasl_plain(*ALICE)))
+
+
+def test_authenticate_login(dv, lax):
+    """AUTHENTICATE LOGIN is never advertised but accepted (replayed as PLAIN)."""
+    dmark = dv.log_mark()
+    c = Raw(lax.ports["plain"])
+    assert b"AUTH=LOGIN" not in c.greeting
+    c.send("l1 AUTHENTICATE LOGIN\r\n")
+    assert c.line().rstrip() == b"+ VXNlcm5hbWU6"
+    c.send(base64.b64encode(ALICE[0].encode()) + b"\r\n")
+    assert c.line().rstrip() == b"+ UGFzc3dvcmQ6"
+    c.send(base64.b64encode(ALICE[1].encode()) + b"\r\n")
+    assert_logged_in(c, "l1", c.tagged("l1"))
+    dv.wait_log(login_re(ALICE[0], "127.0.0.1", method="PLAIN"), since=dmark)
+
+
+def test_login_quoted_specials(dv, lax):
+    """Quoted strings with spaces, an escaped quote and an escaped backslash."""
+    c = Raw(lax.ports["plain"])
+    quoted = '"' + QUOTE_PASS.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    assert_logged_in(c, "q1", c.cmd("q1", f'LOGIN "{QUOTE_USER}" {quoted}'))
+
+
+def test_login_imaplib_quoting(dv, lax):
+    """imaplib's own quoting of the same password."""
+    m = clients.imap_on(connect(lax.ports["plain"], source=next_source()))
+    assert m.login(QUOTE_USER, QUOTE_PASS)[0] == "OK"
+    m.logout()
+
+
+def test_login_synchronizing_literals(dv, lax):
+    """{n} literals: the proxy sends a continuation for each before the client sends the bytes."""
+    c = Raw(lax.ports["plain"])
+    pw = QUOTE_PASS.encode()
+    c.send(f"k1 LOGIN {{{len(QUOTE_USER)}}}\r\n")
+    assert c.line().startswith(b"+ "), "continuation for the user literal"
+    c.send(f"{QUOTE_USER} {{{len(pw)}}}\r\n")
+    assert c.line().startswith(b"+ "), "continuation for the password literal"
+    c.send(pw + b"\r\n")
+    assert_logged_in(c, "k1", c.tagged("k1"))
+
+
+def test_login_literal_plus(dv, lax):
+    """{n+} literals in one packet: no continuation, straight to the login."""
+    c = Raw(lax.ports["plain"])
+    pw = QUOTE_PASS.encode()
+    c.send(f"k2 LOGIN {{{len(QUOTE_USER)}+}}\r\n{QUOTE_USER} {{{len(pw)}+}}\r\n".encode() + pw + b"\r\n")
+    r = c.tagged("k2")
+    assert not any(l.startswith(b"+") for l in r), r
+    assert_logged_in(c, "k2", r)
+
+
+def test_login_mixed_literal_and_quoted(dv, lax):
+    c = Raw(lax.ports["plain"])
+    c.send(f'k3 LOGIN {{{len(ALICE[0])}+}}\r\n{ALICE[0]} "{ALICE[1]}"\r\n')
+    assert_logged_in(c, "k3", c.tagged("k3"))
+
+
+# --- 4. pre-authentication dialogue -------------------------------------------------------------
+
+def test_preauth_starttls_listener(dv, strict, certs):
+    c = Raw(strict.ports["starttls"])
+    g = c.greeting
+    assert g.startswith(b"* OK [CAPABILITY "), g
+    caps = caps_of(g)
+    assert b"STARTTLS" in caps and b"LOGINDISABLED" in caps and b"AUTH=PLAIN" not in caps, caps
+    assert c.cmd("t1", "CAPABILITY") == [b"* CAPABILITY " + b" ".join(caps), b"t1 OK Capability completed."]
+    r = c.cmd("t2", 'LOGIN "alice@example.com" "alicepass"')
+    assert r[-1].startswith(b"t2 NO [PRIVACYREQUIRED]"), r
+    r = c.cmd("t3", "AUTHENTICATE PLAIN " + sasl_plain(*ALICE))
+    assert r[-1].startswith(b"t3 NO [PRIVACYREQUIRED]"), r
+    # Tags are echoed as sent, whatever their shape.
+    assert c.cmd("X.1-z", "NOOP") == [b"X.1-z OK NOOP completed."]
+    r = c.cmd("i1", 'ID ("name" "test")')
+    assert r[0].startswith(b"* ID ") and r[-1].startswith(b"i1 OK"), r
+    assert c.cmd("s1", "SELECT INBOX")[-1].startswith(b"s1 BAD"), "select before login"
+    assert c.cmd("u1", "FROBNICATE now")[-1].startswith(b"u1 BAD")
+    c.send("garbage\r\n")
+    assert c.line().startswith(b"* BAD"), "a line without tag and command"
+    c.starttls(certs.client_context(), tag="t4")
+    r = c.cmd("t5", "CAPABILITY")
+    caps = r[0].split()[2:]
+    assert r[0].startswith(b"* CAPABILITY ") and r[-1].startswith(b"t5 OK"), r
+    assert b"AUTH=PLAIN" in caps and b"STARTTLS" not in caps and b"LOGINDISABLED" not in caps, caps
+    assert c.cmd("t6", "STARTTLS")[-1].startswith(b"t6 BAD"), "second STARTTLS"
+    r = c.cmd("t7", 'LOGIN "alice@example.com" "alicepass"')
+    assert r[-1].startswith(b"t7 OK [CAPABILITY "), r
+    c.close()
+
+
+def test_logout_before_login(dv, strict):
+    c = Raw(strict.ports["starttls"])
+    c.send("z9 LOGOUT\r\n")
+    assert c.line().startswith(b"* BYE ")
+    assert c.line().startswith(b"z9 OK")
+    rest, _ = c.closed()
+    assert rest == b""
+
+
+def test_implicit_listener_greeting(dv, strict, certs):
+    """On an implicit-TLS listener cleartext auth is allowed from the start."""
+    c = Raw(strict.ports["implicit"], tls_ctx=certs.client_context())
+    caps = caps_of(c.greeting)
+    assert b"AUTH=PLAIN" in caps and b"STARTTLS" not in caps and b"LOGINDISABLED" not in caps, caps
+    c.close()
+
+
+# --- 5. master user ------------------------------------------------------------------------------
+
+def test_master_user(dv, lax):
+    """alice@example.com%master routes by alice and logs into alice's mailbox."""
+    dmark, smark = dv.log_mark(), lax.log_mark()
+    c = Raw(lax.ports["plain"])
+    assert_logged_in(c, "ms", c.cmd("ms", 'LOGIN "alice@example.com%master" "masterpass"'))
+    login_logged(lax, smark, ALICE[0])
+    dv.wait_log(r"Master user logging in as alice@example\.com", since=dmark)
+    dv.wait_log(r"imap-login: Info: Login: user=<alice@example\.com>", since=dmark)
+
+
+# --- 6. capabilities after login -----------------------------------------------------------------
+
+def test_capabilities_after_login_are_backends(dv, lax):
+    c = Raw(lax.ports["plain"])
+    pre = caps_of(c.greeting)
+    r = c.cmd("c1", 'LOGIN "alice@example.com" "alicepass"')
+    post = caps_of(r[-1])
+    # Dovecot's post-login list, not the proxy's pre-login one.
+    assert b"THREAD=REFERENCES" in post and b"THREAD=REFERENCES" not in pre, (pre, post)
+    r = c.cmd("c2", "CAPABILITY")
+    assert set(r[0].split()[2:]) == set(post), r
+    c.close()
+
+
+# --- 7. backend unavailable ---------------------------------------------------------------------
+
+def test_backend_down(sy_pool, certs):
+    dead = free_port()
+    sy = pooled(sy_pool, "down", certs, dead, three_listeners(), backend_tls="plain", forwarding="none",
+                caps={"allow_plain_auth_without_tls": True})
+    smark = sy.log_mark()
+    c = Raw(sy.ports["plain"])
+    r = c.cmd("d1", 'LOGIN "alice@example.com" "alicepass"')
+    assert r[-1].startswith(b"d1 NO [UNAVAILABLE] "), r
+    login_logged(sy, smark, ALICE[0], "tempfail")
+    assert c.cmd("d2", "CAPABILITY")[-1] == b"d2 OK Capability completed."
+    r = c.cmd("d3", "AUTHENTICATE PLAIN " + sasl_plain(*ALICE))
+    assert r[-1].startswith(b"d3 NO [UNAVAILABLE] "), r
+    c.close()
+
+
+def test_backend_without_starttls(sy_pool, certs):
+    """A STARTTLS backend leg to a backend that does not advertise STARTTLS:
+    no credentials go out, the client gets NO [UNAVAILABLE]."""
+    fake = FakeImap(caps="IMAP4rev1 SASL-IR AUTH=PLAIN")
+    try:
+        sy = pooled(sy_pool, "nostarttls", certs, fake.port, three_listeners(), backend_tls="starttls",
+                    forwarding="none", caps={"allow_plain_auth_without_tls": True})
+        c = Raw(sy.ports["plain"])
+        r = c.cmd("n1", 'LOGIN "alice@example.com" "alicepass"')
+        assert r[-1].startswith(b"n1 NO [UNAVAILABLE] "), r
+        assert c.cmd("n2", "NOOP")[-1].startswith(b"n2 OK")
+        assert fake.auths == []
+        assert not any(b"AUTHENTICATE" in l or b"LOGIN" in l for l in fake.lines), fake.lines
+        c.close()
+    finally:
+        fake.stop()
+
+
+# --- 8. hostile input -----------------------------------------------------------------------------
+
+def test_overlong_line(lax):
+    c = Raw(lax.ports["plain"])
+    try:
+        c.send(b"a LOGIN " + b"x" * (40 * 1024) + b"\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    first = c.line()
+    assert first.startswith(b"* BAD"), first
+    rest, _ = c.closed()
+    assert rest == b"", rest
+
+
+def test_huge_literal_announcement(lax):
+    c = Raw(lax.ports["plain"])
+    c.send("a LOGIN {999999999}\r\n")
+    first = c.line()
+    assert first.startswith(b"* BAD") or first.startswith(b"a BAD"), first
+    rest, _ = c.closed()
+    assert rest == b"", rest
+
+
+def test_huge_literal_plus_announcement(lax):
+    c = Raw(lax.ports["plain"])
+    c.send("a LOGIN {999999999+}\r\nxx")
+    first = c.line()
+    assert b"BAD" in first, first
+    rest, _ = c.closed()
+    assert rest == b"", rest
+
+
+def test_broken_base64(lax):
+    c = Raw(lax.ports["plain"])
+    r = c.cmd("b1", "AUTHENTICATE PLAIN !!!not*base64")
+    assert r[-1].startswith(b"b1 BAD"), r
+    c.send("b2 AUTHENTICATE PLAIN\r\n")
+    assert c.line().startswith(b"+")
+    c.send("%%%%\r\n")
+    assert c.tagged("b2")[-1].startswith(b"b2 BAD")
+    # Valid base64 of a malformed PLAIN message (no NULs).
+    r = c.cmd("b3", "AUTHENTICATE PLAIN " + base64.b64encode(b"just-a-user").decode())
+    assert r[-1].startswith((b"b3 BAD", b"b3 NO")), r
+    c.close()
+
+
+def test_nul_bytes(dv, lax):
+    """NUL bytes anywhere in a command line are refused without harm."""
+    c = Raw(lax.ports["plain"])
+    # Trailing bytes after an argument-less command are ignored (like any trailing text).
+    assert c.cmd("n0", "NOOP\x00junk") == [b"n0 OK NOOP completed."]
+    for tag, line in ((b"n2", b'n2 LOGIN "ali\x00ce@example.com" "alicepass"'),
+                      (b"n3", b"n3 LOGIN alice@example.com\x00 alicepass"),
+                      (b"n4", b"n4 LOGIN {18+}\r\nalice@example.com\x00 alicepass")):
+        c.send(line + b"\r\n")
+        r = c.tagged(tag.decode())
+        assert r[-1].startswith(tag + b" BAD") or r[-1].startswith(tag + b" NO"), (line, r)
+    # Text after the mechanism name that does not start with SP is ignored:
+    # the proxy asks for the response; "*" cancels.
+    c.send(b"n5 AUTHENTICATE PLAIN\x00\r\n")
+    assert c.line().startswith(b"+")
+    c.send(b"*\r\n")
+    assert c.tagged("n5")[-1].startswith(b"n5 BAD")
+    c.send(b"\x00\x00\x00\r\n")
+    assert c.line().startswith(b"* BAD")
+    assert_logged_in(c, "n6", c.cmd("n6", 'LOGIN "alice@example.com" "alicepass"'))
+
+
+def test_starttls_pipelining_discarded(strict, certs):
+    """Plaintext pipelined after STARTTLS in the same packet is dropped: after
+    the handshake nothing answers it, only the new command's reply arrives."""
+    c = Raw(strict.ports["starttls"])
+    c.send("a STARTTLS\r\nb CAPABILITY\r\n")
+    assert c.line().startswith(b"a OK"), "STARTTLS go-ahead"
+    assert c.buf == b"", c.buf  # nothing in plaintext after the go-ahead
+    c.sock = certs.client_context().wrap_socket(c.sock, server_hostname="localhost")
+    c.send("c NOOP\r\n")
+    first = c.line()
+    assert first == b"c OK NOOP completed.\r\n", first
+    c.close()
+
+
+def test_preauth_timeout(strict):
+    c = Raw(strict.ports["short"])
+    data, elapsed = c.closed(timeout=6)
+    assert data == b"" or data.startswith(b"* BYE"), data
+    assert 0.5 <= elapsed <= 4, elapsed
+
+
+# --- 9. bearer tokens -------------------------------------------------------------------------------
+
+def xoauth2(user, token):
+    return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
+
+
+def oauthbearer(user, token):
+    return base64.b64encode(f"n,a={user},\x01auth=Bearer {token}\x01\x01".encode()).decode()
+
+
+@pytest.mark.parametrize("mech", ["XOAUTH2", "OAUTHBEARER"])
+@pytest.mark.parametrize("form", ["sasl-ir", "continuation"])
+def test_bearer_token(dv, lax, mech, form):
+    dmark, smark = dv.log_mark(), lax.log_mark()
+    msg = (xoauth2 if mech == "XOAUTH2" else oauthbearer)(DAVE, DAVE_JWT)
+    c = Raw(lax.ports["plain"])
+    if form == "sasl-ir":
+        r = c.cmd("o1", f"AUTHENTICATE {mech} {msg}")
+    else:
+        c.send(f"o1 AUTHENTICATE {mech}\r\n")
+        assert c.line().startswith(b"+")
+        c.send(msg + "\r\n")
+        r = c.tagged("o1")
+    assert_logged_in(c, "o1", r)
+    login_logged(lax, smark, DAVE)
+    dv.wait_log(login_re(DAVE, "127.0.0.1", method=mech), since=dmark)
+
+
+def test_xoauth2_routes_by_token_not_user_field(dv, lax):
+    """XOAUTH2's user= field is not trusted for routing: the identifier comes
+    from the token (Dovecot then refuses the mismatched login)."""
+    smark = lax.log_mark()
+    c = Raw(lax.ports["plain"])
+    r = c.cmd("o2", "AUTHENTICATE XOAUTH2 " + xoauth2("bob@example.com", DAVE_JWT))
+    assert r[-1].startswith(b"o2 NO"), r
+    login_logged(lax, smark, DAVE, "failed")
+    c.close()
+
+
+def test_bearer_token_near_dovecot_limit(dv, lax):
+    """A ~5 KiB token (the largest kind Dovecot 2.3's imap-login accepts)."""
+    dmark = dv.log_mark()
+    c = Raw(lax.ports["plain"])
+    assert_logged_in(c, "o3", c.cmd("o3", "AUTHENTICATE XOAUTH2 " + xoauth2("erin@example.com", MID_JWT)))
+    dv.wait_log(login_re("erin@example.com", "127.0.0.1", method="XOAUTH2"), since=dmark)
+
+
+@pytest.mark.parametrize("mech", ["XOAUTH2", "OAUTHBEARER"])
+@pytest.mark.parametrize("form", ["sasl-ir", "continuation"])
+def test_bearer_token_16k(sy_pool, certs, mech, form):
+    """A 16 KiB JWT through the proxy: routed by its email claim and replayed
+    intact (to a fake backend: Dovecot 2.3 refuses SASL responses over 8 KiB)."""
+    def accept(m, msg):
+        return m == mech and f"auth=Bearer {BIG_JWT}\x01\x01".encode() in msg
+
+    fake = FakeImap(accept=accept)
+    try:
+        listeners = three_listeners()
+        sy = Switchyard(imap_config(certs, fake.port, listeners=listeners, backend_tls="plain",
+                                    caps={"allow_plain_auth_without_tls": True}), name="switchyard-imap")
+        try:
+            sy.start()
+            port = listeners["plain"][0]
+            msg = (xoauth2 if mech == "XOAUTH2" else oauthbearer)(DAVE, BIG_JWT)
+            assert len(msg) > 20000
+            c = Raw(port)
+            if form == "sasl-ir":
+                r = c.cmd("o4", f"AUTHENTICATE {mech} {msg}")
+            else:
+                c.send(f"o4 AUTHENTICATE {mech}\r\n")
+                assert c.line().startswith(b"+")
+                c.send(msg + "\r\n")
+                r = c.tagged("o4")
+            assert r[-1].startswith(b"o4 OK [CAPABILITY IMAP4rev1 FAKE-AFTER-LOGIN]"), r
+            assert len(fake.auths) == 1 and fake.auths[0][0] == mech
+            login_logged(sy, 0, DAVE)
+            # Bridged: the fake answers the next command.
+            assert c.cmd("o5", "NOOP")[-1] == b"o5 OK NOOP done"
+            c.close()
+            sy.stop(check=True)
+        finally:
+            sy.cleanup()
+    finally:
+        fake.stop()
+
+
+def test_bearer_token_16k_to_dovecot(dv, lax):
+    """Dovecot 2.3 hangs up on a SASL response over 8 KiB: the proxy turns that
+    into NO [UNAVAILABLE] and the connection stays usable."""
+    c = Raw(lax.ports["plain"])
+    r = c.cmd("o6", "AUTHENTICATE XOAUTH2 " + xoauth2(DAVE, BIG_JWT))
+    assert r[-1].startswith(b"o6 NO [UNAVAILABLE]"), r
+    assert c.cmd("o7", "NOOP")[-1].startswith(b"o7 OK")
+    c.close()
+
+
+def test_dbg(dv, lax, strict, certs, sy_pool):
+    c = Raw(lax.ports["plain"])
+    print(c.cmd("y", 'AUTHENTICATE PLAIN ' + base64.b64encode(b"just").decode()))
+    c.send("a LOGIN {999999999}\r\n"); print(c.line()); print(c.closed())
+    c = Raw(lax.ports["plain"])
+    c.send("a LOGIN {999999999+}\r\nxx"); print(c.line()); print(c.closed())
+    c = Raw(strict.ports["short"]); print(c.closed(6))
+    c = Raw(strict.ports["limited"], tls_ctx=certs.client_context())
+    print(c.cmd("m1", 'LOGIN "alice@example.com" "bad1"'), c.cmd("m2", 'LOGIN "alice@example.com" "bad1"'), c.closed())
+    c = Raw(strict.ports["starttls"])
+    print(c.cmd("i", 'ID NIL'))
+    m, source, cport = imap_client("starttls", strict.ports["starttls"], certs)
+    print(m.login(*ALICE)); m.logout()
+    import time; time.sleep(0.3)
+    print(dv.log_text()[-3000:])
+    print("\n".join(lax.log_lines()[-10:]))
+    print("\n".join(strict.log_lines()[-20:]))
