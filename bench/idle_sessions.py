@@ -115,7 +115,7 @@ def main():
     cfg = f"""
 [server]
 threads = {args.threads}
-log_level = "warn"
+log_level = "info"
 [tls.certificate.main]
 cert = "{crt}"
 key = "{key}"

@@ -41,13 +41,14 @@ typedef enum sy_ictx_state {
 
 extern const char *const sy_ictx_state_names[];
 
-/* What client_line asks of the reader. */
-enum {
-	SY_LINE_OK = 0, /* line consumed */
-	/* > 0: the line ends with a literal announcement of that many bytes:
-	 * append them and the rest of the command, then call again with the
-	 * whole (the module has already sent a continuation if one is needed). */
-};
+/* What client_line asks of the reader: SY_LINE_OK (line consumed),
+ * SY_LINE_CLOSE, or SY_LINE_LITERAL(n): the line ends with a literal
+ * announcement of n bytes (n may be 0); append them and the rest of the
+ * command, then call again with the whole (the module has already sent a
+ * continuation if one is needed). */
+#define SY_LINE_OK         0
+#define SY_LINE_CLOSE      (-1)
+#define SY_LINE_LITERAL(n) ((int)(n) + 1)
 
 typedef struct sy_proto_ops {
 	sy_proto proto;
@@ -194,6 +195,10 @@ void ictx_close_after_flush(sy_ictx *c);
 
 /* Starts the interactive protocol of the session's listener. */
 void interactive_start(sy_session *s);
+/* The process is shutting down: a session still before login gets the
+ * protocol's notice (IMAP BYE, submission 421, ...) and is closed; logins
+ * with the backend and bridged sessions carry on and drain. */
+void interactive_shutdown(sy_session *s);
 /* Releases protocol state (called from session close). */
 void interactive_release(sy_session *s);
 

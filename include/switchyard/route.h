@@ -33,8 +33,8 @@ typedef struct sy_route_req sy_route_req;
  * is called first; it may run before route_resolve returns, in which case
  * NULL is returned.
  */
-sy_route_req *route_resolve(sy_worker *w, sy_snapshot *snap, const char *identifier,
-			    sy_proto proto, sy_route_cb cb, void *arg);
+sy_route_req *route_resolve(sy_worker *w, sy_snapshot *snap, const char *identifier, sy_proto proto,
+                            sy_route_cb cb, void *arg);
 void route_cancel(sy_route_req *req);
 
 #endif

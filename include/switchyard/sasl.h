@@ -46,7 +46,7 @@ void credentials_wipe(sy_credentials *c);
 /* Credentials from a user name and password (IMAP LOGIN, POP3 USER/PASS,
  * SASL LOGIN). mech becomes SY_MECH_LOGIN. Copies the strings. */
 int credentials_from_login(sy_credentials *c, const char *user, size_t ulen, const char *pass,
-			   size_t plen);
+                           size_t plen);
 
 /*
  * Decodes a client's SASL message (already base64-decoded) for PLAIN,
@@ -57,7 +57,7 @@ int credentials_from_login(sy_credentials *c, const char *user, size_t ulen, con
  * ^A separators; XOAUTH2 without "user=...^Aauth=Bearer <token>^A^A".
  */
 int sasl_decode(sy_mech mech, const uint8_t *msg, size_t len, sy_credentials *out,
-		const char **error_r);
+                const char **error_r);
 
 /*
  * Builds the message replayed to the backend (raw bytes, before base64):
@@ -65,8 +65,7 @@ int sasl_decode(sy_mech mech, const uint8_t *msg, size_t len, sy_credentials *ou
  * OAUTHBEARER/XOAUTH2 -> the client's message verbatim. The caller wipes and
  * frees *out with sy_secure_free(). Returns 0 or -1.
  */
-int sasl_replay_message(const sy_credentials *c, sy_mech *mech_out, uint8_t **out,
-			size_t *out_len);
+int sasl_replay_message(const sy_credentials *c, sy_mech *mech_out, uint8_t **out, size_t *out_len);
 
 /* Wipes and frees a buffer that held a secret. NULL is fine. */
 void sy_secure_free(void *p, size_t len);

@@ -70,6 +70,10 @@ void passthrough_start(sy_session *s);
 /* Splices client and backend until either side ends or bridge_idle passes. */
 void bridge_start(sy_session *s);
 
+/* Starts session ids at a random value so they stay unique across restarts
+ * and replicas (they reach backends as XCLIENT SESSION= / ID x-session-id). */
+void session_seed_ids(void);
+
 /* Formats the client address for logs ("1.2.3.4:5678"). */
 void session_peer_str(const sy_session *s, char *out, size_t len);
 

@@ -1628,8 +1628,8 @@ static const char *const default_sieve[] = {
     "fileinto",   "reject", "envelope", "vacation", "imap4flags", "comparator-i;ascii-numeric",
     "relational", "regex",  "body",     "copy",     "include",    "variables",
     "date",       "index",  "mailbox",  NULL};
-static const char *const default_ehlo[] = {
-    "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "CHUNKING", "SIZE 52428800", NULL};
+static const char *const default_ehlo[] = {"PIPELINING", "8BITMIME",      "ENHANCEDSTATUSCODES",
+                                           "CHUNKING",   "SIZE 52428800", NULL};
 static const char *const default_separators[] = {"%", NULL};
 
 static void set_defaults(sy_config *cfg)

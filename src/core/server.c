@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "switchyard/interactive.h"
 #include "switchyard/log.h"
 #include "switchyard/proxy_protocol.h"
 #include "switchyard/runtime.h"
@@ -246,6 +247,14 @@ static void on_wake(uv_async_t *h)
 	if (atomic_load(&srv->draining) && !w->draining) {
 		w->draining = true;
 		close_acceptors(w);
+		sy_session *next;
+		for (sy_session *s = w->sessions; s; s = next) {
+			next = s->next;
+			if (s->state == SS_PROTOCOL && s->proto)
+				interactive_shutdown(s);
+			else if (s->state < SS_PROTOCOL)
+				session_close(s, "shutting down");
+		}
 	}
 	if (atomic_load(&srv->force_close)) {
 		for (sy_session *s = w->sessions; s; s = s->next)
@@ -331,6 +340,7 @@ int server_run(sy_config *cfg)
 		return -1;
 	}
 	int rc = -1;
+	session_seed_ids();
 	srv->nhealth = cfg->ndestinations;
 	srv->health = calloc(cfg->ndestinations ? cfg->ndestinations : 1, sizeof(*srv->health));
 	for (size_t i = 0; i < cfg->ndestinations; i++) {

@@ -13,6 +13,11 @@
 #include "switchyard/log.h"
 #include "switchyard/session.h"
 
+#define HALF_CLOSE_LINGER_MS 5000
+
+static void on_idle_timer(uv_timer_t *t);
+static uint64_t idle_limit(const sy_session *s);
+
 static sy_stream *other(sy_session *s, sy_stream *st)
 {
 	return st == &s->client ? s->backend : &s->client;
@@ -23,10 +28,16 @@ static bool *eof_flag(sy_session *s, sy_stream *st)
 	return st == &s->client ? &s->client_eof : &s->backend_eof;
 }
 
+/* Once the backend has finished and everything it sent has reached the
+ * client, the session is over: mail protocols have nothing to say after the
+ * server hangs up, and a client that keeps its socket open must not hold the
+ * session (and a shutdown drain) for bridge_idle. A client that finishes
+ * first gets HALF_CLOSE_LINGER_MS for the backend's last words. */
 static void maybe_finish(sy_session *s)
 {
-	if (s->client_eof && s->backend_eof && sy_stream_pending(&s->client) == 0 &&
-	    sy_stream_pending(s->backend) == 0)
+	if (s->backend_eof && sy_stream_pending(&s->client) == 0)
+		session_close(s, "backend finished");
+	else if (s->client_eof && s->backend_eof && sy_stream_pending(s->backend) == 0)
 		session_close(s, "both sides finished");
 }
 
@@ -50,6 +61,8 @@ static void on_bridge_read(sy_stream *st, const char *data, ssize_t n)
 		*eof_flag(s, st) = true;
 		sy_stream_read_stop(st);
 		sy_stream_shutdown(to);
+		s->last_activity_ms = uv_now(&s->w->loop);
+		uv_timer_start(&s->timer, on_idle_timer, idle_limit(s), 0);
 		maybe_finish(s);
 		return;
 	}
@@ -68,10 +81,18 @@ static void on_bridge_drain(sy_stream *st)
 	maybe_finish(s);
 }
 
+static uint64_t idle_limit(const sy_session *s)
+{
+	uint64_t idle = s->snap->cfg->server.bridge_idle_ms;
+	if ((s->client_eof || s->backend_eof) && idle > HALF_CLOSE_LINGER_MS)
+		idle = HALF_CLOSE_LINGER_MS;
+	return idle;
+}
+
 static void on_idle_timer(uv_timer_t *t)
 {
 	sy_session *s = t->data;
-	uint64_t idle = s->snap->cfg->server.bridge_idle_ms;
+	uint64_t idle = idle_limit(s);
 	uint64_t quiet = uv_now(&s->w->loop) - s->last_activity_ms;
 	if (quiet >= idle) {
 		session_close(s, "bridge_idle");

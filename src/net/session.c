@@ -4,9 +4,11 @@
  */
 #include "switchyard/session.h"
 
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "switchyard/interactive.h"
 #include "switchyard/log.h"
@@ -16,6 +18,14 @@ const char *const sy_session_state_names[] = {"proxy-header", "tls-handshake", "
                                               "bridging", "closing"};
 
 static _Atomic uint64_t next_session_id = 1;
+
+void session_seed_ids(void)
+{
+	uint64_t seed = 0;
+	if (RAND_bytes((unsigned char *)&seed, sizeof(seed)) != 1)
+		seed = (uint64_t)time(NULL) << 20;
+	atomic_store(&next_session_id, seed | 1);
+}
 
 void session_peer_str(const sy_session *s, char *out, size_t len)
 {

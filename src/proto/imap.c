@@ -59,12 +59,12 @@ static size_t build_caps(sy_ictx *c, char *out, size_t cap)
 {
 	size_t n = 0;
 	bool first = true;
-#define ADD(tok)                                                                           \
-	do {                                                                               \
-		int w = snprintf(out + n, cap - n, "%s%s", first ? "" : " ", (tok));       \
-		if (w > 0 && (size_t)w < cap - n)                                          \
-			n += (size_t)w;                                                    \
-		first = false;                                                             \
+#define ADD(tok)                                                                                   \
+	do {                                                                                       \
+		int w = snprintf(out + n, cap - n, "%s%s", first ? "" : " ", (tok));               \
+		if (w > 0 && (size_t)w < cap - n)                                                  \
+			n += (size_t)w;                                                            \
+		first = false;                                                                     \
 	} while (0)
 	for (size_t i = 0; i < c->caps->advertise.len; i++)
 		ADD(c->caps->advertise.items[i]);
@@ -282,14 +282,14 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 			return;
 		}
 		int r = credentials_from_login(&cr, st->login_user, strlen(st->login_user),
-					       (const char *)msg, mlen);
+		                               (const char *)msg, mlen);
 		sy_secure_free(st->login_user, strlen(st->login_user));
 		st->login_user = NULL;
 		sy_secure_free(msg, mlen);
 		if (r != 0 || !cr.authcid || !*cr.authcid || !cr.password || !*cr.password) {
 			credentials_wipe(&cr);
 			ictx_sendf(c, "%s NO [AUTHENTICATIONFAILED] Authentication failed.\r\n",
-				   st->tag);
+			           st->tag);
 			st->cst = IMAP_CMD;
 			count_failure(c);
 			return;
@@ -299,7 +299,8 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 		sy_secure_free(msg, mlen);
 		if (r != 0) {
 			credentials_wipe(&cr);
-			ictx_sendf(c, "%s BAD %s.\r\n", st->tag, err ? err : "Malformed SASL response");
+			ictx_sendf(c, "%s BAD %s.\r\n", st->tag,
+			           err ? err : "Malformed SASL response");
 			st->cst = IMAP_CMD;
 			count_failure(c);
 			return;
@@ -326,9 +327,9 @@ static void cmd_authenticate(sy_ictx *c, cursor *cu)
 	}
 	if ((mech == SY_MECH_PLAIN || mech == SY_MECH_LOGIN) && !ictx_plaintext_auth_allowed(c)) {
 		ictx_sendf(c,
-			   "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed on "
-			   "non-secure connections.\r\n",
-			   st->tag);
+		           "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed on "
+		           "non-secure connections.\r\n",
+		           st->tag);
 		return;
 	}
 	st->mech = mech;
@@ -362,9 +363,9 @@ static void cmd_login(sy_ictx *c, cursor *cu)
 	imap_state *st = ST(c);
 	if (!ictx_plaintext_auth_allowed(c)) {
 		ictx_sendf(c,
-			   "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed on "
-			   "non-secure connections.\r\n",
-			   st->tag);
+		           "%s NO [PRIVACYREQUIRED] Plaintext authentication disallowed on "
+		           "non-secure connections.\r\n",
+		           st->tag);
 		return;
 	}
 	char *u, *p;
@@ -401,8 +402,7 @@ static void cmd_login(sy_ictx *c, cursor *cu)
 static int imap_client_line(sy_ictx *c, char *line, size_t len)
 {
 	imap_state *st = ST(c);
-	if (st->cst == IMAP_SASL_CONT || st->cst == IMAP_LOGIN_USER ||
-	    st->cst == IMAP_LOGIN_PASS) {
+	if (st->cst == IMAP_SASL_CONT || st->cst == IMAP_LOGIN_USER || st->cst == IMAP_LOGIN_PASS) {
 		sasl_response(c, line, len);
 		return SY_LINE_OK;
 	}
@@ -420,7 +420,7 @@ static int imap_client_line(sy_ictx *c, char *line, size_t len)
 		}
 		if (!plus)
 			ictx_send(c, "+ Ready for literal data\r\n", 26);
-		return (int)lit;
+		return SY_LINE_LITERAL(lit);
 	}
 
 	cursor cu = {line, line + len};
@@ -553,7 +553,7 @@ static void send_replay(sy_ictx *c)
 	st->bst = IB_AUTH;
 	if (st->b_sasl_ir) {
 		ictx_backend_sendf(c, "%s AUTHENTICATE %s %s\r\n", st->tag, sasl_mech_name(m),
-				   *b64 ? b64 : "=");
+		                   *b64 ? b64 : "=");
 		st->response_sent = true;
 		sy_secure_free(b64, strlen(b64));
 	} else {
@@ -567,11 +567,11 @@ static void send_id(sy_ictx *c)
 	sy_fwd_info f;
 	ictx_fwd_info(c, &f);
 	ictx_backend_sendf(c,
-			   "sy4 ID (\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%s\" "
-			   "\"x-connected-ip\" \"%s\" \"x-connected-port\" \"%s\" \"x-proxy-ttl\" "
-			   "\"%s\" \"x-session-id\" \"%s\" \"x-client-transport\" \"%s\")\r\n",
-			   f.client_ip, f.client_port, f.local_ip, f.local_port, f.ttl, f.session,
-			   f.transport);
+	                   "sy4 ID (\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%s\" "
+	                   "\"x-connected-ip\" \"%s\" \"x-connected-port\" \"%s\" \"x-proxy-ttl\" "
+	                   "\"%s\" \"x-session-id\" \"%s\" \"x-client-transport\" \"%s\")\r\n",
+	                   f.client_ip, f.client_port, f.local_ip, f.local_port, f.ttl, f.session,
+	                   f.transport);
 }
 
 /* Decides what the handshake does next, given what the backend advertised. */
@@ -656,7 +656,7 @@ static int imap_backend_line(sy_ictx *c, char *line, size_t len)
 		if (line[0] == '+') {
 			if (!st->response_sent && st->replay_b64) {
 				ictx_backend_sendf(c, "%s\r\n",
-						   *st->replay_b64 ? st->replay_b64 : "=");
+				                   *st->replay_b64 ? st->replay_b64 : "=");
 				sy_secure_free(st->replay_b64, strlen(st->replay_b64));
 				st->replay_b64 = NULL;
 				st->response_sent = true;

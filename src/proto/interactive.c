@@ -20,7 +20,7 @@
 #include "switchyard/route.h"
 
 const char *const sy_ictx_state_names[] = {"preauth", "client-tls", "routing",
-					   "backend", "closing",    "bridged"};
+                                           "backend", "closing",    "bridged"};
 
 static void process_client(sy_ictx *c);
 static void process_lines(sy_ictx *c);
@@ -283,9 +283,8 @@ static void log_login(sy_ictx *c, const char *result, const char *reason)
 	session_peer_str(c->s, peer, sizeof(peer));
 	sy_log(SY_LOG_INFO, "login", "listener", c->s->lcfg->name, "protocol", c->ops->name,
 	       "client", peer, "identifier", c->identifier ? c->identifier : "-", "mechanism",
-	       sasl_mech_name(c->creds.mech), "destination",
-	       c->s->dest ? c->s->dest->cfg->id : "-", "result", result, reason ? "reason" : NULL,
-	       reason, NULL);
+	       sasl_mech_name(c->creds.mech), "destination", c->s->dest ? c->s->dest->cfg->id : "-",
+	       "result", result, reason ? "reason" : NULL, reason, NULL);
 }
 
 void ictx_tempfail(sy_ictx *c, const char *reason)
@@ -413,7 +412,7 @@ static void on_backend_tls(sy_stream *st, int status)
 		const char *why = st->ssl ? tls_client_verify_error(st->ssl) : NULL;
 		char reason[200];
 		snprintf(reason, sizeof(reason), "backend STARTTLS handshake failed: %s",
-			 why ? why : "handshake error");
+		         why ? why : "handshake error");
 		ictx_tempfail(c, reason);
 		return;
 	}
@@ -598,7 +597,7 @@ static void process_lines(sy_ictx *c)
 			/* Literal: keep the line (with its CRLF) and read r raw bytes
 			 * after it, then the rest of the command. */
 			c->cbuf[linelen] = saved;
-			size_t need = end + 1 + (size_t)r;
+			size_t need = end + 1 + (size_t)(r - 1);
 			if (need >= SY_LINE_MAX) {
 				line_too_long(c);
 				return;
@@ -677,6 +676,16 @@ void interactive_start(sy_session *s)
 	}
 	sy_stream_read_start(&s->client, on_client_read);
 	process_client(c);
+}
+
+void interactive_shutdown(sy_session *s)
+{
+	sy_ictx *c = s->proto;
+	if (!c || c->state != IC_PREAUTH || s->state == SS_CLOSING)
+		return;
+	if (c->ops->shutdown_notice)
+		c->ops->shutdown_notice(c);
+	ictx_close_after_flush(c);
 }
 
 void interactive_release(sy_session *s)

@@ -631,7 +631,7 @@ static int sieve_client_line(sy_ictx *c, char *line, size_t len)
 			reply(c, "BYE", "Literal too large.");
 			return -1;
 		}
-		return (int)lit;
+		return SY_LINE_LITERAL(lit);
 	}
 	if (lit == 0) {
 		/* An empty literal: hold the command with "" in its place; its

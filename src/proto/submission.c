@@ -426,8 +426,9 @@ static void cmd_starttls(sy_ictx *c, size_t alen)
 /*
  * BDAT before login: refused like the other transaction commands, but its
  * chunk is binary data that must not be read as commands. Returns the chunk
- * size for the framework to read and skip (it then calls client_line again
- * with the chunk folded in and the next command after it), 0 for none, or -1
+ * size as SY_LINE_LITERAL(n) for the framework to read and skip (it then
+ * calls client_line again with the chunk folded in and the next command
+ * after it), 0 for none, or -1
  * when the chunk cannot be skipped within the line limit.
  */
 static int cmd_bdat(sy_ictx *c, const char *args, size_t alen, size_t linelen)
@@ -444,7 +445,7 @@ static int cmd_bdat(sy_ictx *c, const char *args, size_t alen, size_t linelen)
 		return 0;
 	if (n + linelen + 2 >= SY_LINE_MAX)
 		return -1;
-	return (int)n;
+	return SY_LINE_LITERAL(n);
 }
 
 static int smtp_client_line(sy_ictx *c, char *line, size_t len)

@@ -8,8 +8,8 @@
 
 #include "switchyard/log.h"
 
-sy_route_req *route_resolve(sy_worker *w, sy_snapshot *snap, const char *identifier,
-			    sy_proto proto, sy_route_cb cb, void *arg)
+sy_route_req *route_resolve(sy_worker *w, sy_snapshot *snap, const char *identifier, sy_proto proto,
+                            sy_route_cb cb, void *arg)
 {
 	(void)w;
 	(void)identifier;

@@ -11,6 +11,7 @@ printed in the report.
 """
 
 import os
+import signal
 import sys
 
 import pytest
@@ -20,6 +21,16 @@ sys.path.insert(0, os.path.dirname(__file__))
 from harness import (BannerServer, Dovecot, Postgres, Redis, SmtpSink, Switchyard, TestPKI,  # noqa: E402
                      free_port)
 from harness.util import read_text  # noqa: E402
+
+
+def _interrupt_on_sigterm(signum, frame):
+    # A run stopped with SIGTERM (e.g. by `timeout`) unwinds like Ctrl-C, so
+    # fixture finalizers stop the daemons; harness.util's atexit hook is the
+    # backstop for anything still registered.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

@@ -200,30 +200,34 @@ def caps_of(line):
 
 class FakeImap:
     """A tiny IMAP server for what Dovecot cannot show: it greets with the
-    given capabilities, answers CAPABILITY, and takes AUTHENTICATE (SASL-IR or
-    a continuation), recording the decoded SASL message; the login succeeds
-    when `accept(mech, message)` says so."""
+    given capabilities, answers CAPABILITY and ID, and takes AUTHENTICATE
+    (SASL-IR or a continuation); the login succeeds when `accept(mech,
+    message)` says so. Each connection is recorded in `conns` as
+    {"lines": [every line received], "auths": [(mech, decoded message)]}."""
 
     def __init__(self, caps="IMAP4rev1 SASL-IR ID AUTH=PLAIN AUTH=XOAUTH2 AUTH=OAUTHBEARER",
                  accept=lambda mech, msg: True):
-        self.auths = []
-        self.lines = []
-        self.cond = threading.Condition()
+        self.conns = []
         owner = self
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
                 self.request.settimeout(20)
+                rec = {"lines": [], "auths": []}
+                owner.conns.append(rec)
                 w = self.wfile
+
+                def readline():
+                    line = self.rfile.readline(1 << 20)
+                    rec["lines"].append(line)
+                    return line
+
                 w.write(f"* OK [CAPABILITY {caps}] fake ready\r\n".encode())
                 try:
                     while True:
-                        line = self.rfile.readline(1 << 20)
+                        line = readline()
                         if not line:
                             return
-                        with owner.cond:
-                            owner.lines.append(line)
-                            owner.cond.notify_all()
                         parts = line.rstrip(b"\r\n").split(b" ")
                         if len(parts) < 2:
                             w.write(b"* BAD what\r\n")
@@ -239,11 +243,9 @@ class FakeImap:
                                 resp = parts[3]
                             else:
                                 w.write(b"+ \r\n")
-                                resp = self.rfile.readline(1 << 20).rstrip(b"\r\n")
+                                resp = readline().rstrip(b"\r\n")
                             msg = base64.b64decode(resp)
-                            with owner.cond:
-                                owner.auths.append((mech, msg))
-                                owner.cond.notify_all()
+                            rec["auths"].append((mech, msg))
                             if accept(mech, msg):
                                 w.write(tag + b" OK [CAPABILITY IMAP4rev1 FAKE-AFTER-LOGIN] Logged in\r\n")
                             else:
@@ -323,6 +325,22 @@ def dv(certs):
         yield d
     finally:
         d.cleanup()
+
+
+@pytest.fixture(scope="module")
+def fakes():
+    """Fake IMAP backends: `sasl-ir` (SASL-IR and ID), `no-sasl-ir` (neither),
+    `plain-caps` (no STARTTLS, for a STARTTLS leg). They accept any login
+    whose SASL message carries a known password or token."""
+    def accept(mech, msg):
+        return any(t.encode() in msg for t in (BIG_JWT, DAVE_JWT, ALICE[1]))
+
+    out = {"sasl-ir": FakeImap(accept=accept),
+           "no-sasl-ir": FakeImap(caps="IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 AUTH=OAUTHBEARER", accept=accept),
+           "plain-caps": FakeImap(caps="IMAP4rev1 SASL-IR AUTH=PLAIN", accept=accept)}
+    yield out
+    for f in out.values():
+        f.stop()
 
 
 class SyPool:
@@ -655,6 +673,77 @@ def test_login_mixed_literal_and_quoted(dv, lax):
     assert_logged_in(c, "k3", c.tagged("k3"))
 
 
+def test_literal_with_crlf_inside(dv, lax):
+    """A literal's bytes may contain CRLF: they stay inside the argument
+    (one tagged reply, no stray line parsed as a command)."""
+    c = Raw(lax.ports["plain"])
+    pw = b"alice\r\npass"
+    c.send(f"k4 LOGIN {ALICE[0]} {{{len(pw)}+}}\r\n".encode() + pw + b"\r\nk5 NOOP\r\n")
+    r = c.tagged("k4")
+    assert r == [b"k4 NO [AUTHENTICATIONFAILED] Authentication failed."], r
+    assert c.tagged("k5") == [b"k5 OK NOOP completed."]
+    c.close()
+
+
+@pytest.mark.parametrize("plus", ["", "+"])
+def test_zero_length_literal(lax, plus):
+    """{0} is a valid (empty) literal: the command gets its own tagged reply
+    (it used to be dropped: client_line could not ask for 0 literal bytes)."""
+    c = Raw(lax.ports["plain"])
+    c.send(f"k6 LOGIN {ALICE[0]} {{0{plus}}}\r\n")
+    if not plus:
+        assert c.line().startswith(b"+")
+    c.send("\r\n")
+    r = c.tagged("k6", timeout=3)
+    assert r[-1].startswith((b"k6 NO", b"k6 BAD")), r
+
+
+def test_pipelined_preauth_commands(lax):
+    c = Raw(lax.ports["plain"])
+    c.send("p1 CAPABILITY\r\np2 NOOP\r\np3 ID NIL\r\np4 NOOP\r\n")
+    assert c.tagged("p1")[-1] == b"p1 OK Capability completed."
+    assert c.tagged("p2") == [b"p2 OK NOOP completed."]
+    assert c.tagged("p3")[-1] == b"p3 OK ID completed."
+    assert c.tagged("p4") == [b"p4 OK NOOP completed."]
+    c.close()
+
+
+def test_pipelined_after_login(dv, lax):
+    """Commands pipelined behind LOGIN reach the backend once it accepted the
+    login; behind a failed LOGIN they are served by the proxy again."""
+    c = Raw(lax.ports["plain"])
+    c.send(f'p1 LOGIN {ALICE[0]} wrong\r\np2 LOGIN {ALICE[0]} {ALICE[1]}\r\n'
+           'p3 SELECT INBOX\r\np4 LOGOUT\r\n')
+    assert c.tagged("p1") == [b"p1 NO [AUTHENTICATIONFAILED] Authentication failed."]
+    assert c.tagged("p2")[-1].startswith(b"p2 OK [CAPABILITY ")
+    assert c.tagged("p3")[-1].startswith(b"p3 OK [READ-WRITE]")
+    r = c.tagged("p4")
+    assert r[0].startswith(b"* BYE") and r[-1].startswith(b"p4 OK"), r
+    rest, _ = c.closed()
+    assert rest == b""
+
+
+def test_oauthbearer_failure(dv, lax):
+    """A wrong bearer token: Dovecot answers OAUTHBEARER with an error
+    challenge, the proxy completes the exchange and the client gets the NO."""
+    smark = lax.log_mark()
+    c = Raw(lax.ports["plain"])
+    r = c.cmd("f1", "AUTHENTICATE OAUTHBEARER " + oauthbearer(DAVE, DAVE_JWT + "x"))
+    assert r == [b"f1 NO [AUTHENTICATIONFAILED] Authentication failed."], r
+    login_logged(lax, smark, DAVE, "failed")
+    assert_logged_in(c, "f2", c.cmd("f2", "AUTHENTICATE OAUTHBEARER " + oauthbearer(DAVE, DAVE_JWT)))
+
+
+def test_unsupported_mechanism(lax):
+    c = Raw(lax.ports["plain"])
+    assert c.cmd("u1", "AUTHENTICATE CRAM-MD5")[-1].startswith(b"u1 NO")
+    assert c.cmd("u2", "AUTHENTICATE")[-1].startswith(b"u2 BAD")
+    assert c.cmd("u3", "LOGIN onlyuser")[-1].startswith(b"u3 BAD")
+    assert c.cmd("u4", 'LOGIN "unterminated')[-1].startswith(b"u4 BAD")
+    assert c.cmd("u5", "NOOP") == [b"u5 OK NOOP completed."]
+    c.close()
+
+
 # --- 4. pre-authentication dialogue -------------------------------------------------------------
 
 def test_preauth_starttls_listener(dv, strict, certs):
@@ -747,22 +836,22 @@ def test_backend_down(sy_pool, certs):
     c.close()
 
 
-def test_backend_without_starttls(sy_pool, certs):
+def test_backend_without_starttls(sy_pool, certs, fakes):
     """A STARTTLS backend leg to a backend that does not advertise STARTTLS:
     no credentials go out, the client gets NO [UNAVAILABLE]."""
-    fake = FakeImap(caps="IMAP4rev1 SASL-IR AUTH=PLAIN")
-    try:
-        sy = pooled(sy_pool, "nostarttls", certs, fake.port, three_listeners(), backend_tls="starttls",
-                    forwarding="none", caps={"allow_plain_auth_without_tls": True})
-        c = Raw(sy.ports["plain"])
-        r = c.cmd("n1", 'LOGIN "alice@example.com" "alicepass"')
-        assert r[-1].startswith(b"n1 NO [UNAVAILABLE] "), r
-        assert c.cmd("n2", "NOOP")[-1].startswith(b"n2 OK")
-        assert fake.auths == []
-        assert not any(b"AUTHENTICATE" in l or b"LOGIN" in l for l in fake.lines), fake.lines
-        c.close()
-    finally:
-        fake.stop()
+    fake = fakes["plain-caps"]
+    sy = pooled(sy_pool, "nostarttls", certs, fake.port, three_listeners(), backend_tls="starttls",
+                forwarding="none", caps={"allow_plain_auth_without_tls": True})
+    smark = sy.log_mark()
+    c = Raw(sy.ports["plain"])
+    r = c.cmd("n1", 'LOGIN "alice@example.com" "alicepass"')
+    assert r[-1].startswith(b"n1 NO [UNAVAILABLE] "), r
+    sy.wait_log(r"result=tempfail.*STARTTLS", since=smark)
+    assert c.cmd("n2", "NOOP")[-1].startswith(b"n2 OK")
+    conn = fake.conns[-1]
+    assert conn["auths"] == []
+    assert not any(b"AUTHENTICATE" in l or b"LOGIN" in l or b"alicepass" in l for l in conn["lines"]), conn
+    c.close()
 
 
 # --- 8. hostile input -----------------------------------------------------------------------------
@@ -901,43 +990,79 @@ def test_bearer_token_near_dovecot_limit(dv, lax):
     dv.wait_log(login_re("erin@example.com", "127.0.0.1", method="XOAUTH2"), since=dmark)
 
 
+@pytest.mark.parametrize("backend", ["sasl-ir", "no-sasl-ir"])
 @pytest.mark.parametrize("mech", ["XOAUTH2", "OAUTHBEARER"])
 @pytest.mark.parametrize("form", ["sasl-ir", "continuation"])
-def test_bearer_token_16k(sy_pool, certs, mech, form):
+def test_bearer_token_16k(sy_pool, certs, fakes, backend, mech, form):
     """A 16 KiB JWT through the proxy: routed by its email claim and replayed
-    intact (to a fake backend: Dovecot 2.3 refuses SASL responses over 8 KiB)."""
-    def accept(m, msg):
-        return m == mech and f"auth=Bearer {BIG_JWT}\x01\x01".encode() in msg
+    intact, with SASL-IR or after a continuation depending on the backend (a
+    fake one: Dovecot 2.3 refuses SASL responses over 8 KiB)."""
+    fake = fakes[backend]
+    sy = pooled(sy_pool, f"fake-{backend}", certs, fake.port, three_listeners(), backend_tls="plain",
+                forwarding="xclient", caps={"allow_plain_auth_without_tls": True})
+    smark = sy.log_mark()
+    msg = (xoauth2 if mech == "XOAUTH2" else oauthbearer)(DAVE, BIG_JWT)
+    assert len(msg) > 20000
+    c = Raw(sy.ports["plain"])
+    if form == "sasl-ir":
+        r = c.cmd("o4", f"AUTHENTICATE {mech} {msg}")
+    else:
+        c.send(f"o4 AUTHENTICATE {mech}\r\n")
+        assert c.line().startswith(b"+")
+        c.send(msg + "\r\n")
+        r = c.tagged("o4")
+    assert r[-1] == b"o4 OK [CAPABILITY IMAP4rev1 FAKE-AFTER-LOGIN] Logged in", r
+    login_logged(sy, smark, DAVE)
+    conn = fake.conns[-1]
+    assert len(conn["auths"]) == 1, conn["auths"]
+    got_mech, got_msg = conn["auths"][0]
+    assert got_mech == mech
+    assert f"auth=Bearer {BIG_JWT}\x01\x01".encode() in got_msg
+    auth_line = next(l for l in conn["lines"] if b" AUTHENTICATE " in l)
+    assert auth_line.startswith(b"o4 AUTHENTICATE " + mech.encode())
+    assert (len(auth_line) > 20000) == (backend == "sasl-ir"), len(auth_line)
+    # Bridged: the fake answers the next command.
+    assert c.cmd("o5", "NOOP")[-1] == b"o5 OK NOOP done"
+    c.close()
 
-    fake = FakeImap(accept=accept)
-    try:
-        listeners = three_listeners()
-        sy = Switchyard(imap_config(certs, fake.port, listeners=listeners, backend_tls="plain",
-                                    caps={"allow_plain_auth_without_tls": True}), name="switchyard-imap")
-        try:
-            sy.start()
-            port = listeners["plain"][0]
-            msg = (xoauth2 if mech == "XOAUTH2" else oauthbearer)(DAVE, BIG_JWT)
-            assert len(msg) > 20000
-            c = Raw(port)
-            if form == "sasl-ir":
-                r = c.cmd("o4", f"AUTHENTICATE {mech} {msg}")
-            else:
-                c.send(f"o4 AUTHENTICATE {mech}\r\n")
-                assert c.line().startswith(b"+")
-                c.send(msg + "\r\n")
-                r = c.tagged("o4")
-            assert r[-1].startswith(b"o4 OK [CAPABILITY IMAP4rev1 FAKE-AFTER-LOGIN]"), r
-            assert len(fake.auths) == 1 and fake.auths[0][0] == mech
-            login_logged(sy, 0, DAVE)
-            # Bridged: the fake answers the next command.
-            assert c.cmd("o5", "NOOP")[-1] == b"o5 OK NOOP done"
-            c.close()
-            sy.stop(check=True)
-        finally:
-            sy.cleanup()
-    finally:
-        fake.stop()
+
+@pytest.mark.parametrize("client_leg", ["plain", "implicit"])
+def test_id_forwarding_attributes(sy_pool, certs, fakes, client_leg):
+    """xclient forwarding: the ID the backend gets carries the client's
+    address and port, the listener's, the TTL minus one, a session id and the
+    client transport, and comes before the AUTHENTICATE."""
+    fake = fakes["sasl-ir"]
+    sy = pooled(sy_pool, "fake-sasl-ir", certs, fake.port, three_listeners(), backend_tls="plain",
+                forwarding="xclient", caps={"allow_plain_auth_without_tls": True})
+    c = Raw(sy.ports[client_leg], tls_ctx=certs.client_context() if client_leg == "implicit" else None)
+    r = c.cmd("i1", 'LOGIN "alice@example.com" "alicepass"')
+    assert r[-1].startswith(b"i1 OK"), r
+    c.close()
+    lines = fake.conns[-1]["lines"]
+    ids = [i for i, l in enumerate(lines) if re.match(rb"\S+ ID ", l)]
+    auth = next(i for i, l in enumerate(lines) if b" AUTHENTICATE " in l)
+    assert len(ids) == 1 and ids[0] < auth, lines
+    transport = "TLS" if client_leg == "implicit" else "insecure"
+    want = (rf'\S+ ID \("x-originating-ip" "{rx(c.source)}" "x-originating-port" "{c.client_port}" '
+            rf'"x-connected-ip" "127\.0\.0\.1" "x-connected-port" "{sy.ports[client_leg]}" '
+            rf'"x-proxy-ttl" "6" "x-session-id" "[0-9a-f]+" "x-client-transport" "{transport}"\)\r\n')
+    assert re.fullmatch(want.encode(), lines[ids[0]]), lines[ids[0]]
+
+
+def test_no_id_when_not_advertised(sy_pool, certs, fakes):
+    fake = fakes["no-sasl-ir"]
+    sy = pooled(sy_pool, "fake-no-sasl-ir", certs, fake.port, three_listeners(), backend_tls="plain",
+                forwarding="xclient", caps={"allow_plain_auth_without_tls": True})
+    c = Raw(sy.ports["plain"])
+    r = c.cmd("i2", 'LOGIN "alice@example.com" "alicepass"')
+    assert r[-1].startswith(b"i2 OK"), r
+    c.close()
+    lines = fake.conns[-1]["lines"]
+    assert not any(re.match(rb"\S+ ID ", l) for l in lines), lines
+    # No SASL-IR at the backend: AUTHENTICATE PLAIN, then the response after "+".
+    i = next(i for i, l in enumerate(lines) if b" AUTHENTICATE " in l)
+    assert lines[i] == b"i2 AUTHENTICATE PLAIN\r\n", lines
+    assert base64.b64decode(lines[i + 1].strip()) == b"\0alice@example.com\0alicepass"
 
 
 def test_bearer_token_16k_to_dovecot(dv, lax):

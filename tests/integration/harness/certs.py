@@ -13,7 +13,7 @@ import ssl
 import subprocess
 from dataclasses import dataclass
 
-from .util import make_tempdir, remove_tree, run
+from .util import make_tempdir, remove_tree, run, track, untrack
 
 KEY_ALG = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
 
@@ -75,6 +75,7 @@ class TestPKI:
 
     def __init__(self):
         self.dir = make_tempdir("pki")
+        track(self)
         self.ca_cert = os.path.join(self.dir, "ca.pem")
         self.ca_key = os.path.join(self.dir, "ca.key")
         run(
@@ -131,4 +132,5 @@ class TestPKI:
         return ctx
 
     def cleanup(self):
+        untrack(self)
         remove_tree(self.dir)

@@ -7,10 +7,11 @@ Gotchas baked in here (learned on these machines):
 - The auth process runs as the `dovecot` user and must read the passwd files:
   the instance dir is 0755 and the files 0644.
 - The daemon keeps inherited pipes open, so its stdout/stderr go to a file.
-- It gives no readiness signal; but the master binds every inet listener
-  before it daemonizes, so once `dovecot -c` has exited 0 the ports are bound.
-  We still confirm them in /proc/net/tcp (without connecting: a probe
-  connection would spawn login processes and write log lines).
+- It gives no readiness signal, and `dovecot -c` returns as soon as it has
+  forked (under load, before the daemon has written master.pid). We poll for
+  the pid file, then for every port in LISTEN state in /proc/net/tcp (not by
+  connecting: a probe connection would spawn login processes and write log
+  lines tests look at).
 - Stop it by the pid in <base_dir>/master.pid. The master sleeps about 1 s
   on SIGTERM to let its log process drain (about 6 s when signalled within a
   few ms of starting), hence one shared instance per session.
@@ -25,11 +26,11 @@ import os
 import re
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 
-from .util import (DEFAULT_TIMEOUT, HarnessError, chown_tree, file_size, free_port, make_tempdir,
-                   read_text, remove_tree, wait_file_regex, wait_pid_exit, wait_ports_listening)
+from .util import (DEFAULT_TIMEOUT, Backoff, HarnessError, chown_tree, file_size, free_port, make_tempdir,
+                   pid_alive, read_text, remove_tree, track, untrack, wait_file_regex, wait_pid_exit,
+                   wait_ports_listening)
 
 MAIL_UID = 65534
 MAIL_GID = 65534
@@ -80,17 +81,10 @@ class Dovecot:
         self.relay = relay
         self.extra_conf = extra_conf
         self.ssl_cert = ssl_cert or certs.localhost
-        want = listeners if listeners is not None else {s: KINDS for s in SERVICES}
-        self.listeners = []
-        for service in SERVICES:
-            for kind in KINDS:
-                attr = self._attr(service, kind)
-                port = None
-                if kind in want.get(service, ()):
-                    port = free_port()
-                    self.listeners.append(Listener(service, kind, port))
-                setattr(self, attr, port)
+        self._want = listeners if listeners is not None else {s: KINDS for s in SERVICES}
+        self._assign_ports()
         self.dir = make_tempdir("dovecot")
+        track(self)
         self.base_dir = os.path.join(self.dir, "run")
         self.state_dir = os.path.join(self.dir, "state")
         self.home_root = os.path.join(self.dir, "home")
@@ -98,6 +92,16 @@ class Dovecot:
         self.stdio_path = os.path.join(self.dir, "dovecot.stdio")
         self.conf_path = os.path.join(self.dir, "dovecot.conf")
         self.pid = None
+
+    def _assign_ports(self):
+        self.listeners = []
+        for service in SERVICES:
+            for kind in KINDS:
+                port = None
+                if kind in self._want.get(service, ()):
+                    port = free_port()
+                    self.listeners.append(Listener(service, kind, port))
+                setattr(self, self._attr(service, kind), port)
 
     @staticmethod
     def _attr(service, kind):
@@ -228,7 +232,21 @@ service lmtp {{
 
     # --- lifecycle ----------------------------------------------------------
 
-    def start(self, timeout=DEFAULT_TIMEOUT):
+    def start(self, timeout=DEFAULT_TIMEOUT, attempts=3):
+        """Start the daemon and wait until its pid file exists and every
+        listener is bound. free_port() can race with other processes on the
+        machine: if a port was taken meanwhile, new ports are picked and the
+        start is retried (ports are only read after start returns)."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once(timeout)
+            except HarnessError as e:
+                self.stop()
+                if "Address already in use" not in str(e) or attempt == attempts - 1:
+                    raise
+                self._assign_ports()
+
+    def _start_once(self, timeout):
         self._write_files()
         with open(self.stdio_path, "wb") as out:
             p = subprocess.run(["dovecot", "-c", self.conf_path], stdin=subprocess.DEVNULL, stdout=out,
@@ -238,35 +256,67 @@ service lmtp {{
                 f"dovecot failed to start (exit {p.returncode}):\n{read_text(self.stdio_path)}\n"
                 f"log:\n{read_text(self.log_path)}"
             )
+        # `dovecot` returns once it has forked; the daemon writes its pid file
+        # a moment later (no event to wait on: poll, bounded).
         pidfile = os.path.join(self.base_dir, "master.pid")
-        with open(pidfile) as f:
-            self.pid = int(f.read().strip())
+        b = Backoff(timeout)
+        while True:
+            try:
+                with open(pidfile) as f:
+                    self.pid = int(f.read().strip())
+                break
+            except (FileNotFoundError, ValueError):
+                if not b.pause():
+                    raise HarnessError(f"dovecot wrote no pid file within {timeout}s; log:\n{self.log_text()}")
         try:
             wait_ports_listening([l.port for l in self.listeners], timeout, "dovecot")
         except HarnessError:
             raise HarnessError(f"dovecot listeners not up; log:\n{self.log_text()}")
         return self
 
-    def stop(self, timeout=DEFAULT_TIMEOUT):
-        if self.pid is None:
-            return
-        pid, self.pid = self.pid, None
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        if not wait_pid_exit(pid, timeout):
+    def _master_pids(self):
+        """Pids of running processes started as `dovecot -c <our conf>`: the
+        master of this instance even if we never read its pid file."""
+        pids = []
+        needle = self.conf_path.encode()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
             try:
-                os.kill(pid, signal.SIGKILL)
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if needle in argv and pid_alive(int(entry)):
+                pids.append(int(entry))
+        return pids
+
+    def stop(self, timeout=DEFAULT_TIMEOUT):
+        """SIGTERM the master and wait for it to exit. Works for a start that
+        failed half-way too (the master is then found by its config path)."""
+        pids = [self.pid] if self.pid is not None else self._master_pids()
+        self.pid = None
+        stuck = []
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
-                pass
-            wait_pid_exit(pid, timeout)
-            raise HarnessError(f"dovecot (pid {pid}) did not exit on SIGTERM within {timeout}s")
+                continue
+            if not wait_pid_exit(pid, timeout):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                wait_pid_exit(pid, timeout)
+                stuck.append(pid)
+        if stuck:
+            raise HarnessError(f"dovecot (pid {stuck}) did not exit on SIGTERM within {timeout}s")
 
     def cleanup(self):
         try:
             self.stop()
         finally:
+            untrack(self)
             remove_tree(self.dir)
 
     def __enter__(self):

@@ -9,7 +9,7 @@ import subprocess
 import threading
 
 from .util import (DEFAULT_TIMEOUT, HarnessError, chown_tree, free_port, make_tempdir, read_text,
-                   remove_tree, run)
+                   remove_tree, run, track, untrack)
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
@@ -25,6 +25,7 @@ class Redis:
         self.host = "127.0.0.1"
         self.password = password
         self.dir = make_tempdir("redis")
+        track(self)
         self.log_path = os.path.join(self.dir, "redis.log")
         self.proc = None
         self._ready = threading.Event()
@@ -89,6 +90,7 @@ class Redis:
         try:
             self.stop()
         finally:
+            untrack(self)
             remove_tree(self.dir)
 
     def __enter__(self):
@@ -141,6 +143,7 @@ class Postgres:
         self.user = user
         self.database = database
         self.dir = make_tempdir("pg")
+        track(self)
         self.data = os.path.join(self.dir, "data")
         self.log_path = os.path.join(self.dir, "postgres.log")
         pw = pwd.getpwnam("postgres")
@@ -174,7 +177,9 @@ class Postgres:
         return p.stdout.strip()
 
     def stop(self, timeout=30):
-        if not self.started:
+        # Also after a failed or interrupted start: whatever wrote a
+        # postmaster.pid is asked to stop.
+        if not self.started and not os.path.exists(os.path.join(self.data, "postmaster.pid")):
             return
         self.started = False
         self._as_postgres([f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", str(int(timeout)),
@@ -184,6 +189,7 @@ class Postgres:
         try:
             self.stop()
         finally:
+            untrack(self)
             remove_tree(self.dir)
 
     def __enter__(self):

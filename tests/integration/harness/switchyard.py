@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 
-from .util import DEFAULT_TIMEOUT, HarnessError, make_tempdir, remove_tree
+from .util import DEFAULT_TIMEOUT, HarnessError, make_tempdir, remove_tree, track, untrack
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 READY_RE = re.compile(r'(\bINFO\s+ready\b|"msg"\s*:\s*"ready")')
@@ -36,6 +36,7 @@ class Switchyard:
     def __init__(self, config, env=None, files=None, name="switchyard"):
         self.bin = binary_path()
         self.dir = make_tempdir(name)
+        track(self)
         self.config_path = os.path.join(self.dir, "switchyard.toml")
         self.stderr_path = os.path.join(self.dir, "stderr.log")
         self.env = dict(os.environ)
@@ -163,6 +164,7 @@ class Switchyard:
 
     def cleanup(self):
         self.kill()
+        untrack(self)
         remove_tree(self.dir)
 
     def __enter__(self):

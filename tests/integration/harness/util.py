@@ -7,6 +7,7 @@ the other side gives no signal at all (a log file written by a daemon we did
 not spawn as a child, a port that becomes bound), and always with a bound.
 """
 
+import atexit
 import os
 import re
 import select
@@ -18,6 +19,32 @@ import time
 
 # Generous bounds: these are upper limits on waits for events, not sleeps.
 DEFAULT_TIMEOUT = 10.0
+
+# Everything that owns a process or a temp dir registers here while it is
+# live, so that an interpreter exit that skips fixture teardown (pytest
+# interrupted, a script that raised) still stops daemons and removes dirs.
+_live = []
+
+
+def track(obj):
+    """Register an object with a cleanup() method until untrack(obj)."""
+    if obj not in _live:
+        _live.append(obj)
+
+
+def untrack(obj):
+    if obj in _live:
+        _live.remove(obj)
+
+
+@atexit.register
+def cleanup_all():
+    for obj in reversed(list(_live)):
+        try:
+            obj.cleanup()
+        except Exception:  # best effort at exit
+            pass
+    _live.clear()
 
 
 class HarnessError(AssertionError):
