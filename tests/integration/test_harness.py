@@ -26,7 +26,7 @@ import pytest
 
 from harness import clients, proxyproto
 from harness.certs import describe_der
-from harness.util import connect, pid_alive, recv_until
+from harness.util import connect, expect_closed, pid_alive, recv_until
 
 ALICE = ("alice@example.com", "alicepass")
 BOB = ("bob@example.com", "bobpass")
@@ -194,7 +194,6 @@ def test_lmtp_haproxy_listener(dovecot, dovecot_log, version):
 def test_lmtp_haproxy_listener_requires_header(dovecot, dovecot_log):
     sock = connect(dovecot.lmtp_haproxy, source="127.0.0.6")
     sock.sendall(b"LHLO client.test\r\n")
-    from harness.util import expect_closed
     data, _ = expect_closed(sock, timeout=10)
     assert not data.startswith(b"220")
 

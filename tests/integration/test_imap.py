@@ -31,6 +31,7 @@ import base64
 import itertools
 import json
 import re
+import signal
 import socket
 import socketserver
 import ssl
@@ -42,7 +43,7 @@ import pytest
 
 from harness import Dovecot, Switchyard, clients
 from harness.dovecot import DEFAULT_USERS
-from harness.util import (HarnessError, connect, expect_closed, free_port, read_text, recv_line,
+from harness.util import (HarnessError, connect, expect_closed, free_port,
                           wait_ports_listening)
 
 ALICE = ("alice@example.com", "alicepass")
@@ -854,6 +855,102 @@ def test_backend_without_starttls(sy_pool, certs, fakes):
     c.close()
 
 
+@pytest.fixture(scope="module")
+def silent_port():
+    """A port that accepts TCP connections (kernel backlog) and never says anything."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    yield s.getsockname()[1]
+    s.close()
+
+
+@pytest.fixture
+def silent(sy_pool, certs, silent_port):
+    """A destination that never greets; backend_timeout = 1s."""
+    return pooled(sy_pool, "silent", certs, silent_port, three_listeners(), backend_tls="plain",
+                  forwarding="none", caps={"allow_plain_auth_without_tls": True},
+                  server={"backend_timeout": "1s"})
+
+
+def test_backend_timeout(silent):
+    """A backend that accepts but never greets: NO [UNAVAILABLE] once
+    backend_timeout passes, and the connection stays usable."""
+    c = Raw(silent.ports["plain"])
+    t0 = time.monotonic()
+    r = c.cmd("w1", 'LOGIN "alice@example.com" "alicepass"')
+    assert r[-1].startswith(b"w1 NO [UNAVAILABLE] "), r
+    assert 0.8 <= time.monotonic() - t0 < 5
+    assert c.cmd("w2", "NOOP") == [b"w2 OK NOOP completed."]
+    c.close()
+
+
+@pytest.mark.parametrize("backend", ["silent", "dovecot"])
+def test_client_gone_during_login(request, backend, certs):
+    """The client hangs up while its login is with the backend: the proxy
+    cleans up and keeps serving."""
+    sy = request.getfixturevalue("silent" if backend == "silent" else "lax")
+    for i in range(5):
+        c = Raw(sy.ports["plain"])
+        c.send(f"g{i} LOGIN alice@example.com alicepass\r\ng{i}b SELECT INBOX\r\n")
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        c.close()  # RST
+    c = Raw(sy.ports["plain"])
+    assert c.cmd("g9", "NOOP") == [b"g9 OK NOOP completed."]
+    c.close()
+    assert sy.running()
+
+
+@pytest.mark.parametrize("leg", ["implicit", "starttls"])
+def test_backend_tls_verification_failure(sy_pool, certs, dv, leg):
+    """The backend's certificate does not match the pin: no credentials go
+    out, the client gets NO [UNAVAILABLE] and may go on."""
+    sy = pooled(sy_pool, f"badpin-{leg}", certs, dv.imaps if leg == "implicit" else dv.imap, three_listeners(),
+                backend_tls=leg, forwarding="none", caps={"allow_plain_auth_without_tls": True},
+                destination={"tls_pinned_cert_sha256": certs.mail.sha256})
+    smark = sy.log_mark()
+    c = Raw(sy.ports["plain"])
+    r = c.cmd("v1", 'LOGIN "alice@example.com" "alicepass"')
+    assert r[-1].startswith(b"v1 NO [UNAVAILABLE] "), r
+    login_logged(sy, smark, ALICE[0], "tempfail")
+    assert c.cmd("v2", "NOOP") == [b"v2 OK NOOP completed."]
+    c.close()
+    sy.wait_log(r"result=tempfail.*(verif|pin|fingerprint|certificate)", since=smark)
+
+
+@pytest.mark.parametrize("user", ['"bad user@example.com"', '"bad\\"q@example.com"', "{17+}\r\nbad\x01x@example.com"])
+def test_identifier_forbidden_characters(lax, user):
+    """An identifier with a space, a double quote or a control character is
+    refused with the backend-unavailable reply (no lookup, no backend)."""
+    smark = lax.log_mark()
+    c = Raw(lax.ports["plain"])
+    c.send(f"f1 LOGIN {user} alicepass\r\n".encode())
+    r = c.tagged("f1")
+    assert r[-1].startswith(b"f1 NO [UNAVAILABLE] "), r
+    lax.wait_log(r"result=tempfail.*forbidden", since=smark)
+    assert c.cmd("f2", "NOOP") == [b"f2 OK NOOP completed."]
+    c.close()
+
+
+def test_shutdown_notice(certs, dv):
+    """SIGTERM: a client still before login gets BYE and is closed; the
+    process exits 0 without waiting for the grace period."""
+    listeners = three_listeners()
+    sy = Switchyard(imap_config(certs, dv.imap, listeners=listeners, server={"shutdown_grace": "20s"},
+                                caps={"allow_plain_auth_without_tls": True}), name="switchyard-imap")
+    try:
+        sy.start()
+        c = Raw(listeners["plain"][0])
+        t0 = time.monotonic()
+        sy.send_signal(signal.SIGTERM)
+        data, _ = c.closed(timeout=10)
+        assert data.startswith(b"* BYE "), data
+        assert sy.wait_exit(timeout=10) == 0
+        assert time.monotonic() - t0 < 5
+    finally:
+        sy.cleanup()
+
+
 # --- 8. hostile input -----------------------------------------------------------------------------
 
 def test_overlong_line(lax):
@@ -875,6 +972,24 @@ def test_huge_literal_announcement(lax):
     assert first.startswith(b"* BAD") or first.startswith(b"a BAD"), first
     rest, _ = c.closed()
     assert rest == b"", rest
+
+
+def test_literals_adding_up_too_long(lax):
+    """Literals each within bounds but together over the line limit: BAD and close."""
+    c = Raw(lax.ports["plain"])
+    c.send(b"a LOGIN {20000+}\r\n" + b"u" * 20000 + b" {20000+}\r\n" + b"p" * 20000 + b"\r\n")
+    first = c.line()
+    assert b"BAD" in first, first
+    rest, _ = c.closed()
+    assert rest == b"", rest
+
+
+def test_starttls_not_offered_on_plain_listener(lax):
+    c = Raw(lax.ports["plain"])
+    assert b"STARTTLS" not in caps_of(c.greeting)
+    assert c.cmd("t1", "STARTTLS")[-1].startswith(b"t1 BAD")
+    assert c.cmd("t2", "NOOP") == [b"t2 OK NOOP completed."]
+    c.close()
 
 
 def test_huge_literal_plus_announcement(lax):
@@ -971,12 +1086,17 @@ def test_bearer_token(dv, lax, mech, form):
     dv.wait_log(login_re(DAVE, "127.0.0.1", method=mech), since=dmark)
 
 
-def test_xoauth2_routes_by_token_not_user_field(dv, lax):
-    """XOAUTH2's user= field is not trusted for routing: the identifier comes
-    from the token (Dovecot then refuses the mismatched login)."""
+@pytest.mark.parametrize("mech, msg", [
+    ("XOAUTH2", xoauth2("bob@example.com", DAVE_JWT)),
+    ("OAUTHBEARER", oauthbearer("dave-without-domain", DAVE_JWT)),
+], ids=["xoauth2-user-field", "oauthbearer-a-without-at"])
+def test_bearer_routes_by_token(dv, lax, mech, msg):
+    """XOAUTH2's user= field is never trusted for routing, nor an OAUTHBEARER
+    a= without '@': the identifier comes from the token's email claim
+    (Dovecot then refuses the mismatched login)."""
     smark = lax.log_mark()
     c = Raw(lax.ports["plain"])
-    r = c.cmd("o2", "AUTHENTICATE XOAUTH2 " + xoauth2("bob@example.com", DAVE_JWT))
+    r = c.cmd("o2", f"AUTHENTICATE {mech} {msg}")
     assert r[-1].startswith(b"o2 NO"), r
     login_logged(lax, smark, DAVE, "failed")
     c.close()

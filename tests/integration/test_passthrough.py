@@ -36,7 +36,6 @@ Dovecot's side (see test_harness.py): LMTP logs `Connect from <ip>`.
 import json
 import re
 import signal
-import socket
 import ssl
 import time
 
@@ -44,8 +43,7 @@ import pytest
 
 from harness import clients, proxyproto
 from harness.certs import describe_der, fingerprint_der
-from harness.util import (HarnessError, closed_or_refused, connect, expect_closed, free_port, recv_line,
-                          recv_until)
+from harness.util import closed_or_refused, connect, expect_closed, free_port, recv_line, recv_until
 
 ALICE = "alice@example.com"
 
@@ -171,8 +169,8 @@ def test_smtp_listener_to_submission(dovecot, dovecot_log, switchyard, certs):
     Dovecot's submission service behind a PROXY header): the SMTP dialogue,
     including AUTH, is the backend's, and Dovecot sees the client address."""
     port = free_port()
-    sy = switchyard(passthrough_config(port, dovecot.lmtp_haproxy, protocol="smtp",
-                                       smtp_port=dovecot.submission_haproxy))
+    switchyard(passthrough_config(port, dovecot.lmtp_haproxy, protocol="smtp",
+                                  smtp_port=dovecot.submission_haproxy))
     s = clients.smtp_on(connect(port, source="127.0.0.5"))
     s.ehlo()
     assert s.has_extn("auth")
@@ -264,8 +262,8 @@ def test_inbound_proxy_required_bad_header_rejected(dovecot, dovecot_log, switch
 
 def test_lmtp_implicit_tls_listener(dovecot, dovecot_log, switchyard, certs):
     port = free_port()
-    sy = switchyard(passthrough_config(port, dovecot.lmtp_haproxy, listener_tls="implicit",
-                                       tail=cert_table("local", certs.localhost)))
+    switchyard(passthrough_config(port, dovecot.lmtp_haproxy, listener_tls="implicit",
+                                  tail=cert_table("local", certs.localhost)))
     raw = connect(port, source="127.0.0.5")
     tls = certs.client_context().wrap_socket(raw, server_hostname="localhost")
     assert tls.getpeercert(binary_form=True) == certs.localhost.der

@@ -13,3 +13,9 @@ from .switchyard import Switchyard, binary_path, check_config
 from .util import (HarnessError, closed_or_refused, connect, expect_closed, free_port, recv_line,
                    recv_until)
 from . import clients, proxyproto
+
+__all__ = [
+    "BannerServer", "Cert", "Dovecot", "HarnessError", "Postgres", "Redis", "SmtpSink", "Switchyard", "TestPKI",
+    "binary_path", "check_config", "clients", "closed_or_refused", "connect", "describe_der", "expect_closed",
+    "fingerprint_der", "fingerprint_pem_file", "free_port", "proxyproto", "recv_line", "recv_until",
+]

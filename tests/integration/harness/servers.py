@@ -11,11 +11,9 @@ Both run on their own threads and signal what they see through condition
 variables, so tests wait for events rather than sleep.
 """
 
-import socket
 import socketserver
 import ssl
 import threading
-import time
 from dataclasses import dataclass, field
 
 from .util import DEFAULT_TIMEOUT, HarnessError

@@ -16,7 +16,6 @@ import re
 import signal
 import subprocess
 import threading
-import time
 
 from .util import DEFAULT_TIMEOUT, HarnessError, make_tempdir, remove_tree, track, untrack
 
@@ -105,7 +104,7 @@ class Switchyard:
         """Wait for the `ready` event, failing with stderr if the process exits
         first or the bound passes."""
         with self._cond:
-            ok = self._cond.wait_for(
+            self._cond.wait_for(
                 lambda: self._eof or any(READY_RE.search(l) for l in self._lines), timeout
             )
             ready = any(READY_RE.search(l) for l in self._lines)
