@@ -1,13 +1,24 @@
 /*
- * Routing: identifier -> destination.
+ * Routing: identifier -> target (destination or cluster) -> destination.
  *
  * route_resolve() is the one asynchronous call every interactive protocol
- * makes after identifier extraction. The mapping stores (file, Redis,
- * PostgreSQL) and the cache plug in behind it; until they exist every login
- * routes to routing.default_destination.
+ * makes after identifier extraction. Behind it: the process-wide mapping
+ * cache (cache.h), the mapping source ([mapping].source: the in-memory file
+ * table, or a Redis / PostgreSQL store with one instance per event loop),
+ * and cluster pinning (cluster.h).
+ *
+ * The router is created once per process from the startup configuration
+ * (server_run) and stored in sy_server. Every event loop that resolves or
+ * manages mappings has a context (sy_route_ctx) holding its store instance
+ * and the inbox through which coalesced lookups answered on other threads
+ * reach it. Worker loops get theirs through router_worker_attach() before
+ * their thread starts and give it up through router_worker_detach() when
+ * they stop.
  */
 #ifndef SWITCHYARD_ROUTE_H
 #define SWITCHYARD_ROUTE_H
+
+#include <stdint.h>
 
 #include "switchyard/runtime.h"
 
@@ -26,15 +37,112 @@ typedef struct sy_route_result {
 
 typedef void (*sy_route_cb)(void *arg, const sy_route_result *r);
 typedef struct sy_route_req sy_route_req;
+typedef struct sy_router sy_router;
+typedef struct sy_route_ctx sy_route_ctx;
 
 /*
  * Resolves `identifier` (NULL: no identifier, route to the default) for
  * protocol `proto`. The callback runs exactly once unless route_cancel()
  * is called first; it may run before route_resolve returns, in which case
- * NULL is returned.
+ * NULL is returned. `snap` (the caller's) must stay referenced until the
+ * callback has run or the request is cancelled. The identifier must already
+ * be normalized (identifier_extract).
  */
 sy_route_req *route_resolve(sy_worker *w, sy_snapshot *snap, const char *identifier, sy_proto proto,
                             sy_route_cb cb, void *arg);
+/* The callback will not run. Call only on the request's loop, before its
+ * callback has run. */
 void route_cancel(sy_route_req *req);
+
+/* route_resolve() on an explicit context (for loops that are not workers:
+ * tests, the benchmark, the management port). */
+sy_route_req *route_resolve_ctx(sy_route_ctx *ctx, sy_snapshot *snap, const char *identifier,
+                                sy_proto proto, sy_route_cb cb, void *arg);
+
+/* ---- lifecycle --------------------------------------------------------------------------- */
+
+/*
+ * Creates the router for the mapping configuration of `snap` (a reference is
+ * kept), loading the mapping file for source = "file". `nworkers` sizes the
+ * per-worker table and divides each store's pool_size among the workers.
+ * Returns NULL with *error_r (static text; file errors are logged one by
+ * one) on failure.
+ */
+sy_router *router_create(sy_snapshot *snap, unsigned nworkers, const char **error_r);
+/* Frees the router once every context is closed and its loop has run the
+ * close callbacks (after the worker threads are joined). NULL is fine. */
+void router_destroy(sy_router *r);
+
+/* Creates a context on `loop` (call on that loop's thread or before it
+ * runs) with a store of `conns` connections (0 = pool_size divided among
+ * the workers). Returns NULL with *error_r on failure. */
+sy_route_ctx *router_ctx_create(sy_router *r, uv_loop_t *loop, unsigned conns,
+                                const char **error_r);
+/* Closes a context on its loop's thread: its store is closed (pending
+ * lookups fail), its inbox closed; memory is released from the loop's close
+ * callbacks, so the loop must run afterwards. Every request of the context
+ * must have completed or been cancelled. */
+void router_ctx_close(sy_route_ctx *ctx);
+
+/* The worker's context, created before its thread starts (0 or -1 with
+ * *error_r) and closed from its loop when it stops (a no-op if absent). */
+int router_worker_attach(sy_router *r, sy_worker *w, const char **error_r);
+void router_worker_detach(sy_router *r, sy_worker *w);
+
+/* ---- management (the admin port) ----------------------------------------------------------- */
+
+typedef struct sy_route_explain {
+	const char *identifier;  /* as given */
+	const char *normalized;  /* NULL when the identifier is invalid */
+	const char *destination; /* target: destination or cluster id (NULL on error) */
+	const char *node;        /* cluster target: the node chosen now; else NULL */
+	bool routed_to_default;
+	bool cached;       /* answered from the cache */
+	const char *error; /* non-NULL: invalid identifier, store error or timeout */
+} sy_route_explain;
+typedef void (*sy_route_explain_cb)(void *arg, const sy_route_explain *e);
+
+/* Where `identifier` (raw: the master-user suffix is cut and it is
+ * normalized like a login's) routes now. A cached answer is reported as
+ * such; otherwise the source is asked, without filling the cache. The
+ * callback runs exactly once, possibly before the call returns. */
+void route_explain(sy_route_ctx *ctx, sy_snapshot *snap, const char *identifier,
+                   sy_route_explain_cb cb, void *arg);
+
+typedef enum sy_route_admin_status {
+	SY_ROUTE_ADMIN_OK,           /* put done */
+	SY_ROUTE_ADMIN_REMOVED,      /* delete: there was a mapping */
+	SY_ROUTE_ADMIN_ABSENT,       /* delete: there was none */
+	SY_ROUTE_ADMIN_READONLY,     /* the source cannot be written (501) */
+	SY_ROUTE_ADMIN_UNKNOWN_DEST, /* put: not a declared destination or cluster (400) */
+	SY_ROUTE_ADMIN_INVALID,      /* the identifier is not routable (400) */
+	SY_ROUTE_ADMIN_ERROR,        /* store or file error: `error` says which */
+} sy_route_admin_status;
+typedef void (*sy_route_admin_cb)(void *arg, sy_route_admin_status st, const char *error);
+
+/* Maps `identifier` (normalized as in route_explain) to `destination`: the
+ * file is rewritten atomically and the table swapped, or the store is
+ * written; then the cache entry is invalidated. Callback as route_explain. */
+void route_put(sy_route_ctx *ctx, sy_snapshot *snap, const char *identifier,
+               const char *destination, sy_route_admin_cb cb, void *arg);
+/* Removes the mapping: REMOVED or ABSENT (or an error). */
+void route_delete(sy_route_ctx *ctx, sy_snapshot *snap, const char *identifier,
+                  sy_route_admin_cb cb, void *arg);
+
+/* Re-reads the mapping file, all or nothing, checking destinations against
+ * snap's configuration; on success the table is swapped and the cache
+ * cleared. A no-op (0) for other sources. Returns 0, or -1 with *error_r a
+ * malloc'd message (every problem, one per line) and the old table kept. */
+int route_reload_file(sy_router *r, sy_snapshot *snap, char **error_r);
+
+/* Drops one identifier (normalized as in route_explain) from the cache, or
+ * every entry when identifier is NULL. */
+void route_invalidate(sy_router *r, sy_snapshot *snap, const char *identifier);
+
+typedef struct sy_route_stats {
+	uint64_t hits, misses, entries;
+	double hit_rate_pct; /* 0 when there was no lookup */
+} sy_route_stats;
+void route_stats(sy_router *r, sy_route_stats *out);
 
 #endif

@@ -58,8 +58,8 @@ struct sy_store {
  * (e.g. an unparsable URL). Connection failures are not creation errors.
  */
 sy_store *store_redis_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned conns,
-			     const char **error_r);
+                             const char **error_r);
 sy_store *store_sql_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned conns,
-			   const char **error_r);
+                           const char **error_r);
 
 #endif

@@ -21,10 +21,12 @@ Dovecot 2.3 log lines matched here (login_log_format_elements set below):
   auth: Info: ... Master user logging in as <user>
 Switchyard's: `login listener=.. protocol=imap client=.. identifier=.. mechanism=.. destination=.. result=ok|failed|tempfail`.
 
-Dovecot 2.3 limit found here: imap-login refuses a SASL response longer than
-8 KiB of base64 ("Authentication response too large" and a disconnect), so a
-16 KiB bearer token cannot reach Dovecot's passdb; the 16 KiB token test uses
-a small fake IMAP backend that checks the replayed token byte for byte.
+Small fake IMAP backends (FakeImap) stand in where Dovecot cannot show the
+point: a backend that does not advertise STARTTLS, one without SASL-IR and ID
+(continuation replay, no ID sent), the exact ID attributes, and 16 KiB bearer
+tokens: Dovecot 2.3's imap-login refuses a SASL response longer than 8 KiB of
+base64 ("Authentication response too large" and a disconnect), so those tests
+check the replayed token byte for byte at the fake instead.
 """
 
 import base64
@@ -43,8 +45,7 @@ import pytest
 
 from harness import Dovecot, Switchyard, clients
 from harness.dovecot import DEFAULT_USERS
-from harness.util import (HarnessError, connect, expect_closed, free_port,
-                          wait_ports_listening)
+from harness.util import HarnessError, connect, expect_closed, free_port, wait_ports_listening
 
 ALICE = ("alice@example.com", "alicepass")
 BOB = ("bob@example.com", "bobpass")

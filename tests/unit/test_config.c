@@ -268,8 +268,8 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg->caps[SY_PROTO_MANAGESIEVE].sieve.len, 15);
 	assert_string_equal(cfg->caps[SY_PROTO_MANAGESIEVE].sieve.items[5],
 	                    "comparator-i;ascii-numeric");
-	assert_int_equal(cfg->caps[SY_PROTO_SUBMISSION].ehlo.len, 6);
-	assert_string_equal(cfg->caps[SY_PROTO_SUBMISSION].ehlo.items[5], "SIZE 52428800");
+	assert_int_equal(cfg->caps[SY_PROTO_SUBMISSION].ehlo.len, 5);
+	assert_string_equal(cfg->caps[SY_PROTO_SUBMISSION].ehlo.items[4], "SIZE 52428800");
 
 	/* [oauth] */
 	assert_string_equal(cfg->oauth.jwt_username_claim, "email");

@@ -1,0 +1,1037 @@
+/*
+ * The Redis mapping store (store.h): GET/SET/DEL <key_prefix><key> over a
+ * small pool of hiredis async connections driven by the worker's libuv loop.
+ *
+ * Why our own event adapter rather than <hiredis/adapters/libuv.h>: the one
+ * shipped with hiredis 0.14 ignores a poll callback with a non-zero status,
+ * and libuv reports POLLERR (which is what a refused non-blocking connect
+ * produces) as exactly that, after stopping the handle. With the stock
+ * adapter a connection attempt to a server that is down never completes and
+ * is never retried. Ours hands such an event to hiredis as "readable and
+ * writable", so hiredis reads the socket error and fails the attempt. Owning
+ * the poll handle also lets close() wait for every handle's close callback
+ * before reporting completion.
+ *
+ * Connection life cycle, per pool slot:
+ *   DOWN --timer--> RESOLVING (hostnames only, uv_getaddrinfo: hiredis would
+ *   resolve synchronously and block the loop) --> CONNECTING (TCP connect,
+ *   then AUTH and SELECT when configured) --> READY --(error or EOF)--> DOWN.
+ * A failed attempt tries the next resolved address at once; when none is
+ * left, the slot waits (100 ms, doubling to 5 s) and starts over.
+ *
+ * Requests go round-robin to READY slots (Redis pipelines, so there is no
+ * per-connection queue). With no READY slot they fail at once, except while
+ * the very first attempt of some slot is still under way: a store is
+ * created just before the worker starts accepting, and failing the first
+ * logins only because the connection handshake had not finished would turn
+ * a normal start into temporary failures.
+ *
+ * Completions that happen inside our own entry points (a request with no
+ * connection, close()) are deferred to an idle callback, because store.h
+ * promises the callback never runs re-entrantly from the request function.
+ * Replies are delivered straight from hiredis's reply callback, which runs
+ * from the loop.
+ */
+#include "switchyard/store.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "switchyard/log.h"
+
+#define BACKOFF_FIRST_MS   100
+#define BACKOFF_MAX_MS     5000
+#define CONNECT_TIMEOUT_MS 5000 /* when lookup_timeout is 0 */
+#define MAX_ADDRS          8
+#define STARTUP_QUEUE_MAX  1024
+
+typedef enum op { OP_GET, OP_SET, OP_DEL } op;
+
+typedef enum conn_state {
+	CONN_DOWN,      /* waiting for the reconnect timer */
+	CONN_RESOLVING, /* uv_getaddrinfo in flight */
+	CONN_CONNECTING,
+	CONN_READY,
+} conn_state;
+
+typedef struct redis_store redis_store;
+typedef struct conn conn;
+
+/* One request; owns copies of its key and value, because a request parked
+ * in the startup queue is sent after the caller's strings are gone. */
+typedef struct request {
+	struct request *next;
+	redis_store *s;
+	sy_store_cb cb;
+	void *arg;
+	op op;
+	/* Outcome, set when the completion is deferred. */
+	sy_store_status st;
+	const char *error;
+	char *key; /* prefixed */
+	size_t keylen;
+	char *value;
+	size_t valuelen;
+	char buf[];
+} request;
+
+typedef struct req_list {
+	request *head, *tail;
+	size_t len;
+} req_list;
+
+/* Our hiredis event adapter: one poll handle per hiredis context, heap
+ * allocated because the handle's memory may only be released in its close
+ * callback, which runs after hiredis has freed the context. */
+typedef struct redis_ev {
+	uv_poll_t poll;
+	redisAsyncContext *ac; /* NULL once hiredis has called cleanup */
+	redis_store *s;
+	int events;
+} redis_ev;
+
+struct conn {
+	redis_store *s;
+	unsigned idx;
+	conn_state state;
+	redisAsyncContext *ac;  /* the current context, NULL when none */
+	uv_timer_t timer;       /* reconnect delay, or connect timeout */
+	uv_getaddrinfo_t *gai;  /* in flight, or NULL */
+	char *addrs[MAX_ADDRS]; /* numeric addresses of the current attempt */
+	unsigned naddrs, addr_i;
+	unsigned setup_pending; /* AUTH/SELECT replies still awaited */
+	uint64_t backoff_ms;
+	bool first_attempt; /* the slot's first attempt has not ended yet */
+	bool logged_down;   /* the current outage has been logged */
+};
+
+struct redis_store {
+	sy_store base;
+	uv_loop_t *loop;
+	/* From the URL. */
+	char *host; /* without brackets */
+	bool host_numeric;
+	int port;
+	char *user; /* NULL: AUTH <password> */
+	char *password;
+	int db; /* -1: no SELECT */
+	char *server; /* "host:port" for log lines (never the credentials) */
+	char *prefix;
+	size_t prefixlen;
+	uint64_t connect_timeout_ms;
+
+	conn *conns;
+	unsigned nconns;
+	unsigned rr;       /* round-robin cursor */
+	unsigned starting; /* slots whose first attempt is under way */
+	req_list startup;  /* requests waiting for the first connection */
+	req_list deferred; /* completions waiting for the idle callback */
+	uv_idle_t idle;
+
+	/* close() */
+	bool closing;
+	bool finishing;
+	unsigned open; /* timers, polls and getaddrinfo requests still open */
+	void (*done)(void *arg);
+	void *done_arg;
+};
+
+static void start_attempt(conn *c);
+static void connect_addr(conn *c);
+static void maybe_finish(redis_store *s);
+
+/* ---- request lists and deferred completion ---- */
+
+static void list_push(req_list *l, request *r)
+{
+	r->next = NULL;
+	if (l->tail)
+		l->tail->next = r;
+	else
+		l->head = r;
+	l->tail = r;
+	l->len++;
+}
+
+static request *list_pop(req_list *l)
+{
+	request *r = l->head;
+	if (r) {
+		l->head = r->next;
+		if (!l->head)
+			l->tail = NULL;
+		l->len--;
+		r->next = NULL;
+	}
+	return r;
+}
+
+/* Runs every deferred completion queued so far; completions queued by the
+ * callbacks themselves wait for the next round, so a callback that issues a
+ * new failing request cannot keep this loop going forever. */
+static void drain_deferred(redis_store *s)
+{
+	req_list batch = s->deferred;
+	s->deferred = (req_list){0};
+	request *r;
+	while ((r = list_pop(&batch)) != NULL) {
+		r->cb(r->arg, r->st, NULL, r->error);
+		free(r);
+	}
+}
+
+static void on_idle(uv_idle_t *h)
+{
+	redis_store *s = h->data;
+	drain_deferred(s);
+	if (!s->deferred.head)
+		uv_idle_stop(&s->idle);
+}
+
+/* Completes `r` with an error from the idle callback. `error` must be a
+ * string literal: it outlives the request. */
+static void fail_later(redis_store *s, request *r, const char *error)
+{
+	r->st = SY_STORE_ERROR;
+	r->error = error;
+	list_push(&s->deferred, r);
+	if (!s->finishing)
+		uv_idle_start(&s->idle, on_idle);
+}
+
+/* ---- the event adapter ---- */
+
+static void ev_poll_cb(uv_poll_t *h, int status, int events)
+{
+	redis_ev *ev = h->data;
+	/* On an error libuv has already stopped the handle and reports no
+	 * events: let hiredis look at the socket for whatever it was waiting
+	 * for, so it sees the error and tears the context down. */
+	if (status < 0)
+		events = ev->events ? ev->events : UV_READABLE;
+	if (ev->ac && (events & UV_READABLE))
+		redisAsyncHandleRead(ev->ac);
+	/* The read may have freed the context (cleanup clears ev->ac). */
+	if (ev->ac && (events & UV_WRITABLE))
+		redisAsyncHandleWrite(ev->ac);
+}
+
+static void ev_update(redis_ev *ev, int add, int del)
+{
+	int events = (ev->events | add) & ~del;
+	if (events == ev->events)
+		return;
+	ev->events = events;
+	if (events)
+		uv_poll_start(&ev->poll, events, ev_poll_cb);
+	else
+		uv_poll_stop(&ev->poll);
+}
+
+static void ev_add_read(void *p)
+{
+	ev_update(p, UV_READABLE, 0);
+}
+
+static void ev_del_read(void *p)
+{
+	ev_update(p, 0, UV_READABLE);
+}
+
+static void ev_add_write(void *p)
+{
+	ev_update(p, UV_WRITABLE, 0);
+}
+
+static void ev_del_write(void *p)
+{
+	ev_update(p, 0, UV_WRITABLE);
+}
+
+static void ev_closed(uv_handle_t *h)
+{
+	redis_ev *ev = h->data;
+	redis_store *s = ev->s;
+	free(ev);
+	s->open--;
+	maybe_finish(s);
+}
+
+/* hiredis calls this while freeing the context, before it closes the
+ * socket: uv_close stops polling the descriptor first, as libuv requires. */
+static void ev_cleanup(void *p)
+{
+	redis_ev *ev = p;
+	ev->ac = NULL;
+	uv_close((uv_handle_t *)&ev->poll, ev_closed);
+}
+
+static int ev_attach(redis_store *s, redisAsyncContext *ac)
+{
+	redis_ev *ev = calloc(1, sizeof(*ev));
+	if (!ev)
+		return -1;
+	if (uv_poll_init(s->loop, &ev->poll, ac->c.fd) != 0) {
+		free(ev);
+		return -1;
+	}
+	ev->poll.data = ev;
+	ev->ac = ac;
+	ev->s = s;
+	s->open++;
+	ac->ev.data = ev;
+	ac->ev.addRead = ev_add_read;
+	ac->ev.delRead = ev_del_read;
+	ac->ev.addWrite = ev_add_write;
+	ac->ev.delWrite = ev_del_write;
+	ac->ev.cleanup = ev_cleanup;
+	return 0;
+}
+
+/* ---- connection management ---- */
+
+static void flush_startup(redis_store *s);
+static void dispatch(redis_store *s, request *r);
+
+static bool any_ready(const redis_store *s)
+{
+	for (unsigned i = 0; i < s->nconns; i++) {
+		if (s->conns[i].state == CONN_READY)
+			return true;
+	}
+	return false;
+}
+
+/* The slot's first attempt is over (either way). When every slot's is and
+ * none got through, the requests parked for startup fail now. */
+static void first_attempt_over(conn *c)
+{
+	redis_store *s = c->s;
+	if (!c->first_attempt)
+		return;
+	c->first_attempt = false;
+	s->starting--;
+	if (s->starting == 0 && !any_ready(s)) {
+		request *r;
+		while ((r = list_pop(&s->startup)) != NULL)
+			fail_later(s, r, "redis: not connected");
+	}
+}
+
+static void free_addrs(conn *c)
+{
+	for (unsigned i = 0; i < c->naddrs; i++) {
+		free(c->addrs[i]);
+		c->addrs[i] = NULL;
+	}
+	c->naddrs = 0;
+	c->addr_i = 0;
+}
+
+static void on_retry_timer(uv_timer_t *t)
+{
+	conn *c = t->data;
+	if (c->s->closing)
+		return;
+	if (c->state == CONN_CONNECTING && c->addr_i < c->naddrs)
+		connect_addr(c);
+	else
+		start_attempt(c);
+}
+
+/* The attempt (or the connection) failed: log the first failure of an
+ * outage as a warning and the rest at debug level (a server that stays down
+ * would otherwise log every five seconds per connection), then wait. */
+static void attempt_failed(conn *c, const char *why)
+{
+	redis_store *s = c->s;
+	c->state = CONN_DOWN;
+	c->ac = NULL;
+	free_addrs(c);
+	if (s->closing)
+		return;
+	sy_log(c->logged_down ? SY_LOG_DEBUG : SY_LOG_WARN, "redis: cannot connect", "server",
+	       s->server, "error", why, NULL);
+	c->logged_down = true;
+	first_attempt_over(c);
+	uv_timer_start(&c->timer, on_retry_timer, c->backoff_ms, 0);
+	c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+}
+
+/* This address did not work: try the next one of the same lookup at once
+ * (from the timer, so hiredis has finished freeing the old context), or
+ * give up on the attempt. */
+static void address_failed(conn *c, const char *why)
+{
+	c->ac = NULL;
+	if (c->s->closing)
+		return;
+	if (c->addr_i + 1 < c->naddrs) {
+		c->addr_i++;
+		c->state = CONN_CONNECTING;
+		uv_timer_start(&c->timer, on_retry_timer, 0, 0);
+		return;
+	}
+	attempt_failed(c, why);
+}
+
+static void conn_ready(conn *c)
+{
+	redis_store *s = c->s;
+	uv_timer_stop(&c->timer);
+	c->state = CONN_READY;
+	c->backoff_ms = BACKOFF_FIRST_MS;
+	free_addrs(c);
+	sy_log(c->logged_down ? SY_LOG_INFO : SY_LOG_DEBUG, "redis: connected", "server", s->server,
+	       NULL);
+	c->logged_down = false;
+	first_attempt_over(c);
+	flush_startup(s);
+}
+
+static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	conn *c = privdata;
+	redisReply *r = reply;
+	if (c->ac != ac || r == NULL)
+		return; /* a context we dropped, or this one is going away */
+	if (r->type == REDIS_REPLY_ERROR) {
+		/* The server's text ("WRONGPASS ...", "invalid DB index") names
+		 * the problem without echoing the password. */
+		sy_log(SY_LOG_WARN, "redis: connection setup refused", "server", c->s->server,
+		       "error", r->str, NULL);
+		c->logged_down = true;
+		redisAsyncDisconnect(ac); /* on_disconnect then retries later */
+		return;
+	}
+	if (--c->setup_pending == 0)
+		conn_ready(c);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+	conn *c = ac->data;
+	if (c->ac != ac)
+		return;
+	if (status != REDIS_OK) {
+		/* hiredis frees the context when this returns. */
+		address_failed(c, ac->errstr[0] ? ac->errstr : "connection failed");
+		return;
+	}
+	if (c->setup_pending == 0)
+		conn_ready(c);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+	(void)status;
+	conn *c = ac->data;
+	if (c->ac != ac)
+		return; /* we dropped it ourselves */
+	if (c->state == CONN_READY) {
+		sy_log(SY_LOG_WARN, "redis: connection lost", "server", c->s->server, "error",
+		       ac->errstr[0] ? ac->errstr : "closed", NULL);
+		c->logged_down = true;
+		c->backoff_ms = BACKOFF_FIRST_MS;
+		attempt_failed(c, ac->errstr[0] ? ac->errstr : "closed");
+		return;
+	}
+	/* Lost during AUTH/SELECT. */
+	address_failed(c, ac->errstr[0] ? ac->errstr : "closed during setup");
+}
+
+static void on_connect_timeout(uv_timer_t *t)
+{
+	conn *c = t->data;
+	redisAsyncContext *ac = c->ac;
+	if (c->s->closing || c->state != CONN_CONNECTING)
+		return;
+	/* Clearing c->ac first makes the callbacks redisAsyncFree runs
+	 * (pending setup replies, the disconnect notice) ignore this context. */
+	c->ac = NULL;
+	if (ac)
+		redisAsyncFree(ac);
+	address_failed(c, "connect timed out");
+}
+
+static void connect_addr(conn *c)
+{
+	redis_store *s = c->s;
+	const char *addr = c->addrs[c->addr_i];
+	redisAsyncContext *ac = redisAsyncConnect(addr, s->port);
+
+	c->state = CONN_CONNECTING;
+	if (!ac) {
+		attempt_failed(c, "out of memory");
+		return;
+	}
+	if (ac->err) {
+		char why[128];
+		snprintf(why, sizeof(why), "%s", ac->errstr);
+		redisAsyncFree(ac);
+		address_failed(c, why);
+		return;
+	}
+	if (ev_attach(s, ac) != 0) {
+		redisAsyncFree(ac);
+		attempt_failed(c, "cannot poll the socket");
+		return;
+	}
+	ac->data = c;
+	c->ac = ac;
+	redisAsyncSetConnectCallback(ac, on_connect);
+	redisAsyncSetDisconnectCallback(ac, on_disconnect);
+
+	/* hiredis buffers these until the connection is up, and Redis answers
+	 * in order, so the slot becomes READY when the last one succeeds. */
+	c->setup_pending = 0;
+	if (s->password) {
+		int rc;
+		if (s->user)
+			rc = redisAsyncCommand(ac, on_setup_reply, c, "AUTH %s %s", s->user,
+					       s->password);
+		else
+			rc = redisAsyncCommand(ac, on_setup_reply, c, "AUTH %s", s->password);
+		if (rc == REDIS_OK)
+			c->setup_pending++;
+	}
+	if (s->db >= 0 &&
+	    redisAsyncCommand(ac, on_setup_reply, c, "SELECT %d", s->db) == REDIS_OK)
+		c->setup_pending++;
+
+	uv_timer_start(&c->timer, on_connect_timeout, s->connect_timeout_ms, 0);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+	conn *c = req->data;
+	redis_store *s = c->s;
+
+	free(req);
+	c->gai = NULL;
+	s->open--;
+	if (s->closing) {
+		uv_freeaddrinfo(res);
+		maybe_finish(s);
+		return;
+	}
+	if (status != 0) {
+		char why[160];
+		snprintf(why, sizeof(why), "cannot resolve %s: %s", s->host, uv_strerror(status));
+		uv_freeaddrinfo(res);
+		attempt_failed(c, why);
+		return;
+	}
+	free_addrs(c);
+	for (struct addrinfo *ai = res; ai && c->naddrs < MAX_ADDRS; ai = ai->ai_next) {
+		char buf[INET6_ADDRSTRLEN];
+		const void *a = ai->ai_family == AF_INET6
+					? (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr
+					: (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr;
+		if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
+		    !inet_ntop(ai->ai_family, a, buf, sizeof(buf)))
+			continue;
+		char *dup = strdup(buf);
+		if (dup)
+			c->addrs[c->naddrs++] = dup;
+	}
+	uv_freeaddrinfo(res);
+	if (c->naddrs == 0) {
+		attempt_failed(c, "the host name has no usable address");
+		return;
+	}
+	connect_addr(c);
+}
+
+static void start_attempt(conn *c)
+{
+	redis_store *s = c->s;
+
+	free_addrs(c);
+	if (s->host_numeric) {
+		c->addrs[0] = strdup(s->host);
+		if (!c->addrs[0]) {
+			attempt_failed(c, "out of memory");
+			return;
+		}
+		c->naddrs = 1;
+		connect_addr(c);
+		return;
+	}
+	/* hiredis would call getaddrinfo() itself, blocking every session on
+	 * this worker while DNS is slow; resolve on the thread pool instead. */
+	uv_getaddrinfo_t *req = calloc(1, sizeof(*req));
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+	if (!req) {
+		attempt_failed(c, "out of memory");
+		return;
+	}
+	req->data = c;
+	c->state = CONN_RESOLVING;
+	if (uv_getaddrinfo(s->loop, req, on_resolved, s->host, NULL, &hints) != 0) {
+		free(req);
+		attempt_failed(c, "cannot start the host name lookup");
+		return;
+	}
+	c->gai = req;
+	s->open++;
+}
+
+/* ---- requests ---- */
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	(void)ac;
+	request *rq = privdata;
+	redis_store *s = rq->s;
+	redisReply *r = reply;
+
+	if (r == NULL) {
+		/* The context is being freed: the connection broke, or close(). */
+		fail_later(s, rq, s->closing ? "redis: store closed" : "redis: connection lost");
+		return;
+	}
+	sy_store_status st = SY_STORE_ERROR;
+	const char *value = NULL, *error = NULL;
+	char ebuf[256];
+
+	if (r->type == REDIS_REPLY_ERROR) {
+		snprintf(ebuf, sizeof(ebuf), "redis: %s", r->str);
+		error = ebuf;
+	} else if (rq->op == OP_GET) {
+		if (r->type == REDIS_REPLY_NIL) {
+			st = SY_STORE_NOT_FOUND;
+		} else if (r->type == REDIS_REPLY_STRING) {
+			/* A destination id is text; one with a NUL in it could only
+			 * be matched wrongly, so it is refused. */
+			if (strlen(r->str) != r->len) {
+				error = "redis: the value contains a NUL byte";
+			} else {
+				st = SY_STORE_FOUND;
+				value = r->str;
+			}
+		} else {
+			error = "redis: unexpected reply type to GET (is the key a string?)";
+		}
+	} else if (rq->op == OP_SET) {
+		if (r->type == REDIS_REPLY_STATUS)
+			st = SY_STORE_DONE;
+		else
+			error = "redis: unexpected reply to SET";
+	} else {
+		if (r->type == REDIS_REPLY_INTEGER)
+			st = r->integer > 0 ? SY_STORE_DONE : SY_STORE_NOT_FOUND;
+		else
+			error = "redis: unexpected reply to DEL";
+	}
+	rq->cb(rq->arg, st, value, error);
+	free(rq);
+}
+
+/* Sends `r` on a READY slot (round-robin), parks it while the first
+ * connections are still being made, or fails it. Never calls the request's
+ * callback directly. */
+static void dispatch(redis_store *s, request *r)
+{
+	for (unsigned n = 0; n < s->nconns; n++) {
+		conn *c = &s->conns[(s->rr + n) % s->nconns];
+		if (c->state != CONN_READY)
+			continue;
+		s->rr = (s->rr + n + 1) % s->nconns;
+		const char *argv[3];
+		size_t lens[3];
+		int argc = 0;
+		switch (r->op) {
+		case OP_GET:
+			argv[argc] = "GET";
+			lens[argc++] = 3;
+			break;
+		case OP_SET:
+			argv[argc] = "SET";
+			lens[argc++] = 3;
+			break;
+		case OP_DEL:
+			argv[argc] = "DEL";
+			lens[argc++] = 3;
+			break;
+		}
+		argv[argc] = r->key;
+		lens[argc++] = r->keylen;
+		if (r->op == OP_SET) {
+			argv[argc] = r->value;
+			lens[argc++] = r->valuelen;
+		}
+		if (redisAsyncCommandArgv(c->ac, on_reply, r, argc, argv, lens) != REDIS_OK)
+			fail_later(s, r, "redis: connection is closing");
+		return;
+	}
+	if (s->starting > 0 && s->startup.len < STARTUP_QUEUE_MAX) {
+		list_push(&s->startup, r);
+		return;
+	}
+	fail_later(s, r, "redis: not connected");
+}
+
+static void flush_startup(redis_store *s)
+{
+	req_list l = s->startup;
+	s->startup = (req_list){0};
+	request *r;
+	while ((r = list_pop(&l)) != NULL)
+		dispatch(s, r);
+}
+
+static int submit(sy_store *base, op o, const char *key, const char *value, sy_store_cb cb,
+		  void *arg)
+{
+	redis_store *s = (redis_store *)base;
+	if (s->closing || !key || !cb || (o == OP_SET && !value))
+		return -1;
+	size_t klen = strlen(key), vlen = value ? strlen(value) : 0;
+	request *r = malloc(sizeof(*r) + s->prefixlen + klen + 1 + vlen + 1);
+	if (!r)
+		return -1;
+	*r = (request){.s = s, .cb = cb, .arg = arg, .op = o};
+	r->key = r->buf;
+	memcpy(r->key, s->prefix, s->prefixlen);
+	memcpy(r->key + s->prefixlen, key, klen + 1);
+	r->keylen = s->prefixlen + klen;
+	r->value = r->key + r->keylen + 1;
+	if (value)
+		memcpy(r->value, value, vlen + 1);
+	else
+		r->value[0] = '\0';
+	r->valuelen = vlen;
+	dispatch(s, r);
+	return 0;
+}
+
+static int redis_get(sy_store *s, const char *key, sy_store_cb cb, void *arg)
+{
+	return submit(s, OP_GET, key, NULL, cb, arg);
+}
+
+static int redis_put(sy_store *s, const char *key, const char *value, sy_store_cb cb, void *arg)
+{
+	return submit(s, OP_SET, key, value, cb, arg);
+}
+
+static int redis_del(sy_store *s, const char *key, sy_store_cb cb, void *arg)
+{
+	return submit(s, OP_DEL, key, NULL, cb, arg);
+}
+
+static bool redis_writable(sy_store *s)
+{
+	(void)s;
+	return true;
+}
+
+/* ---- teardown ---- */
+
+static void free_store(redis_store *s)
+{
+	if (s->conns) {
+		for (unsigned i = 0; i < s->nconns; i++)
+			free_addrs(&s->conns[i]);
+	}
+	free(s->conns);
+	free(s->host);
+	free(s->user);
+	if (s->password) {
+		/* Not a secret worth OPENSSL_cleanse here, but no reason to leave
+		 * it in freed memory either. */
+		volatile char *p = s->password;
+		while (*p)
+			*p++ = '\0';
+	}
+	free(s->password);
+	free(s->server);
+	free(s->prefix);
+	free(s);
+}
+
+static void idle_closed(uv_handle_t *h)
+{
+	redis_store *s = h->data;
+	/* Completions queued by the last contexts to go away. */
+	while (s->deferred.head)
+		drain_deferred(s);
+	void (*done)(void *) = s->done;
+	void *arg = s->done_arg;
+	free_store(s);
+	if (done)
+		done(arg);
+}
+
+static void maybe_finish(redis_store *s)
+{
+	if (!s->closing || s->finishing || s->open > 0)
+		return;
+	s->finishing = true;
+	uv_close((uv_handle_t *)&s->idle, idle_closed);
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+	conn *c = h->data;
+	c->s->open--;
+	maybe_finish(c->s);
+}
+
+static void redis_close(sy_store *base, void (*done)(void *arg), void *arg)
+{
+	redis_store *s = (redis_store *)base;
+	if (s->closing)
+		return;
+	s->closing = true;
+	s->done = done;
+	s->done_arg = arg;
+	request *r;
+	while ((r = list_pop(&s->startup)) != NULL)
+		fail_later(s, r, "redis: store closed");
+	for (unsigned i = 0; i < s->nconns; i++) {
+		conn *c = &s->conns[i];
+		uv_close((uv_handle_t *)&c->timer, timer_closed);
+		if (c->gai)
+			uv_cancel((uv_req_t *)c->gai); /* on_resolved still runs */
+		redisAsyncContext *ac = c->ac;
+		c->ac = NULL;
+		c->state = CONN_DOWN;
+		/* Runs the pending reply callbacks with no reply (they queue
+		 * their errors) and closes the poll handle; when called from
+		 * inside this context's own reply callback hiredis postpones
+		 * it until the callback returns. */
+		if (ac)
+			redisAsyncFree(ac);
+	}
+	maybe_finish(s);
+}
+
+static const sy_store_ops redis_ops = {
+	.name = "redis",
+	.get = redis_get,
+	.put = redis_put,
+	.del = redis_del,
+	.close = redis_close,
+	.writable = redis_writable,
+};
+
+/* ---- URL parsing ---- */
+
+static int hexval(int ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	ch = tolower(ch);
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	return -1;
+}
+
+/* Percent-decodes [p, p+n) into a new string; NULL on a bad escape or an
+ * encoded NUL (either would make the credential mean something else). */
+static char *pct_decode(const char *p, size_t n)
+{
+	char *out = malloc(n + 1), *o = out;
+	if (!out)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] == '%') {
+			int hi = i + 1 < n ? hexval((unsigned char)p[i + 1]) : -1;
+			int lo = i + 2 < n ? hexval((unsigned char)p[i + 2]) : -1;
+			if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+				free(out);
+				return NULL;
+			}
+			*o++ = (char)(hi * 16 + lo);
+			i += 2;
+		} else {
+			*o++ = p[i];
+		}
+	}
+	*o = '\0';
+	return out;
+}
+
+/* Messages name the problem, never the URL itself: it may hold a password. */
+static int parse_url(redis_store *s, const char *url, const char **error_r)
+{
+	const char *p;
+
+	if (!url || !*url) {
+		*error_r = "mapping.redis.url: is required";
+		return -1;
+	}
+	if (strncasecmp(url, "rediss://", 9) == 0) {
+		*error_r = "mapping.redis.url: rediss:// needs hiredis with TLS support, which this "
+			   "build lacks";
+		return -1;
+	}
+	if (strncasecmp(url, "redis://", 8) != 0) {
+		*error_r = "mapping.redis.url: must start with redis://";
+		return -1;
+	}
+	p = url + 8;
+	if (strchr(p, '?') || strchr(p, '#')) {
+		*error_r = "mapping.redis.url: query parameters are not supported (put the "
+			   "database number in the path: redis://host:port/db)";
+		return -1;
+	}
+	/* The user info ends at the last '@', so an unencoded '@' in a password
+	 * still works; a '/' in it must be written %2F. */
+	const char *at = strrchr(p, '@');
+	const char *slash = strchr(at ? at : p, '/');
+	if (at) {
+		const char *colon = memchr(p, ':', (size_t)(at - p));
+		if (!colon) {
+			*error_r = "mapping.redis.url: a user name needs a password "
+				   "(redis://user:password@host or redis://:password@host)";
+			return -1;
+		}
+		if (colon > p) {
+			s->user = pct_decode(p, (size_t)(colon - p));
+			if (!s->user) {
+				*error_r = "mapping.redis.url: bad percent-encoding in the user name";
+				return -1;
+			}
+		}
+		s->password = pct_decode(colon + 1, (size_t)(at - colon - 1));
+		if (!s->password) {
+			*error_r = "mapping.redis.url: bad percent-encoding in the password";
+			return -1;
+		}
+		if (!*s->password) {
+			*error_r = "mapping.redis.url: the password is empty";
+			return -1;
+		}
+		p = at + 1;
+	}
+	const char *hostend = slash ? slash : p + strlen(p);
+	const char *portstr = NULL;
+	size_t hostlen;
+	if (*p == '[') {
+		const char *rb = memchr(p, ']', (size_t)(hostend - p));
+		if (!rb) {
+			*error_r = "mapping.redis.url: unterminated [IPv6 address]";
+			return -1;
+		}
+		hostlen = (size_t)(rb - p - 1);
+		s->host = strndup(p + 1, hostlen);
+		if (rb + 1 < hostend) {
+			if (rb[1] != ':') {
+				*error_r = "mapping.redis.url: junk after the [IPv6 address]";
+				return -1;
+			}
+			portstr = rb + 2;
+		}
+	} else {
+		const char *colon = memchr(p, ':', (size_t)(hostend - p));
+		hostlen = (size_t)((colon ? colon : hostend) - p);
+		s->host = strndup(p, hostlen);
+		if (colon)
+			portstr = colon + 1;
+	}
+	if (!s->host) {
+		*error_r = "mapping.redis.url: out of memory";
+		return -1;
+	}
+	if (!*s->host) {
+		*error_r = "mapping.redis.url: the host is missing";
+		return -1;
+	}
+	s->port = 6379;
+	if (portstr) {
+		long port = 0;
+		const char *q = portstr;
+		if (q == hostend) {
+			*error_r = "mapping.redis.url: the port is empty";
+			return -1;
+		}
+		for (; q < hostend; q++) {
+			if (!isdigit((unsigned char)*q) || (port = port * 10 + (*q - '0')) > 65535) {
+				*error_r = "mapping.redis.url: the port must be a number from 1 to 65535";
+				return -1;
+			}
+		}
+		if (port == 0) {
+			*error_r = "mapping.redis.url: the port must be a number from 1 to 65535";
+			return -1;
+		}
+		s->port = (int)port;
+	}
+	s->db = -1;
+	if (slash && slash[1]) {
+		long db = 0;
+		for (const char *q = slash + 1; *q; q++) {
+			if (!isdigit((unsigned char)*q) || (db = db * 10 + (*q - '0')) > INT_MAX) {
+				*error_r = "mapping.redis.url: the path must be a database number "
+					   "(redis://host:port/2)";
+				return -1;
+			}
+		}
+		s->db = (int)db;
+	}
+	unsigned char tmp[sizeof(struct in6_addr)];
+	s->host_numeric = inet_pton(AF_INET, s->host, tmp) == 1 || inet_pton(AF_INET6, s->host, tmp) == 1;
+	size_t n = strlen(s->host) + 16;
+	s->server = malloc(n);
+	if (!s->server) {
+		*error_r = "mapping.redis.url: out of memory";
+		return -1;
+	}
+	snprintf(s->server, n, strchr(s->host, ':') ? "[%s]:%d" : "%s:%d", s->host, s->port);
+	return 0;
+}
+
+sy_store *store_redis_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned conns,
+			     const char **error_r)
+{
+	redis_store *s = calloc(1, sizeof(*s));
+	if (!s) {
+		*error_r = "mapping.redis: out of memory";
+		return NULL;
+	}
+	s->base.ops = &redis_ops;
+	s->loop = loop;
+	if (parse_url(s, cfg->redis.url, error_r) != 0) {
+		free_store(s);
+		return NULL;
+	}
+	s->prefix = strdup(cfg->redis.key_prefix ? cfg->redis.key_prefix : "");
+	s->nconns = conns ? conns : 1;
+	s->conns = calloc(s->nconns, sizeof(*s->conns));
+	if (!s->prefix || !s->conns || uv_idle_init(loop, &s->idle) != 0) {
+		*error_r = "mapping.redis: out of memory";
+		free_store(s);
+		return NULL;
+	}
+	s->prefixlen = strlen(s->prefix);
+	s->idle.data = s;
+	s->connect_timeout_ms = cfg->lookup_timeout_ms ? cfg->lookup_timeout_ms : CONNECT_TIMEOUT_MS;
+	/* From here on the idle handle exists, so teardown goes through
+	 * close(); nothing below fails. */
+	s->starting = s->nconns;
+	for (unsigned i = 0; i < s->nconns; i++) {
+		conn *c = &s->conns[i];
+		c->s = s;
+		c->idx = i;
+		c->first_attempt = true;
+		c->backoff_ms = BACKOFF_FIRST_MS;
+		uv_timer_init(loop, &c->timer);
+		c->timer.data = c;
+		s->open++;
+	}
+	for (unsigned i = 0; i < s->nconns; i++)
+		start_attempt(&s->conns[i]);
+	return &s->base;
+}
