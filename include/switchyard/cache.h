@@ -108,8 +108,14 @@ sy_cache_lookup_result cache_lookup(sy_cache *c, const char *key, sy_cache_waite
  * invalidated while the fetch was in flight, the answer still goes to the
  * waiters that were registered but is not cached. `fetch` is consumed.
  */
-void cache_complete(sy_cache *c, sy_cache_fetch *fetch, sy_cache_outcome outcome,
-                    const char *value, uint64_t ttl_ms);
+void cache_complete(sy_cache *c, sy_cache_fetch *fetch, sy_cache_outcome outcome, const char *value,
+                    uint64_t ttl_ms);
+
+/* The hit path without a waiter: when `key` is cached and fresh, copies the
+ * answer into *out, counts a hit, marks the entry used and returns true.
+ * Otherwise counts nothing and returns false: follow with cache_lookup().
+ * (Lets callers allocate their request only on a miss.) */
+bool cache_get(sy_cache *c, const char *key, sy_cache_answer *out);
 
 /* Copies a fresh cached answer into *out without counting a hit or touching
  * the eviction order; false when absent, expired or pending. */

@@ -44,6 +44,8 @@ bool health_failure(sy_health *h, uint64_t now_ms);
 void health_abandon_probe(sy_health *h);
 /* Manual reset (management API). */
 void health_reset(sy_health *h);
+/* New threshold and cooldown (configuration reload); the state is kept. */
+void health_configure(sy_health *h, uint32_t threshold, uint64_t cooldown_ms);
 sy_health_state health_get(sy_health *h, uint64_t now_ms);
 
 #endif

@@ -109,9 +109,10 @@ struct sy_ictx {
 	char *bbuf;
 	size_t blen;
 
-	sy_credentials creds; /* only between ictx_authenticate and the verdict */
-	char *identifier;     /* routing identifier of the login in progress */
-	void *p;              /* protocol state */
+	sy_credentials creds;       /* only between ictx_authenticate and the verdict */
+	char *identifier;           /* routing identifier of the login in progress */
+	struct sy_route_req *route; /* routing in progress (cancelled if the login ends) */
+	void *p;                    /* protocol state */
 };
 
 /* ---- for protocol modules --------------------------------------------------- */

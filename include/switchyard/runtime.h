@@ -11,6 +11,7 @@
 #ifndef SWITCHYARD_RUNTIME_H
 #define SWITCHYARD_RUNTIME_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -46,22 +47,36 @@ void snapshot_unref(sy_snapshot *s);
 /* The destination runtime for an id, or NULL. */
 sy_dest_rt *snapshot_dest(sy_snapshot *s, const char *id);
 
-/* Counters of one listener, shared by every worker accepting on it. */
+/* Counters of one listener, shared by every worker accepting on it. Entries
+ * are keyed by listener name and live for the whole process: a listener a
+ * reload removes keeps its entry (its sessions still count in `active`), and
+ * one a reload adds gets a new entry, so pointers to entries stay valid. */
 typedef struct sy_listener_rt {
 	char *name;
-	sy_proto protocol;
+	sy_proto protocol; /* of the newest configuration naming it (main thread) */
 	_Atomic uint32_t active;
 	_Atomic uint64_t accepted, rejected;
 } sy_listener_rt;
 
-/* One listening socket on one worker loop. */
+/* Capacity of the listener table (SY_METRICS_MAX_LISTENERS). */
+#define SY_MAX_LISTENERS 256
+
+/* One listening socket on one worker loop. Allocated on its own and freed
+ * in its close callback, so a reload can add and remove acceptors while the
+ * others keep accepting. */
 typedef struct sy_acceptor {
 	uv_tcp_t tcp;
 	sy_worker *w;
-	size_t listener_index; /* into the snapshot's cfg->listeners */
+	struct sy_acceptor *next; /* the worker's list */
+	size_t listener_index;    /* hint: index in the snapshot's cfg->listeners
+	                             (sessions look the listener up by name) */
 	sy_listener_rt *rt;
+	struct sockaddr_storage addr; /* the bind address */
 	bool closed;
 } sy_acceptor;
+
+/* A task posted to worker loops (server_broadcast); internal to server.c. */
+typedef struct sy_task sy_task;
 
 struct sy_worker {
 	int index;
@@ -70,33 +85,54 @@ struct sy_worker {
 	uv_thread_t thread;
 	uv_async_t wake;
 	sy_pool pool;
-	sy_acceptor *acceptors;
+	sy_acceptor *acceptors; /* list of open (and closing) acceptors */
 	size_t nacceptors;
 	sy_session *sessions; /* intrusive list of live sessions */
 	size_t nsessions;
 	bool draining;
 	bool stopping;
+	/* Liveness for the admin port's /livez: a 1 s timer on this loop
+	 * stores sy_now_ms() here; 0 once the loop has stopped for good. */
+	uv_timer_t heartbeat;
+	_Atomic uint64_t heartbeat_ms;
+	/* Tasks from other threads (server_broadcast), run from `wake`. Once
+	 * inbox_closed is set (under the mutex, before `wake` is closed) posts
+	 * complete at once without running. */
+	pthread_mutex_t inbox_mu;
+	sy_task *inbox_head, *inbox_tail;
+	bool inbox_closed;
 };
 
 struct sy_server {
 	sy_snapshot *_Atomic current;
 	sy_worker *workers;
 	size_t nworkers;
-	sy_listener_rt *listeners; /* parallel to the startup cfg->listeners */
+	sy_listener_rt *listeners; /* SY_MAX_LISTENERS entries, nlisteners used */
 	size_t nlisteners;
-	/* Health per destination id, for the life of the process. */
-	struct {
+	/* Health per destination id, for the life of the process (entries are
+	 * allocated one by one so their addresses survive growth; main thread). */
+	struct sy_health_entry {
 		char *id;
 		sy_health health;
-	} * health;
-	size_t nhealth;
+	} * *health;
+	size_t nhealth, health_cap;
 	uv_loop_t *main_loop;
-	uv_async_t worker_done;
-	uv_signal_t sigterm, sigint;
+	uv_async_t worker_done; /* also: finished broadcasts are waiting */
+	uv_signal_t sigterm, sigint, sighup;
 	uv_timer_t grace;
 	_Atomic bool draining;
 	_Atomic bool force_close;
 	_Atomic size_t workers_running;
+	/* Every listener is bound (readiness). */
+	_Atomic bool listeners_bound;
+	/* Broadcasts whose tasks have all run, waiting for the main loop. */
+	pthread_mutex_t done_mu;
+	struct sy_broadcast *done_head;
+	char *config_path;             /* the file the configuration comes from */
+	bool main_closing;             /* the main loop is closing its handles */
+	struct sy_admin *admin;        /* the side port (admin.h); NULL when disabled */
+	struct sy_reload_watch *watch; /* config file watch (reload.c) */
+	struct sy_router *router;      /* mappings, cache, clusters (route.h) */
 };
 
 /* The snapshot currently used for new connections (a new reference). */
@@ -105,6 +141,30 @@ sy_snapshot *server_snapshot(sy_server *srv);
 /* A session of this worker has been freed: finishes a drain when it was the
  * last one. */
 void worker_session_gone(sy_worker *w);
+
+/*
+ * Runs fn(w, arg) once on every worker's loop thread; when all have run,
+ * done(done_arg, total) runs on the main loop with the sum of fn's results.
+ * A worker whose loop has stopped contributes 0 without running fn. `arg`
+ * must stay valid until done runs. Main thread only. Returns 0, or -1 when
+ * out of memory (done is then not called).
+ */
+int server_broadcast(sy_server *srv, long (*fn)(sy_worker *w, void *arg), void *arg,
+                     void (*done)(void *done_arg, long total), void *done_arg);
+
+/*
+ * Reloads the configuration from the file the running one came from (main
+ * thread): parse and validate in full; on success build and publish a new
+ * snapshot (sessions keep theirs), add health entries for new destinations,
+ * bind new listeners / close removed ones on every worker, re-read the
+ * mapping file. On failure nothing changes, the error is logged and counted,
+ * and *error_r (malloc'd, one problem per line) says why. `trigger` names
+ * the cause for the log ("api", "SIGHUP", "file change"). Returns 0 or -1.
+ */
+int server_reload(sy_server *srv, const char *trigger, char **error_r);
+
+/* The config file the process was started with. */
+const char *server_config_path(sy_server *srv);
 
 /* Milliseconds on a monotonic clock (for health, shared across threads). */
 uint64_t sy_now_ms(void);

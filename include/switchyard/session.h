@@ -54,6 +54,10 @@ struct sy_session {
 	size_t pending_len;
 
 	void *proto; /* protocol module state */
+	/* The routing identifier of the login that was bridged (malloc'd,
+	 * set when bridging starts; NULL before, and for pass-through). The
+	 * admin port's /connections/kick matches on it. */
+	char *identifier;
 };
 
 /* Creates a session for a connection waiting on `server` and starts it. */

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "switchyard/log.h"
+#include "switchyard/metrics.h"
 #include "switchyard/proxy_protocol.h"
 
 #define RETRY_DELAY_MS 100
@@ -58,6 +59,7 @@ struct sy_dial {
 	uv_timer_t retry;
 	sy_stream *stream; /* current attempt's stream, NULL between attempts */
 	char reason[160];
+	uint64_t started_ns; /* uv_hrtime() at dial_start, for the latency metric */
 };
 
 static void start_attempt(sy_dial *d);
@@ -114,6 +116,8 @@ static void finish_ok(sy_dial *d)
 	d->stream = NULL;
 	d->pending--; /* the stream is the caller's now */
 	health_success(d->p.dest->health);
+	metrics_backend_connect(d->p.w, d->p.proto,
+	                        (double)(uv_hrtime() - d->started_ns) / 1e9); /* metrics */
 	s->owner = d->p.stream_owner;
 	s->read_cb = NULL;
 	s->handshake_cb = NULL;
@@ -129,6 +133,7 @@ static void finish_fail(sy_dial *d, int status, bool count)
 {
 	if (d->finished)
 		return;
+	metrics_backend_failure(d->p.w, metrics_classify_failure(status)); /* metrics */
 	if (count) {
 		if (health_failure(d->p.dest->health, sy_now_ms())) {
 			char n[16];
@@ -365,7 +370,9 @@ sy_dial *dial_start(const sy_dial_params *p)
 		return NULL;
 	}
 	d->p = *p;
+	d->started_ns = uv_hrtime();
 	if (!health_allow(p->dest->health, sy_now_ms(), &d->probe)) {
+		metrics_backend_failure(p->w, SY_CONNFAIL_DOWN); /* metrics */
 		free(d);
 		p->cb(p->arg, NULL, UV_ECONNREFUSED, "destination is marked down");
 		return NULL;

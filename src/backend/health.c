@@ -81,6 +81,16 @@ void health_reset(sy_health *h)
 	health_success(h);
 }
 
+void health_configure(sy_health *h, uint32_t threshold, uint64_t cooldown_ms)
+{
+	pthread_mutex_lock(&h->mu);
+	h->threshold = threshold;
+	h->cooldown_ms = cooldown_ms;
+	if (threshold == 0)
+		h->down = false;
+	pthread_mutex_unlock(&h->mu);
+}
+
 sy_health_state health_get(sy_health *h, uint64_t now_ms)
 {
 	sy_health_state st;

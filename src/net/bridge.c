@@ -11,6 +11,7 @@
 #include <stdio.h>
 
 #include "switchyard/log.h"
+#include "switchyard/metrics.h"
 #include "switchyard/session.h"
 
 #define HALF_CLOSE_LINGER_MS 5000
@@ -49,6 +50,7 @@ static void on_bridge_read(sy_stream *st, const char *data, ssize_t n)
 	sy_stream *to = other(s, st);
 	if (n > 0) {
 		s->last_activity_ms = uv_now(&s->w->loop);
+		metrics_bridged(s->w, s->lcfg->protocol, st == &s->client, (size_t)n);
 		if (sy_stream_write(to, data, (size_t)n) != 0) {
 			session_close(s, "write failed");
 			return;

@@ -12,6 +12,7 @@
 
 #include "switchyard/interactive.h"
 #include "switchyard/log.h"
+#include "switchyard/metrics.h"
 #include "switchyard/proxy_protocol.h"
 
 const char *const sy_session_state_names[] = {"proxy-header", "tls-handshake", "protocol",
@@ -32,6 +33,12 @@ void session_peer_str(const sy_session *s, char *out, size_t len)
 	sy_sockaddr_str((const struct sockaddr *)&s->peer, out, len, true);
 }
 
+/* The listener's metrics slot: its index in the server's listener table. */
+static size_t listener_slot(const sy_session *s)
+{
+	return (size_t)(s->lrt - s->w->server->listeners);
+}
+
 /* ---- close ------------------------------------------------------------------ */
 
 static void free_session(sy_session *s)
@@ -50,6 +57,7 @@ static void free_session(sy_session *s)
 		pool_put(&w->pool, s->pending);
 	if (s->proto)
 		interactive_release(s);
+	free(s->identifier);
 	snapshot_unref(s->snap);
 	free(s);
 	worker_session_gone(w);
@@ -103,6 +111,10 @@ void session_close(sy_session *s, const char *why)
 		sy_log(SY_LOG_DEBUG, "closing session", "listener", s->lcfg->name, "client", peer,
 		       "stage", sy_session_state_names[s->state], "reason", why, NULL);
 	}
+	/* Metrics: every session's duration, accept to close (recorded before
+	 * the log line, so a reader of the log finds it counted). */
+	metrics_session_closed(s->w, s->lcfg->protocol,
+	                       (double)(uv_now(&s->w->loop) - s->start_ms) / 1000.0);
 	if (s->state == SS_BRIDGING)
 		log_closed(s);
 	s->state = SS_CLOSING;
@@ -222,6 +234,7 @@ static void on_proxy_header_read(sy_stream *st, const char *data, ssize_t n)
 		session_peer_str(s, peer, sizeof(peer));
 		sy_log(SY_LOG_WARN, "invalid PROXY protocol header", "listener", s->lcfg->name,
 		       "client", peer, NULL);
+		metrics_conn_rejected(s->w, listener_slot(s), SY_REJECT_INVALID_PROXY);
 		session_close(s, "invalid PROXY header");
 		return;
 	}
@@ -246,14 +259,49 @@ static void on_proxy_header_read(sy_stream *st, const char *data, ssize_t n)
 	start_client_leg(s);
 }
 
+/* The acceptor's listener in `snap`, by name (a reload may have moved it
+ * to another index, or removed it: NULL). */
+static const sy_listener_config *find_listener(sy_snapshot *snap, const sy_acceptor *a)
+{
+	const sy_config *cfg = snap->cfg;
+	size_t i = a->listener_index;
+	if (i < cfg->nlisteners && strcmp(cfg->listeners[i].name, a->rt->name) == 0)
+		return &cfg->listeners[i];
+	for (i = 0; i < cfg->nlisteners; i++)
+		if (strcmp(cfg->listeners[i].name, a->rt->name) == 0)
+			return &cfg->listeners[i];
+	return NULL;
+}
+
+static void free_handle(uv_handle_t *h)
+{
+	free(h);
+}
+
 void session_accept(sy_worker *w, sy_acceptor *a)
 {
-	sy_session *s = calloc(1, sizeof(*s));
-	if (!s)
+	sy_snapshot *snap = server_snapshot(w->server);
+	const sy_listener_config *lcfg = find_listener(snap, a);
+	if (!lcfg) {
+		/* A reload removed this listener and its acceptor is about to
+		 * close: take the connection off the backlog and drop it. */
+		snapshot_unref(snap);
+		uv_tcp_t *t = malloc(sizeof(*t));
+		if (!t)
+			return;
+		uv_tcp_init(&w->loop, t);
+		uv_accept((uv_stream_t *)&a->tcp, (uv_stream_t *)t);
+		uv_close((uv_handle_t *)t, free_handle);
 		return;
+	}
+	sy_session *s = calloc(1, sizeof(*s));
+	if (!s) {
+		snapshot_unref(snap);
+		return;
+	}
 	s->w = w;
-	s->snap = server_snapshot(w->server);
-	s->lcfg = &s->snap->cfg->listeners[a->listener_index];
+	s->snap = snap;
+	s->lcfg = lcfg;
 	s->lrt = a->rt;
 	s->id = atomic_fetch_add(&next_session_id, 1);
 	s->state = SS_PROXY_HEADER;
@@ -273,6 +321,7 @@ void session_accept(sy_worker *w, sy_acceptor *a)
 		return;
 	}
 	atomic_fetch_add(&a->rt->accepted, 1);
+	metrics_conn_accepted(w, listener_slot(s)); /* metrics */
 	sy_stream_peer(&s->client, &s->peer);
 	sy_stream_local(&s->client, &s->local);
 	uv_tcp_nodelay(&s->client.tcp, 1);
@@ -282,6 +331,7 @@ void session_accept(sy_worker *w, sy_acceptor *a)
 	if (atomic_fetch_add(&a->rt->active, 1) >= s->lcfg->max_connections) {
 		atomic_fetch_sub(&a->rt->active, 1);
 		atomic_fetch_add(&a->rt->rejected, 1);
+		metrics_conn_rejected(w, listener_slot(s), SY_REJECT_MAX_CONNECTIONS);
 		char peer[64];
 		session_peer_str(s, peer, sizeof(peer));
 		sy_log(SY_LOG_WARN, "connection rejected: max_connections reached", "listener",
@@ -306,6 +356,7 @@ void session_accept(sy_worker *w, sy_acceptor *a)
 			       "connection rejected: PROXY header required from an "
 			       "untrusted peer",
 			       "listener", s->lcfg->name, "client", peer, NULL);
+			metrics_conn_rejected(w, listener_slot(s), SY_REJECT_UNTRUSTED_PROXY);
 			session_close(s, "untrusted PROXY peer");
 			return;
 		}

@@ -15,7 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "switchyard/hold.h"
 #include "switchyard/log.h"
+#include "switchyard/metrics.h"
 #include "switchyard/proxy_protocol.h"
 #include "switchyard/route.h"
 
@@ -257,6 +259,8 @@ static void drop_backend(sy_ictx *c)
 
 static void end_login(sy_ictx *c)
 {
+	route_cancel(c->route);
+	c->route = NULL;
 	credentials_wipe(&c->creds);
 	free(c->identifier);
 	c->identifier = NULL;
@@ -285,6 +289,11 @@ static void log_login(sy_ictx *c, const char *result, const char *reason)
 	       "client", peer, "identifier", c->identifier ? c->identifier : "-", "mechanism",
 	       sasl_mech_name(c->creds.mech), "destination", c->s->dest ? c->s->dest->cfg->id : "-",
 	       "result", result, reason ? "reason" : NULL, reason, NULL);
+	/* Metrics: logins by protocol, mechanism and result. */
+	sy_login_result r = strcmp(result, "ok") == 0       ? SY_LOGIN_OK
+	                    : strcmp(result, "failed") == 0 ? SY_LOGIN_FAILED
+	                                                    : SY_LOGIN_TEMPFAIL;
+	metrics_login(W(c), c->ops->proto, c->creds.mech, r);
 }
 
 void ictx_tempfail(sy_ictx *c, const char *reason)
@@ -329,7 +338,10 @@ void ictx_auth_ok(sy_ictx *c, const char *reply, size_t len)
 	sy_session *s = c->s;
 	log_login(c, "ok", NULL);
 	credentials_wipe(&c->creds);
-	free(c->identifier);
+	/* The bridged session keeps the identifier: the admin port's
+	 * /connections/kick finds the account's sessions by it. */
+	free(s->identifier);
+	s->identifier = c->identifier;
 	c->identifier = NULL;
 	ictx_send(c, reply, len);
 	/* Whatever followed in either direction belongs to the bridged session. */
@@ -457,6 +469,7 @@ static void on_dialed(void *arg, sy_stream *stream, int status, const char *reas
 static void on_routed(void *arg, const sy_route_result *r)
 {
 	sy_ictx *c = arg;
+	c->route = NULL;
 	if (c->state != IC_ROUTING)
 		return;
 	if (r->status != SY_ROUTE_OK) {
@@ -486,6 +499,30 @@ static void on_routed(void *arg, const sy_route_result *r)
 	s->dial = dial_start(&p);
 }
 
+/* Resolves the login's identifier (NULL: the default destination). */
+static void start_routing(sy_ictx *c)
+{
+	sy_session *s = c->s;
+	/* NULL when on_routed already ran (the answer was at hand): then the
+	 * session may be gone, so c is only touched when it has not. */
+	sy_route_req *req =
+	    route_resolve(s->w, s->snap, c->identifier, c->ops->proto, on_routed, c);
+	if (req)
+		c->route = req;
+}
+
+/* A login held by the admin port's /connections/delay may go on: the
+ * backend_timeout starts now. */
+static void on_hold_done(uv_timer_t *t)
+{
+	sy_session *s = t->data;
+	sy_ictx *c = s->proto;
+	if (!c || c->state != IC_ROUTING)
+		return;
+	uv_timer_start(&s->timer, on_ictx_timer, s->snap->cfg->server.backend_timeout_ms, 0);
+	start_routing(c);
+}
+
 void ictx_authenticate(sy_ictx *c, sy_credentials *creds)
 {
 	sy_session *s = c->s;
@@ -502,8 +539,20 @@ void ictx_authenticate(sy_ictx *c, sy_credentials *creds)
 		ictx_tempfail(c, "identifier contains forbidden characters");
 		return;
 	}
-	c->identifier = id;
-	route_resolve(s->w, s->snap, ir == SY_IDENT_OK ? id : NULL, c->ops->proto, on_routed, c);
+	c->identifier = id; /* NULL unless SY_IDENT_OK */
+	/* Admin /connections/delay: new logins of a held identifier wait
+	 * before routing (e.g. while its mailbox moves). */
+	uint64_t hold = id ? hold_remaining_ms(id) : 0;
+	if (hold > 0) {
+		if (log_enabled(SY_LOG_DEBUG)) {
+			char ms[24];
+			snprintf(ms, sizeof(ms), "%llu", (unsigned long long)hold);
+			sy_log(SY_LOG_DEBUG, "login held", "identifier", id, "ms", ms, NULL);
+		}
+		uv_timer_start(&s->timer, on_hold_done, hold, 0);
+		return;
+	}
+	start_routing(c);
 }
 
 /* ---- the client leg ------------------------------------------------------------------------ */
@@ -693,6 +742,8 @@ void interactive_release(sy_session *s)
 	sy_ictx *c = s->proto;
 	if (!c)
 		return;
+	route_cancel(c->route);
+	c->route = NULL;
 	credentials_wipe(&c->creds);
 	free(c->identifier);
 	if (c->cbuf) {

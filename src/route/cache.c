@@ -49,7 +49,10 @@ typedef struct shard {
 	size_t linked;   /* entries in the table, pending included */
 	size_t cached;   /* entries in the LRU list */
 	size_t cap;      /* most cached entries this shard keeps */
-	entry lru;       /* sentinel: lru.lru_next is the most recently used */
+	/* Counted under the shard lock, which is held anyway: a process-wide
+	 * atomic would bounce one cache line between all worker cores. */
+	uint64_t hits, misses;
+	entry lru; /* sentinel: lru.lru_next is the most recently used */
 } shard;
 
 struct sy_cache {
@@ -60,7 +63,7 @@ struct sy_cache {
 	bool keep; /* max_entries > 0 */
 	sy_cache_clock clock;
 	void *clock_arg;
-	_Atomic uint64_t hits, misses, entries;
+	_Atomic uint64_t entries;
 };
 
 struct sy_cache_inbox {
@@ -377,8 +380,8 @@ sy_cache_lookup_result cache_lookup(sy_cache *c, const char *key, sy_cache_waite
 		w->next = e->waiters;
 		e->waiters = w;
 		atomic_fetch_add(&w->inbox->refs, 1);
+		s->misses++;
 		pthread_mutex_unlock(&s->mu);
-		atomic_fetch_add_explicit(&c->misses, 1, memory_order_relaxed);
 		return SY_CACHE_WAIT;
 	}
 	if (e) {
@@ -388,8 +391,8 @@ sy_cache_lookup_result cache_lookup(sy_cache *c, const char *key, sy_cache_waite
 				lru_unlink(e);
 				lru_push_front(s, e);
 			}
+			s->hits++;
 			pthread_mutex_unlock(&s->mu);
-			atomic_fetch_add_explicit(&c->hits, 1, memory_order_relaxed);
 			return SY_CACHE_HIT;
 		}
 		/* Expired: the entry becomes pending again, in place. */
@@ -405,8 +408,8 @@ sy_cache_lookup_result cache_lookup(sy_cache *c, const char *key, sy_cache_waite
 		if (!e) {
 			/* Out of memory: fetch without coalescing or caching. The
 			 * detached fetch is still a valid ticket. */
+			s->misses++;
 			pthread_mutex_unlock(&s->mu);
-			atomic_fetch_add_explicit(&c->misses, 1, memory_order_relaxed);
 			return SY_CACHE_FETCH;
 		}
 		memcpy(e->key, key, len + 1);
@@ -414,14 +417,14 @@ sy_cache_lookup_result cache_lookup(sy_cache *c, const char *key, sy_cache_waite
 		e->state = E_PENDING;
 		table_link(s, e);
 	}
+	s->misses++;
 	pthread_mutex_unlock(&s->mu);
-	atomic_fetch_add_explicit(&c->misses, 1, memory_order_relaxed);
 	*fetch_r = (sy_cache_fetch *)e;
 	return SY_CACHE_FETCH;
 }
 
-void cache_complete(sy_cache *c, sy_cache_fetch *fetch, sy_cache_outcome outcome,
-                    const char *value, uint64_t ttl_ms)
+void cache_complete(sy_cache *c, sy_cache_fetch *fetch, sy_cache_outcome outcome, const char *value,
+                    uint64_t ttl_ms)
 {
 	entry *e = (entry *)fetch;
 	if (!e)
@@ -464,6 +467,26 @@ void cache_complete(sy_cache *c, sy_cache_fetch *fetch, sy_cache_outcome outcome
 		inbox_push(waiters);
 		waiters = next;
 	}
+}
+
+bool cache_get(sy_cache *c, const char *key, sy_cache_answer *out)
+{
+	uint64_t h = key_hash(c->seed, key);
+	shard *s = shard_of(c, h);
+	bool found = false;
+	pthread_mutex_lock(&s->mu);
+	entry *e = find(s, h, key);
+	if (e && e->state != E_PENDING && c->clock(c->clock_arg) < e->expires_ms) {
+		fill_answer(e, out);
+		if (s->lru.lru_next != e) {
+			lru_unlink(e);
+			lru_push_front(s, e);
+		}
+		s->hits++;
+		found = true;
+	}
+	pthread_mutex_unlock(&s->mu);
+	return found;
 }
 
 bool cache_peek(sy_cache *c, const char *key, sy_cache_answer *out)
@@ -520,7 +543,13 @@ void cache_invalidate_all(sy_cache *c)
 
 void cache_stats(sy_cache *c, sy_cache_stats *out)
 {
-	out->hits = atomic_load_explicit(&c->hits, memory_order_relaxed);
-	out->misses = atomic_load_explicit(&c->misses, memory_order_relaxed);
+	out->hits = out->misses = 0;
+	for (size_t i = 0; i < c->nshards; i++) {
+		shard *s = &c->shards[i];
+		pthread_mutex_lock(&s->mu);
+		out->hits += s->hits;
+		out->misses += s->misses;
+		pthread_mutex_unlock(&s->mu);
+	}
 	out->entries = atomic_load(&c->entries);
 }

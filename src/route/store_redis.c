@@ -42,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
@@ -101,7 +102,6 @@ typedef struct redis_ev {
 
 struct conn {
 	redis_store *s;
-	unsigned idx;
 	conn_state state;
 	redisAsyncContext *ac;  /* the current context, NULL when none */
 	uv_timer_t timer;       /* reconnect delay, or connect timeout */
@@ -109,6 +109,7 @@ struct conn {
 	char *addrs[MAX_ADDRS]; /* numeric addresses of the current attempt */
 	unsigned naddrs, addr_i;
 	unsigned setup_pending; /* AUTH/SELECT replies still awaited */
+	bool setup_failed;      /* AUTH or SELECT was refused on this context */
 	uint64_t backoff_ms;
 	bool first_attempt; /* the slot's first attempt has not ended yet */
 	bool logged_down;   /* the current outage has been logged */
@@ -123,7 +124,7 @@ struct redis_store {
 	int port;
 	char *user; /* NULL: AUTH <password> */
 	char *password;
-	int db; /* -1: no SELECT */
+	int db;       /* -1: no SELECT */
 	char *server; /* "host:port" for log lines (never the credentials) */
 	char *prefix;
 	size_t prefixlen;
@@ -348,23 +349,31 @@ static void on_retry_timer(uv_timer_t *t)
 		start_attempt(c);
 }
 
-/* The attempt (or the connection) failed: log the first failure of an
- * outage as a warning and the rest at debug level (a server that stays down
- * would otherwise log every five seconds per connection), then wait. */
-static void attempt_failed(conn *c, const char *why)
+/* The slot is down: wait (backoff), then start over. */
+static void went_down(conn *c)
 {
-	redis_store *s = c->s;
 	c->state = CONN_DOWN;
 	c->ac = NULL;
 	free_addrs(c);
-	if (s->closing)
+	if (c->s->closing)
 		return;
-	sy_log(c->logged_down ? SY_LOG_DEBUG : SY_LOG_WARN, "redis: cannot connect", "server",
-	       s->server, "error", why, NULL);
-	c->logged_down = true;
 	first_attempt_over(c);
 	uv_timer_start(&c->timer, on_retry_timer, c->backoff_ms, 0);
 	c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+}
+
+/* A connection attempt failed: the first failure of an outage is logged as
+ * a warning and the rest at debug level (a server that stays down would
+ * otherwise log every five seconds per connection). */
+static void attempt_failed(conn *c, const char *why)
+{
+	redis_store *s = c->s;
+	if (!s->closing) {
+		sy_log(c->logged_down ? SY_LOG_DEBUG : SY_LOG_WARN, "redis: cannot connect",
+		       "server", s->server, "error", why, NULL);
+		c->logged_down = true;
+	}
+	went_down(c);
 }
 
 /* This address did not work: try the next one of the same lookup at once
@@ -404,12 +413,16 @@ static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
 	redisReply *r = reply;
 	if (c->ac != ac || r == NULL)
 		return; /* a context we dropped, or this one is going away */
+	if (c->setup_failed)
+		return; /* one refusal is enough to log */
 	if (r->type == REDIS_REPLY_ERROR) {
 		/* The server's text ("WRONGPASS ...", "invalid DB index") names
 		 * the problem without echoing the password. */
-		sy_log(SY_LOG_WARN, "redis: connection setup refused", "server", c->s->server,
-		       "error", r->str, NULL);
+		sy_log(c->logged_down ? SY_LOG_DEBUG : SY_LOG_WARN,
+		       "redis: connection setup refused", "server", c->s->server, "error", r->str,
+		       NULL);
 		c->logged_down = true;
+		c->setup_failed = true;
 		redisAsyncDisconnect(ac); /* on_disconnect then retries later */
 		return;
 	}
@@ -442,7 +455,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 		       ac->errstr[0] ? ac->errstr : "closed", NULL);
 		c->logged_down = true;
 		c->backoff_ms = BACKOFF_FIRST_MS;
-		attempt_failed(c, ac->errstr[0] ? ac->errstr : "closed");
+		went_down(c);
 		return;
 	}
 	/* Lost during AUTH/SELECT. */
@@ -494,18 +507,18 @@ static void connect_addr(conn *c)
 	/* hiredis buffers these until the connection is up, and Redis answers
 	 * in order, so the slot becomes READY when the last one succeeds. */
 	c->setup_pending = 0;
+	c->setup_failed = false;
 	if (s->password) {
 		int rc;
 		if (s->user)
 			rc = redisAsyncCommand(ac, on_setup_reply, c, "AUTH %s %s", s->user,
-					       s->password);
+			                       s->password);
 		else
 			rc = redisAsyncCommand(ac, on_setup_reply, c, "AUTH %s", s->password);
 		if (rc == REDIS_OK)
 			c->setup_pending++;
 	}
-	if (s->db >= 0 &&
-	    redisAsyncCommand(ac, on_setup_reply, c, "SELECT %d", s->db) == REDIS_OK)
+	if (s->db >= 0 && redisAsyncCommand(ac, on_setup_reply, c, "SELECT %d", s->db) == REDIS_OK)
 		c->setup_pending++;
 
 	uv_timer_start(&c->timer, on_connect_timeout, s->connect_timeout_ms, 0);
@@ -535,8 +548,8 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 	for (struct addrinfo *ai = res; ai && c->naddrs < MAX_ADDRS; ai = ai->ai_next) {
 		char buf[INET6_ADDRSTRLEN];
 		const void *a = ai->ai_family == AF_INET6
-					? (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr
-					: (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr;
+		                    ? (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr
+		                    : (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr;
 		if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
 		    !inet_ntop(ai->ai_family, a, buf, sizeof(buf)))
 			continue;
@@ -691,7 +704,7 @@ static void flush_startup(redis_store *s)
 }
 
 static int submit(sy_store *base, op o, const char *key, const char *value, sy_store_cb cb,
-		  void *arg)
+                  void *arg)
 {
 	redis_store *s = (redis_store *)base;
 	if (s->closing || !key || !cb || (o == OP_SET && !value))
@@ -818,12 +831,12 @@ static void redis_close(sy_store *base, void (*done)(void *arg), void *arg)
 }
 
 static const sy_store_ops redis_ops = {
-	.name = "redis",
-	.get = redis_get,
-	.put = redis_put,
-	.del = redis_del,
-	.close = redis_close,
-	.writable = redis_writable,
+    .name = "redis",
+    .get = redis_get,
+    .put = redis_put,
+    .del = redis_del,
+    .close = redis_close,
+    .writable = redis_writable,
 };
 
 /* ---- URL parsing ---- */
@@ -873,8 +886,9 @@ static int parse_url(redis_store *s, const char *url, const char **error_r)
 		return -1;
 	}
 	if (strncasecmp(url, "rediss://", 9) == 0) {
-		*error_r = "mapping.redis.url: rediss:// needs hiredis with TLS support, which this "
-			   "build lacks";
+		*error_r =
+		    "mapping.redis.url: rediss:// needs hiredis with TLS support, which this "
+		    "build lacks";
 		return -1;
 	}
 	if (strncasecmp(url, "redis://", 8) != 0) {
@@ -884,7 +898,7 @@ static int parse_url(redis_store *s, const char *url, const char **error_r)
 	p = url + 8;
 	if (strchr(p, '?') || strchr(p, '#')) {
 		*error_r = "mapping.redis.url: query parameters are not supported (put the "
-			   "database number in the path: redis://host:port/db)";
+		           "database number in the path: redis://host:port/db)";
 		return -1;
 	}
 	/* The user info ends at the last '@', so an unencoded '@' in a password
@@ -895,13 +909,14 @@ static int parse_url(redis_store *s, const char *url, const char **error_r)
 		const char *colon = memchr(p, ':', (size_t)(at - p));
 		if (!colon) {
 			*error_r = "mapping.redis.url: a user name needs a password "
-				   "(redis://user:password@host or redis://:password@host)";
+			           "(redis://user:password@host or redis://:password@host)";
 			return -1;
 		}
 		if (colon > p) {
 			s->user = pct_decode(p, (size_t)(colon - p));
 			if (!s->user) {
-				*error_r = "mapping.redis.url: bad percent-encoding in the user name";
+				*error_r =
+				    "mapping.redis.url: bad percent-encoding in the user name";
 				return -1;
 			}
 		}
@@ -958,8 +973,10 @@ static int parse_url(redis_store *s, const char *url, const char **error_r)
 			return -1;
 		}
 		for (; q < hostend; q++) {
-			if (!isdigit((unsigned char)*q) || (port = port * 10 + (*q - '0')) > 65535) {
-				*error_r = "mapping.redis.url: the port must be a number from 1 to 65535";
+			if (!isdigit((unsigned char)*q) ||
+			    (port = port * 10 + (*q - '0')) > 65535) {
+				*error_r =
+				    "mapping.redis.url: the port must be a number from 1 to 65535";
 				return -1;
 			}
 		}
@@ -975,14 +992,15 @@ static int parse_url(redis_store *s, const char *url, const char **error_r)
 		for (const char *q = slash + 1; *q; q++) {
 			if (!isdigit((unsigned char)*q) || (db = db * 10 + (*q - '0')) > INT_MAX) {
 				*error_r = "mapping.redis.url: the path must be a database number "
-					   "(redis://host:port/2)";
+				           "(redis://host:port/2)";
 				return -1;
 			}
 		}
 		s->db = (int)db;
 	}
 	unsigned char tmp[sizeof(struct in6_addr)];
-	s->host_numeric = inet_pton(AF_INET, s->host, tmp) == 1 || inet_pton(AF_INET6, s->host, tmp) == 1;
+	s->host_numeric =
+	    inet_pton(AF_INET, s->host, tmp) == 1 || inet_pton(AF_INET6, s->host, tmp) == 1;
 	size_t n = strlen(s->host) + 16;
 	s->server = malloc(n);
 	if (!s->server) {
@@ -994,7 +1012,7 @@ static int parse_url(redis_store *s, const char *url, const char **error_r)
 }
 
 sy_store *store_redis_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned conns,
-			     const char **error_r)
+                             const char **error_r)
 {
 	redis_store *s = calloc(1, sizeof(*s));
 	if (!s) {
@@ -1017,14 +1035,14 @@ sy_store *store_redis_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsi
 	}
 	s->prefixlen = strlen(s->prefix);
 	s->idle.data = s;
-	s->connect_timeout_ms = cfg->lookup_timeout_ms ? cfg->lookup_timeout_ms : CONNECT_TIMEOUT_MS;
+	s->connect_timeout_ms =
+	    cfg->lookup_timeout_ms ? cfg->lookup_timeout_ms : CONNECT_TIMEOUT_MS;
 	/* From here on the idle handle exists, so teardown goes through
 	 * close(); nothing below fails. */
 	s->starting = s->nconns;
 	for (unsigned i = 0; i < s->nconns; i++) {
 		conn *c = &s->conns[i];
 		c->s = s;
-		c->idx = i;
 		c->first_attempt = true;
 		c->backoff_ms = BACKOFF_FIRST_MS;
 		uv_timer_init(loop, &c->timer);

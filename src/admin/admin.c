@@ -1,0 +1,842 @@
+/*
+ * The management side port (admin.h): routing of requests to endpoints,
+ * bearer-token authentication with a per-client-IP lockout, and the
+ * endpoints themselves. Everything runs on the main thread's loop; work on
+ * sessions goes to the workers through server_broadcast(), work on mappings
+ * through the router's main-loop context.
+ *
+ * Settings are read from the current snapshot at each request, so a reload
+ * changes the token and the lockout policy at once; the bind address and
+ * TLS mode are fixed at startup.
+ */
+#include "switchyard/admin.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "http.h"
+#include "switchyard/hold.h"
+#include "switchyard/log.h"
+#include "switchyard/metrics.h"
+#include "switchyard/proxy_protocol.h"
+#include "switchyard/route.h"
+#include "switchyard/sasl.h"
+#include "switchyard/session.h"
+
+/* A worker that has not ticked for this long fails /livez. */
+#define LIVENESS_STALE_MS 5000
+/* Client IPs whose failures are remembered at once. */
+#define LOCKOUT_TABLE 1024
+
+typedef struct lockout_entry {
+	bool used;
+	unsigned char ip[16]; /* IPv4 as v4-mapped IPv6 */
+	uint32_t failures;
+	uint64_t first_ms;     /* start of the current failure window */
+	uint64_t locked_until; /* 0: not locked */
+	uint64_t last_ms;
+} lockout_entry;
+
+struct sy_admin {
+	sy_server *srv;
+	sy_http_server *http;
+	sy_route_ctx *route_ctx; /* NULL without a router */
+	bool tls;
+	lockout_entry lockout[LOCKOUT_TABLE];
+};
+
+/* ---- small helpers ------------------------------------------------------------------------- */
+
+static void respond_json(sy_http_req *req, int status, json_t *j)
+{
+	char *text = j ? json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+	json_decref(j);
+	if (!text) {
+		http_respond_text(req, 500, "out of memory\n");
+		return;
+	}
+	size_t len = strlen(text);
+	/* One line, newline-terminated, for curl users. */
+	char *body = realloc(text, len + 2);
+	if (body) {
+		text = body;
+		text[len++] = '\n';
+		text[len] = '\0';
+	}
+	http_respond(req, status, "application/json", text, len, NULL);
+	free(text);
+}
+
+static void respond_error_json(sy_http_req *req, int status, const char *msg)
+{
+	respond_json(req, status, json_pack("{s:s}", "error", msg));
+}
+
+static void respond_textf(sy_http_req *req, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void respond_textf(sy_http_req *req, int status, const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	http_respond_text(req, status, buf);
+}
+
+/* The routing identifier an operator means: cut at the master-user
+ * separators and normalized exactly like a login's (a PLAIN login with this
+ * user name). NULL when invalid. */
+static char *normalize(const sy_config *cfg, const char *raw)
+{
+	sy_credentials c = {.mech = SY_MECH_LOGIN, .authcid = (char *)raw};
+	char *id = NULL;
+	if (identifier_extract(&c, cfg, &id) != SY_IDENT_OK)
+		return NULL;
+	return id;
+}
+
+/* ---- authentication and lockout ----------------------------------------------------------------
+ */
+
+static void ip_key(const struct sockaddr_storage *ss, unsigned char out[16])
+{
+	memset(out, 0, 16);
+	if (ss->ss_family == AF_INET) {
+		out[10] = out[11] = 0xff;
+		memcpy(out + 12, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+	} else if (ss->ss_family == AF_INET6) {
+		memcpy(out, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+	}
+}
+
+/* The entry for an IP; with create, a free or the least recently used slot
+ * (the table is bounded: an attacker spraying addresses only evicts its own
+ * oldest entries). */
+static lockout_entry *lockout_find(struct sy_admin *a, const unsigned char ip[16], bool create)
+{
+	lockout_entry *lru = NULL, *free_slot = NULL;
+	for (size_t i = 0; i < LOCKOUT_TABLE; i++) {
+		lockout_entry *e = &a->lockout[i];
+		if (!e->used) {
+			if (!free_slot)
+				free_slot = e;
+			continue;
+		}
+		if (memcmp(e->ip, ip, 16) == 0)
+			return e;
+		if (!lru || e->last_ms < lru->last_ms)
+			lru = e;
+	}
+	if (!create)
+		return NULL;
+	lockout_entry *e = free_slot ? free_slot : lru;
+	memset(e, 0, sizeof(*e));
+	e->used = true;
+	memcpy(e->ip, ip, 16);
+	return e;
+}
+
+/* Constant-time token check: both sides are hashed first, so neither the
+ * content nor the length of the token leaks through timing. */
+static bool token_ok(const char *expected, const char *authorization)
+{
+	if (!expected || !*expected || !authorization)
+		return false;
+	const char *p = authorization;
+	if (strncasecmp(p, "Bearer ", 7) != 0)
+		return false;
+	p += 7;
+	while (*p == ' ')
+		p++;
+	size_t len = strlen(p);
+	while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+		len--;
+	unsigned char h1[32], h2[32];
+	unsigned l1 = 0, l2 = 0;
+	if (EVP_Digest(p, len, h1, &l1, EVP_sha256(), NULL) != 1 ||
+	    EVP_Digest(expected, strlen(expected), h2, &l2, EVP_sha256(), NULL) != 1)
+		return false;
+	return CRYPTO_memcmp(h1, h2, 32) == 0;
+}
+
+/* Checks the bearer token. Answers 401/429 itself and returns false when
+ * the request may not go on. */
+static bool authorize(struct sy_admin *a, sy_http_req *req, const sy_config *cfg)
+{
+	unsigned char ip[16];
+	ip_key(&req->peer, ip);
+	uint64_t now = sy_now_ms();
+	const sy_admin_config *ac = &cfg->admin;
+	lockout_entry *e = lockout_find(a, ip, false);
+	if (e) {
+		e->last_ms = now;
+		if (e->locked_until > now) {
+			char hdr[64];
+			snprintf(hdr, sizeof(hdr), "Retry-After: %llu\r\n",
+			         (unsigned long long)((e->locked_until - now + 999) / 1000));
+			const char *body = "too many failed attempts; try again later\n";
+			http_respond(req, 429, NULL, body, strlen(body), hdr);
+			return false;
+		}
+		if (e->locked_until) {
+			/* The lockout has passed: start afresh. */
+			e->locked_until = 0;
+			e->failures = 0;
+		}
+	}
+	if (token_ok(ac->token, req->authorization)) {
+		if (e)
+			e->used = false;
+		return true;
+	}
+	metrics_admin_auth_failure();
+	e = lockout_find(a, ip, true);
+	e->last_ms = now;
+	if (e->failures == 0 || now - e->first_ms > ac->lockout_duration_ms) {
+		e->failures = 0;
+		e->first_ms = now;
+	}
+	e->failures++;
+	char peer[64];
+	sy_sockaddr_str((const struct sockaddr *)&req->peer, peer, sizeof(peer), false);
+	if (ac->lockout_threshold > 0 && e->failures >= ac->lockout_threshold) {
+		e->locked_until = now + ac->lockout_duration_ms;
+		sy_log(SY_LOG_WARN, "admin: client locked out after failed authentication",
+		       "client", peer, "path", req->path, NULL);
+	} else {
+		sy_log(SY_LOG_INFO, "admin: authentication failed", "client", peer, "path",
+		       req->path, req->authorization ? NULL : "reason", "no token", NULL);
+	}
+	const char *body = "unauthorized\n";
+	http_respond(req, 401, NULL, body, strlen(body),
+	             "WWW-Authenticate: Bearer realm=\"switchyard\"\r\n");
+	return false;
+}
+
+/* ---- probes ------------------------------------------------------------------------------- */
+
+static void h_livez(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
+{
+	(void)snap;
+	sy_server *srv = a->srv;
+	uint64_t now = sy_now_ms();
+	for (size_t i = 0; i < srv->nworkers; i++) {
+		uint64_t hb = atomic_load(&srv->workers[i].heartbeat_ms);
+		if (hb != 0 && now > hb && now - hb > LIVENESS_STALE_MS) {
+			respond_textf(req, 503, "worker %zu event loop unresponsive for %llu ms\n",
+			              i, (unsigned long long)(now - hb));
+			return;
+		}
+	}
+	http_respond_text(req, 200, "ok\n");
+}
+
+static void h_readyz(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
+{
+	bool verbose = false;
+	free(http_query_param(req, "verbose", &verbose));
+	struct {
+		const char *name;
+		bool ok;
+	} checks[] = {
+	    {"config", snap != NULL},
+	    {"listeners", atomic_load(&a->srv->listeners_bound)},
+	    /* No Kubernetes discovery in this build: nothing to wait for. */
+	    {"discovery", true},
+	    {"shutdown", !atomic_load(&a->srv->draining)},
+	};
+	bool all = true;
+	for (size_t i = 0; i < sizeof(checks) / sizeof(checks[0]); i++)
+		all = all && checks[i].ok;
+	if (all && !verbose) {
+		http_respond_text(req, 200, "ok\n");
+		return;
+	}
+	char body[512];
+	size_t n = 0;
+	for (size_t i = 0; i < sizeof(checks) / sizeof(checks[0]); i++)
+		n += (size_t)snprintf(body + n, sizeof(body) - n, "[%c]%s %s\n",
+		                      checks[i].ok ? '+' : '-', checks[i].name,
+		                      checks[i].ok ? "ok" : "failed");
+	snprintf(body + n, sizeof(body) - n, "readyz check %s\n", all ? "passed" : "failed");
+	http_respond_text(req, all ? 200 : 503, body);
+}
+
+static void h_metrics(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
+{
+	(void)snap;
+	sy_metrics_extra x = {0};
+	if (a->srv->router) {
+		sy_route_stats st = {0};
+		route_stats(a->srv->router, &st);
+		x.has_cache = true;
+		x.cache_hits = st.hits;
+		x.cache_misses = st.misses;
+		x.cache_entries = st.entries;
+	}
+	size_t len = 0;
+	char *text = metrics_render(a->srv, &x, &len);
+	if (!text) {
+		http_respond_text(req, 500, "out of memory\n");
+		return;
+	}
+	http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL);
+	free(text);
+}
+
+/* ---- state ---------------------------------------------------------------------------------- */
+
+static void h_stats(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
+{
+	(void)snap;
+	sy_route_stats st = {0};
+	if (a->srv->router)
+		route_stats(a->srv->router, &st);
+	uint64_t active = 0;
+	for (size_t i = 0; i < a->srv->nlisteners; i++)
+		active += atomic_load(&a->srv->listeners[i].active);
+	respond_json(req, 200,
+	             json_pack("{s:I,s:I,s:f,s:I,s:I,s:I,s:b}", "cache_hits", (json_int_t)st.hits,
+	                       "cache_misses", (json_int_t)st.misses, "hit_rate_pct",
+	                       st.hit_rate_pct, "cache_entries", (json_int_t)st.entries,
+	                       "active_connections", (json_int_t)active, "workers",
+	                       (json_int_t)a->srv->nworkers, "draining",
+	                       atomic_load(&a->srv->draining)));
+}
+
+static json_t *dest_json(sy_dest_rt *d, uint64_t now)
+{
+	sy_health_state st = d->health ? health_get(d->health, now) : (sy_health_state){0};
+	return json_pack("{s:s,s:I,s:b,s:I}", "destination", d->cfg->id, "consecutive_failures",
+	                 (json_int_t)st.consecutive_failures, "down", st.down, "down_for_ms",
+	                 (json_int_t)st.down_for_ms);
+}
+
+static void h_destinations(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
+{
+	(void)a;
+	uint64_t now = sy_now_ms();
+	json_t *list = json_array();
+	const sy_config *cfg = snap->cfg;
+	for (size_t i = 0; i < cfg->ndestinations; i++)
+		json_array_append_new(list, dest_json(&snap->dests[i], now));
+	for (size_t i = 0; i < cfg->nclusters; i++) {
+		const sy_cluster_config *cl = &cfg->clusters[i];
+		json_t *members = json_array();
+		bool all_down = cl->nodes.len > 0;
+		uint64_t failures = 0;
+		for (size_t k = 0; k < cl->nodes.len; k++) {
+			sy_dest_rt *d = snapshot_dest(snap, cl->nodes.items[k]);
+			if (!d)
+				continue;
+			json_t *m = dest_json(d, now);
+			all_down = all_down && json_is_true(json_object_get(m, "down"));
+			failures += (uint64_t)json_integer_value(
+			    json_object_get(m, "consecutive_failures"));
+			json_array_append_new(members, m);
+		}
+		json_t *o =
+		    json_pack("{s:s,s:b,s:s?,s:I,s:b,s:o}", "destination", cl->id, "cluster", 1,
+		              "template", cl->template_dest, "consecutive_failures",
+		              (json_int_t)failures, "down", all_down, "members", members);
+		if (cl->has_kubernetes)
+			json_object_set_new(o, "kubernetes_service",
+			                    json_string(cl->kubernetes.service));
+		json_array_append_new(list, o);
+	}
+	respond_json(req, 200, list);
+}
+
+static void h_destinations_reset(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
+{
+	(void)a;
+	char *id = http_query_param(req, "destination", NULL);
+	if (!id || !*id) {
+		free(id);
+		http_respond_text(req, 400, "missing parameter: destination\n");
+		return;
+	}
+	sy_dest_rt *d = snapshot_dest(snap, id);
+	const sy_cluster_config *cl = config_cluster(snap->cfg, id);
+	if (!d && !cl) {
+		respond_textf(req, 404, "unknown destination: %s\n", id);
+		free(id);
+		return;
+	}
+	if (d && d->health)
+		health_reset(d->health);
+	if (cl)
+		for (size_t k = 0; k < cl->nodes.len; k++) {
+			sy_dest_rt *n = snapshot_dest(snap, cl->nodes.items[k]);
+			if (n && n->health)
+				health_reset(n->health);
+		}
+	sy_log(SY_LOG_INFO, "admin: destination health reset", "destination", id, NULL);
+	respond_textf(req, 200, "reset %s\n", id);
+	free(id);
+}
+
+/* ---- mappings ----------------------------------------------------------------------------------
+ */
+
+/* An asynchronous mapping operation: holds the request and the snapshot
+ * until the router answers. */
+typedef struct map_op {
+	sy_http_req *req;
+	sy_snapshot *snap;
+	char *identifier, *destination;
+} map_op;
+
+static map_op *map_op_new(sy_http_req *req, sy_snapshot *snap, char *identifier, char *dest)
+{
+	map_op *op = calloc(1, sizeof(*op));
+	if (!op)
+		return NULL;
+	op->req = req;
+	op->snap = snapshot_ref(snap);
+	op->identifier = identifier;
+	op->destination = dest;
+	return op;
+}
+
+static void map_op_free(map_op *op)
+{
+	snapshot_unref(op->snap);
+	free(op->identifier);
+	free(op->destination);
+	free(op);
+}
+
+static void on_explained(void *arg, const sy_route_explain *e)
+{
+	map_op *op = arg;
+	if (e->error) {
+		json_t *j = json_pack("{s:s,s:s?,s:s}", "identifier", e->identifier, "normalized",
+		                      e->normalized, "error", e->error);
+		respond_json(op->req, e->normalized ? 503 : 400, j);
+	} else {
+		json_t *j =
+		    json_pack("{s:s,s:s?,s:s?,s:b,s:b}", "identifier", e->identifier, "normalized",
+		              e->normalized, "destination", e->destination, "routed_to_default",
+		              e->routed_to_default, "cached", e->cached);
+		if (e->node)
+			json_object_set_new(j, "node", json_string(e->node));
+		respond_json(op->req, 200, j);
+	}
+	map_op_free(op);
+}
+
+static void on_put(void *arg, sy_route_admin_status st, const char *error)
+{
+	map_op *op = arg;
+	switch (st) {
+	case SY_ROUTE_ADMIN_OK:
+		sy_log(SY_LOG_INFO, "admin: mapping set", "identifier", op->identifier,
+		       "destination", op->destination, NULL);
+		respond_json(op->req, 200,
+		             json_pack("{s:s,s:s}", "identifier", op->identifier, "destination",
+		                       op->destination));
+		break;
+	case SY_ROUTE_ADMIN_READONLY:
+		respond_error_json(op->req, 501, error ? error : "the mapping source is read-only");
+		break;
+	case SY_ROUTE_ADMIN_UNKNOWN_DEST:
+		respond_error_json(op->req, 400,
+		                   error ? error : "not a declared destination or cluster");
+		break;
+	case SY_ROUTE_ADMIN_INVALID:
+		respond_error_json(op->req, 400, error ? error : "invalid identifier");
+		break;
+	default:
+		respond_error_json(op->req, 503, error ? error : "mapping store error");
+		break;
+	}
+	map_op_free(op);
+}
+
+static void on_deleted(void *arg, sy_route_admin_status st, const char *error)
+{
+	map_op *op = arg;
+	switch (st) {
+	case SY_ROUTE_ADMIN_REMOVED:
+		sy_log(SY_LOG_INFO, "admin: mapping removed", "identifier", op->identifier, NULL);
+		http_respond_text(op->req, 200, "removed\n");
+		break;
+	case SY_ROUTE_ADMIN_ABSENT:
+		http_respond_text(op->req, 200, "absent\n");
+		break;
+	case SY_ROUTE_ADMIN_READONLY:
+		respond_error_json(op->req, 501, error ? error : "the mapping source is read-only");
+		break;
+	case SY_ROUTE_ADMIN_INVALID:
+		respond_error_json(op->req, 400, error ? error : "invalid identifier");
+		break;
+	default:
+		respond_error_json(op->req, 503, error ? error : "mapping store error");
+		break;
+	}
+	map_op_free(op);
+}
+
+static void h_mappings(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
+{
+	if (!a->route_ctx) {
+		http_respond_text(req, 501, "no routing context\n");
+		return;
+	}
+	char *id = http_query_param(req, "identifier", NULL);
+	if (!id || !*id) {
+		free(id);
+		http_respond_text(req, 400, "missing parameter: identifier\n");
+		return;
+	}
+	char *dest = NULL;
+	if (req->method == SY_HTTP_PUT) {
+		dest = http_query_param(req, "destination", NULL);
+		if (!dest || !*dest) {
+			free(id);
+			free(dest);
+			http_respond_text(req, 400, "missing parameter: destination\n");
+			return;
+		}
+	}
+	map_op *op = map_op_new(req, snap, id, dest);
+	if (!op) {
+		free(id);
+		free(dest);
+		http_respond_text(req, 500, "out of memory\n");
+		return;
+	}
+	/* The callbacks may run before these calls return. */
+	if (req->method == SY_HTTP_GET)
+		route_explain(a->route_ctx, op->snap, op->identifier, on_explained, op);
+	else if (req->method == SY_HTTP_PUT)
+		route_put(a->route_ctx, op->snap, op->identifier, op->destination, on_put, op);
+	else
+		route_delete(a->route_ctx, op->snap, op->identifier, on_deleted, op);
+}
+
+static const char *source_name(sy_mapping_source s)
+{
+	switch (s) {
+	case SY_MAP_FILE:
+		return "file";
+	case SY_MAP_REDIS:
+		return "redis";
+	case SY_MAP_SQL:
+		return "sql";
+	default:
+		return "none";
+	}
+}
+
+static void h_mappings_reload(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
+{
+	if (!a->srv->router) {
+		http_respond_text(req, 501, "no router\n");
+		return;
+	}
+	char *err = NULL;
+	if (route_reload_file(a->srv->router, snap, &err) != 0) {
+		sy_log(SY_LOG_ERROR, "admin: mapping file reload failed: keeping the old table",
+		       "error", err ? err : "?", NULL);
+		respond_json(req, 400,
+		             json_pack("{s:b,s:s}", "reloaded", 0, "error", err ? err : "error"));
+		free(err);
+		return;
+	}
+	bool file = snap->cfg->mapping.source == SY_MAP_FILE;
+	if (file)
+		sy_log(SY_LOG_INFO, "admin: mapping file reloaded", NULL);
+	respond_json(req, 200,
+	             json_pack("{s:b,s:s}", "reloaded", file, "source",
+	                       source_name(snap->cfg->mapping.source)));
+}
+
+static void h_cache_invalidate(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
+{
+	if (!a->srv->router) {
+		http_respond_text(req, 501, "no router\n");
+		return;
+	}
+	bool present = false;
+	char *id = http_query_param(req, "identifier", &present);
+	if (present && (!id || !*id)) {
+		free(id);
+		http_respond_text(req, 400, "empty parameter: identifier\n");
+		return;
+	}
+	route_invalidate(a->srv->router, snap, id);
+	if (id)
+		respond_textf(req, 200, "invalidated %s\n", id);
+	else
+		http_respond_text(req, 200, "cache cleared\n");
+	free(id);
+}
+
+/* ---- connections -------------------------------------------------------------------------------
+ */
+
+typedef struct kick_op {
+	sy_http_req *req;
+	char *identifier; /* normalized */
+} kick_op;
+
+/* Worker side: closes the account's bridged sessions. */
+static long kick_on_worker(sy_worker *w, void *arg)
+{
+	kick_op *op = arg;
+	long n = 0;
+	sy_session *next;
+	for (sy_session *s = w->sessions; s; s = next) {
+		/* session_close never frees synchronously: next stays valid. */
+		next = s->next;
+		if (s->state != SS_BRIDGING || !s->identifier ||
+		    strcmp(s->identifier, op->identifier) != 0)
+			continue;
+		session_close(s, "kicked through the admin port");
+		n++;
+	}
+	return n;
+}
+
+static void kick_done(void *arg, long total)
+{
+	kick_op *op = arg;
+	char n[24];
+	snprintf(n, sizeof(n), "%ld", total);
+	sy_log(SY_LOG_INFO, "admin: sessions kicked", "identifier", op->identifier, "sessions", n,
+	       NULL);
+	respond_textf(op->req, 200, "kicked %ld\n", total);
+	free(op->identifier);
+	free(op);
+}
+
+static void h_kick(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
+{
+	char *raw = http_query_param(req, "identifier", NULL);
+	if (!raw || !*raw) {
+		free(raw);
+		http_respond_text(req, 400, "missing parameter: identifier\n");
+		return;
+	}
+	char *id = normalize(snap->cfg, raw);
+	free(raw);
+	if (!id) {
+		http_respond_text(req, 400, "invalid identifier\n");
+		return;
+	}
+	kick_op *op = calloc(1, sizeof(*op));
+	if (!op) {
+		free(id);
+		http_respond_text(req, 500, "out of memory\n");
+		return;
+	}
+	op->req = req;
+	op->identifier = id;
+	if (server_broadcast(a->srv, kick_on_worker, op, kick_done, op) != 0) {
+		free(id);
+		free(op);
+		http_respond_text(req, 503, "shutting down\n");
+	}
+}
+
+static void h_delay(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
+{
+	(void)a;
+	char *raw = http_query_param(req, "identifier", NULL);
+	char *secs = http_query_param(req, "seconds", NULL);
+	if (!raw || !*raw || !secs || !*secs) {
+		http_respond_text(req, 400,
+		                  "missing parameter: identifier and seconds are required\n");
+		goto out;
+	}
+	char *end = NULL;
+	errno = 0;
+	unsigned long s = strtoul(secs, &end, 10);
+	if (errno || *end || secs[0] == '-' || s > SY_HOLD_MAX_MS / 1000) {
+		respond_textf(req, 400, "seconds must be an integer from 0 to %u\n",
+		              SY_HOLD_MAX_MS / 1000);
+		goto out;
+	}
+	char *id = normalize(snap->cfg, raw);
+	if (!id) {
+		http_respond_text(req, 400, "invalid identifier\n");
+		goto out;
+	}
+	if (hold_set(id, (uint64_t)s * 1000) != 0) {
+		http_respond_text(req, 503, "too many delayed identifiers\n");
+		free(id);
+		goto out;
+	}
+	char n[24];
+	snprintf(n, sizeof(n), "%lu", s);
+	sy_log(SY_LOG_INFO, "admin: logins delayed", "identifier", id, "seconds", n, NULL);
+	if (s == 0)
+		respond_textf(req, 200, "delay lifted for %s\n", id);
+	else
+		respond_textf(req, 200, "delayed %s for %lu s\n", id, s);
+	free(id);
+out:
+	free(raw);
+	free(secs);
+}
+
+static void h_config_reload(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
+{
+	(void)snap;
+	char *err = NULL;
+	if (server_reload(a->srv, "api", &err) != 0) {
+		respond_json(req, atomic_load(&a->srv->draining) ? 503 : 400,
+		             json_pack("{s:b,s:s}", "reloaded", 0, "error", err ? err : "error"));
+		free(err);
+		return;
+	}
+	sy_snapshot *now = server_snapshot(a->srv);
+	respond_json(req, 200,
+	             json_pack("{s:b,s:I,s:I,s:I}", "reloaded", 1, "listeners",
+	                       (json_int_t)now->cfg->nlisteners, "destinations",
+	                       (json_int_t)now->cfg->ndestinations, "clusters",
+	                       (json_int_t)now->cfg->nclusters));
+	snapshot_unref(now);
+}
+
+/* ---- the routing table --------------------------------------------------------------------------
+ */
+
+typedef void (*handler_fn)(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap);
+
+#define M_GET    (1u << SY_HTTP_GET)
+#define M_HEAD   (1u << SY_HTTP_HEAD)
+#define M_POST   (1u << SY_HTTP_POST)
+#define M_PUT    (1u << SY_HTTP_PUT)
+#define M_DELETE (1u << SY_HTTP_DELETE)
+
+static const struct endpoint {
+	const char *path;
+	unsigned methods;
+	bool auth;
+	handler_fn fn;
+	const char *allow; /* for 405 */
+} endpoints[] = {
+    {"/livez", M_GET | M_HEAD, false, h_livez, "GET, HEAD"},
+    {"/healthz", M_GET | M_HEAD, false, h_livez, "GET, HEAD"},
+    {"/readyz", M_GET | M_HEAD, false, h_readyz, "GET, HEAD"},
+    {"/metrics", M_GET | M_HEAD, false, h_metrics, "GET, HEAD"},
+    {"/stats", M_GET, true, h_stats, "GET"},
+    {"/destinations", M_GET, true, h_destinations, "GET"},
+    {"/destinations/reset", M_POST, true, h_destinations_reset, "POST"},
+    {"/mappings", M_GET | M_PUT | M_DELETE, true, h_mappings, "GET, PUT, DELETE"},
+    {"/mappings/reload", M_POST, true, h_mappings_reload, "POST"},
+    {"/cache/invalidate", M_POST, true, h_cache_invalidate, "POST"},
+    {"/connections/kick", M_POST, true, h_kick, "POST"},
+    {"/connections/delay", M_POST, true, h_delay, "POST"},
+    {"/config/reload", M_POST, true, h_config_reload, "POST"},
+};
+
+static void on_request(void *arg, sy_http_req *req)
+{
+	struct sy_admin *a = arg;
+	const struct endpoint *ep = NULL;
+	for (size_t i = 0; i < sizeof(endpoints) / sizeof(endpoints[0]); i++)
+		if (strcmp(endpoints[i].path, req->path) == 0) {
+			ep = &endpoints[i];
+			break;
+		}
+	if (!ep) {
+		http_respond_text(req, 404, "not found\n");
+		return;
+	}
+	if (req->method == SY_HTTP_OTHER || !(ep->methods & (1u << req->method))) {
+		char hdr[96];
+		snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", ep->allow);
+		const char *body = "method not allowed\n";
+		http_respond(req, 405, NULL, body, strlen(body), hdr);
+		return;
+	}
+	sy_snapshot *snap = server_snapshot(a->srv);
+	if (!ep->auth || authorize(a, req, snap->cfg)) {
+		if (ep->auth && log_enabled(SY_LOG_DEBUG)) {
+			char peer[64];
+			sy_sockaddr_str((const struct sockaddr *)&req->peer, peer, sizeof(peer),
+			                false);
+			sy_log(SY_LOG_DEBUG, "admin request", "client", peer, "method",
+			       req->method_name, "path", req->path, NULL);
+		}
+		ep->fn(a, req, snap);
+	}
+	snapshot_unref(snap);
+}
+
+/* ---- start / stop
+ * ---------------------------------------------------------------------------------- */
+
+static SSL *new_ssl(void *arg)
+{
+	struct sy_admin *a = arg;
+	sy_snapshot *snap = server_snapshot(a->srv);
+	SSL *ssl = tls_server_new_ssl(snap->tls_server);
+	snapshot_unref(snap);
+	return ssl;
+}
+
+int admin_start(sy_server *srv, const char **error_r)
+{
+	*error_r = NULL;
+	sy_snapshot *snap = server_snapshot(srv);
+	const sy_admin_config *ac = &snap->cfg->admin;
+	if (!ac->enabled) {
+		snapshot_unref(snap);
+		return 0;
+	}
+	struct sy_admin *a = calloc(1, sizeof(*a));
+	if (!a) {
+		snapshot_unref(snap);
+		*error_r = "out of memory";
+		return -1;
+	}
+	a->srv = srv;
+	a->tls = ac->tls;
+	a->http = http_server_start(srv->main_loop, &ac->bind, ac->tls ? new_ssl : NULL, a,
+	                            on_request, a, error_r);
+	if (!a->http) {
+		free(a);
+		snapshot_unref(snap);
+		return -1;
+	}
+	if (srv->router) {
+		const char *err = NULL;
+		a->route_ctx = router_ctx_create(srv->router, srv->main_loop, 1, &err);
+		if (!a->route_ctx)
+			sy_log(SY_LOG_WARN, "admin: no routing context; /mappings answers 501",
+			       "error", err ? err : "?", NULL);
+	}
+	srv->admin = a;
+	sy_log(SY_LOG_INFO, "admin port listening", "address", ac->bind.text, "tls",
+	       ac->tls ? "implicit" : "plain", NULL);
+	snapshot_unref(snap);
+	return 0;
+}
+
+void admin_stop(sy_server *srv)
+{
+	struct sy_admin *a = srv->admin;
+	if (!a)
+		return;
+	srv->admin = NULL;
+	http_server_stop(a->http);
+	router_ctx_close(a->route_ctx);
+	/* Responses still pending (a store call) hold only their request and
+	 * snapshot, not `a`. */
+	free(a);
+}

@@ -1,0 +1,993 @@
+/*
+ * The PostgreSQL mapping store (store.h): libpq in non-blocking mode, its
+ * socket watched by a uv_poll handle on the worker's loop.
+ *
+ * Each pool slot runs one query at a time (libpq's classic protocol flow)
+ * and keeps a bounded FIFO of requests waiting for it. A request goes to an
+ * idle READY slot if there is one, else to the READY slot with the shortest
+ * queue, so one slow query delays only the requests queued behind it.
+ *
+ * Connection life cycle, per slot:
+ *   DOWN --timer--> RESOLVING (one host name only, uv_getaddrinfo: libpq
+ *   would resolve synchronously inside PQconnectPoll and block the loop)
+ *   --> CONNECTING (PQconnectStartParams / PQconnectPoll) --> READY
+ *   --(error, EOF)--> DOWN, waiting 100 ms doubling to 5 s before retrying.
+ * While connecting, libpq may close its socket and open another (next
+ * address, SSL or GSS fallback), possibly reusing the descriptor number, so
+ * the poll handle is stopped around every PQconnectPoll call and replaced
+ * when PQsocket() changes: libuv must never watch a descriptor that was
+ * closed behind its back.
+ *
+ * With no READY slot a request fails at once ("sql: not connected"),
+ * except while the very first connection attempts after creation are under
+ * way; see store_redis.c for why.
+ *
+ * Every completion is delivered from an idle callback, never from inside
+ * libpq processing: a callback may issue requests or close the store, and
+ * neither may happen while a PGconn is half-way through a result.
+ */
+#include "switchyard/store.h"
+
+#include <arpa/inet.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "switchyard/log.h"
+
+#define BACKOFF_FIRST_MS   100
+#define BACKOFF_MAX_MS     5000
+#define CONNECT_TIMEOUT_MS 5000 /* when lookup_timeout is 0 */
+#define QUEUE_MAX          1024 /* waiting requests per connection */
+#define STARTUP_QUEUE_MAX  1024
+#define MAX_ADDRS          8
+#define DEFAULT_QUERY      "SELECT destination FROM routes WHERE identifier = $1"
+
+typedef enum op { OP_GET, OP_PUT, OP_DEL } op;
+
+typedef enum conn_state {
+	CONN_DOWN, /* waiting for the reconnect timer */
+	CONN_RESOLVING,
+	CONN_CONNECTING,
+	CONN_READY,
+} conn_state;
+
+typedef struct sql_store sql_store;
+typedef struct conn conn;
+
+typedef struct request {
+	struct request *next;
+	sy_store_cb cb;
+	void *arg;
+	op op;
+	/* Outcome: `text` is the value (FOUND) or the error (ERROR), owned;
+	 * `static_error` is used when there was no memory to copy one. */
+	bool have_outcome;
+	sy_store_status st;
+	char *text;
+	const char *static_error;
+	char *key;
+	char *value;
+	char buf[];
+} request;
+
+typedef struct req_list {
+	request *head, *tail;
+	size_t len;
+} req_list;
+
+/* A poll handle on one socket; heap allocated because its memory may only
+ * be released in the close callback, after the slot has moved on. */
+typedef struct sql_poll {
+	uv_poll_t h;
+	conn *c; /* NULL once detached from the slot */
+	sql_store *s;
+	int fd;
+} sql_poll;
+
+struct conn {
+	sql_store *s;
+	conn_state state;
+	PGconn *pg;
+	sql_poll *poll;
+	uv_timer_t timer; /* reconnect delay, or connect timeout */
+	uv_getaddrinfo_t *gai;
+	request *inflight;
+	req_list queue;
+	bool flushing; /* PQflush has more to send: watch for writability */
+	uint64_t backoff_ms;
+	bool first_attempt;
+	bool logged_down;
+};
+
+struct sql_store {
+	sy_store base;
+	uv_loop_t *loop;
+	PQconninfoOption *opts; /* the parsed URL */
+	char *resolve_host;     /* the one host name to resolve ourselves, or NULL */
+	char *server;           /* "host:port/db" for log lines */
+	char *query, *upsert, *del_query;
+	uint64_t connect_timeout_ms;
+
+	conn *conns;
+	unsigned nconns;
+	unsigned rr;
+	unsigned starting;
+	req_list startup;
+	req_list deferred;
+	uv_idle_t idle;
+
+	bool closing;
+	bool finishing;
+	unsigned open; /* timers, polls and getaddrinfo requests still open */
+	void (*done)(void *arg);
+	void *done_arg;
+};
+
+static void start_attempt(conn *c);
+static void dispatch(sql_store *s, request *r);
+static void send_next(conn *c);
+static void maybe_finish(sql_store *s);
+static void flush_startup(sql_store *s);
+
+/* ---- lists and completion ---- */
+
+static void list_push(req_list *l, request *r)
+{
+	r->next = NULL;
+	if (l->tail)
+		l->tail->next = r;
+	else
+		l->head = r;
+	l->tail = r;
+	l->len++;
+}
+
+static request *list_pop(req_list *l)
+{
+	request *r = l->head;
+	if (r) {
+		l->head = r->next;
+		if (!l->head)
+			l->tail = NULL;
+		l->len--;
+		r->next = NULL;
+	}
+	return r;
+}
+
+static void drain_deferred(sql_store *s)
+{
+	/* Completions queued by these callbacks wait for the next round. */
+	req_list batch = s->deferred;
+	s->deferred = (req_list){0};
+	request *r;
+	while ((r = list_pop(&batch)) != NULL) {
+		const char *value = r->st == SY_STORE_FOUND ? r->text : NULL;
+		const char *error = NULL;
+		if (r->st == SY_STORE_ERROR)
+			error = r->text ? r->text : r->static_error;
+		r->cb(r->arg, r->st, value, error);
+		free(r->text);
+		free(r);
+	}
+}
+
+static void on_idle(uv_idle_t *h)
+{
+	sql_store *s = h->data;
+	drain_deferred(s);
+	if (!s->deferred.head)
+		uv_idle_stop(&s->idle);
+}
+
+/* Sets the outcome (copying `text`) unless one is already set: the first
+ * error of a request is the one reported. */
+static void set_outcome(request *r, sy_store_status st, const char *text)
+{
+	if (r->have_outcome && r->st == SY_STORE_ERROR)
+		return;
+	free(r->text);
+	r->text = NULL;
+	r->have_outcome = true;
+	r->st = st;
+	if (text) {
+		r->text = strdup(text);
+		if (!r->text) {
+			r->st = SY_STORE_ERROR;
+			r->static_error = "sql: out of memory";
+		}
+	}
+}
+
+static void complete(sql_store *s, request *r)
+{
+	if (!r->have_outcome)
+		set_outcome(r, SY_STORE_ERROR, "sql: no result");
+	list_push(&s->deferred, r);
+	if (!s->finishing)
+		uv_idle_start(&s->idle, on_idle);
+}
+
+static void fail(sql_store *s, request *r, const char *error)
+{
+	r->have_outcome = false;
+	set_outcome(r, SY_STORE_ERROR, error);
+	complete(s, r);
+}
+
+/* libpq messages end with a newline and may span lines; log and report
+ * the first line only. */
+static void first_line(char *buf, size_t size, const char *prefix, const char *msg)
+{
+	snprintf(buf, size, "%s%s", prefix, msg && *msg ? msg : "unknown error");
+	buf[strcspn(buf, "\r\n")] = '\0';
+}
+
+/* ---- the poll handle ---- */
+
+static void on_poll(uv_poll_t *h, int status, int events);
+
+static void poll_closed(uv_handle_t *h)
+{
+	sql_poll *p = h->data;
+	sql_store *s = p->s;
+	free(p);
+	s->open--;
+	maybe_finish(s);
+}
+
+/* Detaches and closes the slot's poll handle. Must run before PQfinish
+ * closes the socket, so libuv stops watching the descriptor first. */
+static void poll_close(conn *c)
+{
+	if (!c->poll)
+		return;
+	c->poll->c = NULL;
+	uv_close((uv_handle_t *)&c->poll->h, poll_closed);
+	c->poll = NULL;
+}
+
+static int poll_open(conn *c, int fd)
+{
+	sql_poll *p = calloc(1, sizeof(*p));
+	if (!p)
+		return -1;
+	if (uv_poll_init(c->s->loop, &p->h, fd) != 0) {
+		free(p);
+		return -1;
+	}
+	p->h.data = p;
+	p->c = c;
+	p->s = c->s;
+	p->fd = fd;
+	c->s->open++;
+	c->poll = p;
+	return 0;
+}
+
+/* Makes the slot's poll handle watch PQsocket() for `events`, replacing
+ * the handle when libpq has switched sockets. */
+static int poll_watch(conn *c, int events)
+{
+	int fd = PQsocket(c->pg);
+	if (fd < 0)
+		return -1;
+	if (c->poll && c->poll->fd != fd)
+		poll_close(c);
+	if (!c->poll && poll_open(c, fd) != 0)
+		return -1;
+	return uv_poll_start(&c->poll->h, events, on_poll) == 0 ? 0 : -1;
+}
+
+/* ---- connection management ---- */
+
+static bool any_ready(const sql_store *s)
+{
+	for (unsigned i = 0; i < s->nconns; i++) {
+		if (s->conns[i].state == CONN_READY)
+			return true;
+	}
+	return false;
+}
+
+static void first_attempt_over(conn *c)
+{
+	sql_store *s = c->s;
+	if (!c->first_attempt)
+		return;
+	c->first_attempt = false;
+	s->starting--;
+	if (s->starting > 0)
+		return;
+	if (any_ready(s)) {
+		flush_startup(s);
+		return;
+	}
+	request *r;
+	while ((r = list_pop(&s->startup)) != NULL)
+		fail(s, r, "sql: not connected");
+}
+
+static void flush_startup(sql_store *s)
+{
+	req_list l = s->startup;
+	s->startup = (req_list){0};
+	request *r;
+	while ((r = list_pop(&l)) != NULL)
+		dispatch(s, r);
+}
+
+static void drop_pg(conn *c)
+{
+	poll_close(c);
+	if (c->pg) {
+		PQfinish(c->pg);
+		c->pg = NULL;
+	}
+	c->flushing = false;
+}
+
+static void on_retry_timer(uv_timer_t *t)
+{
+	conn *c = t->data;
+	if (!c->s->closing)
+		start_attempt(c);
+}
+
+static void schedule_retry(conn *c)
+{
+	uv_timer_start(&c->timer, on_retry_timer, c->backoff_ms, 0);
+	c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+}
+
+/* A connection attempt failed. The first failure of an outage is a
+ * warning, later ones (every 5 s per slot while the server stays down)
+ * are debug. */
+static void attempt_failed(conn *c, const char *why)
+{
+	sql_store *s = c->s;
+	char msg[512];
+
+	first_line(msg, sizeof(msg), "", why);
+	drop_pg(c);
+	c->state = CONN_DOWN;
+	if (s->closing)
+		return;
+	sy_log(c->logged_down ? SY_LOG_DEBUG : SY_LOG_WARN, "sql: cannot connect", "server",
+	       s->server, "error", msg, NULL);
+	c->logged_down = true;
+	first_attempt_over(c);
+	schedule_retry(c);
+}
+
+/* An established connection broke: the query in flight fails, the queued
+ * requests move to other slots (or fail when there is none). */
+static void conn_lost(conn *c, const char *why)
+{
+	sql_store *s = c->s;
+	char msg[512];
+
+	first_line(msg, sizeof(msg), "", why);
+	sy_log(SY_LOG_WARN, "sql: connection lost", "server", s->server, "error", msg, NULL);
+	c->logged_down = true;
+	drop_pg(c);
+	c->state = CONN_DOWN;
+	if (c->inflight) {
+		char err[600];
+		snprintf(err, sizeof(err), "sql: connection lost: %s", msg);
+		fail(s, c->inflight, err);
+		c->inflight = NULL;
+	}
+	req_list q = c->queue;
+	c->queue = (req_list){0};
+	request *r;
+	while ((r = list_pop(&q)) != NULL)
+		dispatch(s, r);
+	c->backoff_ms = BACKOFF_FIRST_MS;
+	schedule_retry(c);
+}
+
+static void conn_ready(conn *c)
+{
+	sql_store *s = c->s;
+	uv_timer_stop(&c->timer);
+	/* Non-blocking sends: PQsendQueryParams and PQflush never wait for
+	 * the socket. */
+	if (PQsetnonblocking(c->pg, 1) != 0 || poll_watch(c, UV_READABLE) != 0) {
+		attempt_failed(c, "cannot switch the connection to non-blocking mode");
+		return;
+	}
+	c->state = CONN_READY;
+	c->backoff_ms = BACKOFF_FIRST_MS;
+	sy_log(c->logged_down ? SY_LOG_INFO : SY_LOG_DEBUG, "sql: connected", "server", s->server,
+	       NULL);
+	c->logged_down = false;
+	first_attempt_over(c);
+	flush_startup(s);
+	send_next(c);
+}
+
+static void connect_step(conn *c)
+{
+	/* libpq may close this socket and open another inside PQconnectPoll:
+	 * stop watching it first (uv_poll_stop also drops it from epoll). */
+	if (c->poll)
+		uv_poll_stop(&c->poll->h);
+	switch (PQconnectPoll(c->pg)) {
+	case PGRES_POLLING_OK:
+		conn_ready(c);
+		return;
+	case PGRES_POLLING_READING:
+		if (poll_watch(c, UV_READABLE) != 0)
+			attempt_failed(c, "cannot poll the socket");
+		return;
+	case PGRES_POLLING_WRITING:
+		if (poll_watch(c, UV_WRITABLE) != 0)
+			attempt_failed(c, "cannot poll the socket");
+		return;
+	default:
+		attempt_failed(c, PQerrorMessage(c->pg));
+		return;
+	}
+}
+
+static void on_notice(void *arg, const char *message)
+{
+	conn *c = arg;
+	char msg[512];
+	first_line(msg, sizeof(msg), "", message);
+	sy_log(SY_LOG_DEBUG, "sql: server notice", "server", c->s->server, "notice", msg, NULL);
+}
+
+static void on_connect_timeout(uv_timer_t *t)
+{
+	conn *c = t->data;
+	if (!c->s->closing && c->state == CONN_CONNECTING)
+		attempt_failed(c, "connect timed out");
+}
+
+/* Starts PQconnectStartParams with the parsed URL, plus `hostaddr` (and
+ * the host name repeated to match, as libpq requires) when we resolved
+ * the host ourselves. */
+static void connect_with(conn *c, const char *hostlist, const char *addrlist)
+{
+	sql_store *s = c->s;
+	size_t n = 0;
+	for (PQconninfoOption *o = s->opts; o->keyword; o++)
+		n++;
+	const char **keys = calloc(n + 2, sizeof(*keys));
+	const char **vals = calloc(n + 2, sizeof(*vals));
+	size_t k = 0;
+	bool have_app = false;
+
+	if (!keys || !vals) {
+		free(keys);
+		free(vals);
+		attempt_failed(c, "out of memory");
+		return;
+	}
+	for (PQconninfoOption *o = s->opts; o->keyword; o++) {
+		const char *v = o->val;
+		if (addrlist && strcmp(o->keyword, "host") == 0)
+			v = hostlist;
+		else if (addrlist && strcmp(o->keyword, "hostaddr") == 0)
+			v = addrlist;
+		else if (strcmp(o->keyword, "fallback_application_name") == 0 && !v)
+			v = "switchyard";
+		if (strcmp(o->keyword, "fallback_application_name") == 0)
+			have_app = true;
+		if (v) {
+			keys[k] = o->keyword;
+			vals[k++] = v;
+		}
+	}
+	if (!have_app) {
+		keys[k] = "fallback_application_name";
+		vals[k++] = "switchyard";
+	}
+	c->state = CONN_CONNECTING;
+	c->pg = PQconnectStartParams(keys, vals, 0);
+	free(keys);
+	free(vals);
+	if (!c->pg) {
+		attempt_failed(c, "out of memory");
+		return;
+	}
+	if (PQstatus(c->pg) == CONNECTION_BAD) {
+		attempt_failed(c, PQerrorMessage(c->pg));
+		return;
+	}
+	PQsetNoticeProcessor(c->pg, on_notice, c);
+	uv_timer_start(&c->timer, on_connect_timeout, s->connect_timeout_ms, 0);
+	/* After PQconnectStart the documented first step is "as if
+	 * PQconnectPoll returned PGRES_POLLING_WRITING". */
+	if (poll_watch(c, UV_WRITABLE) != 0)
+		attempt_failed(c, "cannot poll the socket");
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+	conn *c = req->data;
+	sql_store *s = c->s;
+	char hosts[(256 + 1) * MAX_ADDRS], addrs[(INET6_ADDRSTRLEN + 1) * MAX_ADDRS];
+	size_t hlen = 0, alen = 0;
+	unsigned count = 0;
+
+	free(req);
+	c->gai = NULL;
+	s->open--;
+	if (s->closing) {
+		uv_freeaddrinfo(res);
+		maybe_finish(s);
+		return;
+	}
+	if (status != 0) {
+		char why[300];
+		snprintf(why, sizeof(why), "cannot resolve %s: %s", s->resolve_host,
+		         uv_strerror(status));
+		uv_freeaddrinfo(res);
+		attempt_failed(c, why);
+		return;
+	}
+	hosts[0] = addrs[0] = '\0';
+	for (struct addrinfo *ai = res; ai && count < MAX_ADDRS; ai = ai->ai_next) {
+		char buf[INET6_ADDRSTRLEN];
+		const void *a = ai->ai_family == AF_INET6
+		                    ? (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr
+		                    : (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr;
+		if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
+		    !inet_ntop(ai->ai_family, a, buf, sizeof(buf)))
+			continue;
+		hlen += (size_t)snprintf(hosts + hlen, sizeof(hosts) - hlen, "%s%s",
+		                         count ? "," : "", s->resolve_host);
+		alen += (size_t)snprintf(addrs + alen, sizeof(addrs) - alen, "%s%s",
+		                         count ? "," : "", buf);
+		count++;
+	}
+	uv_freeaddrinfo(res);
+	if (count == 0) {
+		attempt_failed(c, "the host name has no usable address");
+		return;
+	}
+	connect_with(c, hosts, addrs);
+}
+
+static void start_attempt(conn *c)
+{
+	sql_store *s = c->s;
+	if (!s->resolve_host) {
+		connect_with(c, NULL, NULL);
+		return;
+	}
+	uv_getaddrinfo_t *req = calloc(1, sizeof(*req));
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+	if (!req) {
+		attempt_failed(c, "out of memory");
+		return;
+	}
+	req->data = c;
+	c->state = CONN_RESOLVING;
+	if (uv_getaddrinfo(s->loop, req, on_resolved, s->resolve_host, NULL, &hints) != 0) {
+		free(req);
+		attempt_failed(c, "cannot start the host name lookup");
+		return;
+	}
+	c->gai = req;
+	s->open++;
+}
+
+/* ---- queries ---- */
+
+/* Folds one PGresult into the request's outcome. */
+static void record(request *r, PGresult *res)
+{
+	char err[512];
+	switch (PQresultStatus(res)) {
+	case PGRES_TUPLES_OK:
+	case PGRES_SINGLE_TUPLE:
+		if (r->op == OP_GET) {
+			if (PQntuples(res) > 0 && PQnfields(res) > 0 && !PQgetisnull(res, 0, 0))
+				set_outcome(r, SY_STORE_FOUND, PQgetvalue(res, 0, 0));
+			else
+				set_outcome(r, SY_STORE_NOT_FOUND, NULL);
+			return;
+		}
+		break;
+	case PGRES_COMMAND_OK:
+		if (r->op == OP_GET) {
+			set_outcome(r, SY_STORE_ERROR,
+			            "sql: the query returned no rows (is it a SELECT?)");
+			return;
+		}
+		break;
+	case PGRES_EMPTY_QUERY:
+		set_outcome(r, SY_STORE_ERROR, "sql: the query is empty");
+		return;
+	default: {
+		const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+		first_line(err, sizeof(err), "sql: ", m ? m : PQresultErrorMessage(res));
+		set_outcome(r, SY_STORE_ERROR, err);
+		return;
+	}
+	}
+	/* upsert/delete: a delete that removed nothing reports NOT_FOUND. */
+	if (r->op == OP_DEL && strcmp(PQcmdTuples(res), "0") == 0)
+		set_outcome(r, SY_STORE_NOT_FOUND, NULL);
+	else
+		set_outcome(r, SY_STORE_DONE, NULL);
+}
+
+/* Starts the next queued request if the slot is free. */
+static void send_next(conn *c)
+{
+	sql_store *s = c->s;
+	while (c->state == CONN_READY && !c->inflight && c->queue.head) {
+		request *r = list_pop(&c->queue);
+		const char *params[2] = {r->key, r->value};
+		const char *q = r->op == OP_GET   ? s->query
+		                : r->op == OP_PUT ? s->upsert
+		                                  : s->del_query;
+		int nparams = r->op == OP_PUT ? 2 : 1;
+
+		if (!PQsendQueryParams(c->pg, q, nparams, NULL, params, NULL, NULL, 0)) {
+			char err[512];
+			first_line(err, sizeof(err), "sql: ", PQerrorMessage(c->pg));
+			if (PQstatus(c->pg) == CONNECTION_BAD) {
+				list_push(&c->queue, r); /* conn_lost moves it on */
+				conn_lost(c, PQerrorMessage(c->pg));
+				return;
+			}
+			fail(s, r, err);
+			continue;
+		}
+		c->inflight = r;
+		int f = PQflush(c->pg);
+		if (f < 0) {
+			conn_lost(c, PQerrorMessage(c->pg));
+			return;
+		}
+		c->flushing = f == 1;
+		if (poll_watch(c, UV_READABLE | (c->flushing ? UV_WRITABLE : 0)) != 0) {
+			conn_lost(c, "cannot poll the socket");
+			return;
+		}
+	}
+}
+
+/* Reads whatever results are complete. Results with no request in flight
+ * (there should be none) are discarded. */
+static void collect(conn *c)
+{
+	while (c->pg && !PQisBusy(c->pg)) {
+		PGresult *res = PQgetResult(c->pg);
+		if (res) {
+			if (c->inflight)
+				record(c->inflight, res);
+			PQclear(res);
+			continue;
+		}
+		if (!c->inflight)
+			break;
+		request *r = c->inflight;
+		c->inflight = NULL;
+		complete(c->s, r);
+		send_next(c);
+		if (!c->inflight && c->s->startup.head)
+			flush_startup(c->s); /* this slot is free now */
+		if (!c->inflight)
+			break;
+	}
+}
+
+static void io_step(conn *c, int events)
+{
+	if ((events & UV_WRITABLE) && c->flushing) {
+		int f = PQflush(c->pg);
+		if (f < 0) {
+			conn_lost(c, PQerrorMessage(c->pg));
+			return;
+		}
+		if (f == 0) {
+			c->flushing = false;
+			if (poll_watch(c, UV_READABLE) != 0) {
+				conn_lost(c, "cannot poll the socket");
+				return;
+			}
+		}
+	}
+	if (events & UV_READABLE) {
+		/* Also while idle: that is how a server going away (EOF, or a
+		 * FATAL notice before it) is noticed before the next request. */
+		if (!PQconsumeInput(c->pg)) {
+			conn_lost(c, PQerrorMessage(c->pg));
+			return;
+		}
+		collect(c);
+	}
+	if (c->pg && PQstatus(c->pg) == CONNECTION_BAD)
+		conn_lost(c, PQerrorMessage(c->pg));
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+	sql_poll *p = h->data;
+	conn *c = p->c;
+	if (!c || !c->pg)
+		return;
+	if (status < 0) {
+		/* libuv stopped the handle on POLLERR: let libpq find the error
+		 * on the socket; the steps below re-arm the poll as needed. */
+		events = UV_READABLE | UV_WRITABLE;
+		if (c->state == CONN_READY &&
+		    poll_watch(c, UV_READABLE | (c->flushing ? UV_WRITABLE : 0)) != 0) {
+			conn_lost(c, "cannot poll the socket");
+			return;
+		}
+	}
+	if (c->state == CONN_CONNECTING)
+		connect_step(c);
+	else if (c->state == CONN_READY)
+		io_step(c, events);
+}
+
+/* Puts `r` on the least loaded READY slot, parks it while the first
+ * connections are being made, or fails it. */
+static void dispatch(sql_store *s, request *r)
+{
+	conn *best = NULL;
+	size_t best_load = 0;
+	for (unsigned n = 0; n < s->nconns; n++) {
+		conn *c = &s->conns[(s->rr + n) % s->nconns];
+		if (c->state != CONN_READY)
+			continue;
+		size_t load = c->queue.len + (c->inflight ? 1 : 0);
+		if (!best || load < best_load) {
+			best = c;
+			best_load = load;
+		}
+		if (load == 0)
+			break;
+	}
+	/* While other slots are still making their first connection, wait for
+	 * one of them rather than queueing behind a busy one. */
+	if (best && best_load > 0 && s->starting > 0 && s->startup.len < STARTUP_QUEUE_MAX) {
+		list_push(&s->startup, r);
+		return;
+	}
+	if (best) {
+		if (best->queue.len >= QUEUE_MAX) {
+			fail(s, r, "sql: queue full");
+			return;
+		}
+		s->rr = (unsigned)(best - s->conns + 1) % s->nconns;
+		list_push(&best->queue, r);
+		send_next(best);
+		return;
+	}
+	if (s->starting > 0 && s->startup.len < STARTUP_QUEUE_MAX) {
+		list_push(&s->startup, r);
+		return;
+	}
+	fail(s, r, "sql: not connected");
+}
+
+static bool sql_writable(sy_store *base)
+{
+	sql_store *s = (sql_store *)base;
+	return s->upsert && s->del_query;
+}
+
+static int submit(sy_store *base, op o, const char *key, const char *value, sy_store_cb cb,
+                  void *arg)
+{
+	sql_store *s = (sql_store *)base;
+	if (s->closing || !key || !cb || (o == OP_PUT && !value))
+		return -1;
+	if (o != OP_GET && !sql_writable(base))
+		return -1;
+	size_t klen = strlen(key), vlen = value ? strlen(value) : 0;
+	request *r = malloc(sizeof(*r) + klen + 1 + vlen + 1);
+	if (!r)
+		return -1;
+	*r = (request){.cb = cb, .arg = arg, .op = o};
+	r->key = r->buf;
+	memcpy(r->key, key, klen + 1);
+	r->value = r->key + klen + 1;
+	if (value)
+		memcpy(r->value, value, vlen + 1);
+	else
+		r->value[0] = '\0';
+	dispatch(s, r);
+	return 0;
+}
+
+static int sql_get(sy_store *s, const char *key, sy_store_cb cb, void *arg)
+{
+	return submit(s, OP_GET, key, NULL, cb, arg);
+}
+
+static int sql_put(sy_store *s, const char *key, const char *value, sy_store_cb cb, void *arg)
+{
+	return submit(s, OP_PUT, key, value, cb, arg);
+}
+
+static int sql_del(sy_store *s, const char *key, sy_store_cb cb, void *arg)
+{
+	return submit(s, OP_DEL, key, NULL, cb, arg);
+}
+
+/* ---- teardown ---- */
+
+static void free_store(sql_store *s)
+{
+	if (s->opts)
+		PQconninfoFree(s->opts); /* clears the password too */
+	free(s->conns);
+	free(s->resolve_host);
+	free(s->server);
+	free(s->query);
+	free(s->upsert);
+	free(s->del_query);
+	free(s);
+}
+
+static void idle_closed(uv_handle_t *h)
+{
+	sql_store *s = h->data;
+	while (s->deferred.head)
+		drain_deferred(s);
+	void (*done)(void *) = s->done;
+	void *arg = s->done_arg;
+	free_store(s);
+	if (done)
+		done(arg);
+}
+
+static void maybe_finish(sql_store *s)
+{
+	if (!s->closing || s->finishing || s->open > 0)
+		return;
+	s->finishing = true;
+	uv_close((uv_handle_t *)&s->idle, idle_closed);
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+	conn *c = h->data;
+	c->s->open--;
+	maybe_finish(c->s);
+}
+
+static void sql_close(sy_store *base, void (*done)(void *arg), void *arg)
+{
+	sql_store *s = (sql_store *)base;
+	if (s->closing)
+		return;
+	s->closing = true;
+	s->done = done;
+	s->done_arg = arg;
+	request *r;
+	while ((r = list_pop(&s->startup)) != NULL)
+		fail(s, r, "sql: store closed");
+	for (unsigned i = 0; i < s->nconns; i++) {
+		conn *c = &s->conns[i];
+		uv_close((uv_handle_t *)&c->timer, timer_closed);
+		if (c->gai)
+			uv_cancel((uv_req_t *)c->gai); /* on_resolved still runs */
+		if (c->inflight) {
+			fail(s, c->inflight, "sql: store closed");
+			c->inflight = NULL;
+		}
+		while ((r = list_pop(&c->queue)) != NULL)
+			fail(s, r, "sql: store closed");
+		drop_pg(c);
+		c->state = CONN_DOWN;
+	}
+	maybe_finish(s);
+}
+
+static const sy_store_ops sql_ops = {
+    .name = "sql",
+    .get = sql_get,
+    .put = sql_put,
+    .del = sql_del,
+    .close = sql_close,
+    .writable = sql_writable,
+};
+
+/* ---- creation ---- */
+
+static const char *opt(const sql_store *s, const char *key)
+{
+	for (PQconninfoOption *o = s->opts; o->keyword; o++) {
+		if (strcmp(o->keyword, key) == 0)
+			return o->val && *o->val ? o->val : NULL;
+	}
+	return NULL;
+}
+
+static char *dup_or_null(const char *v)
+{
+	return v && *v ? strdup(v) : NULL;
+}
+
+sy_store *store_sql_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned conns,
+                           const char **error_r)
+{
+	sql_store *s = calloc(1, sizeof(*s));
+	char *perr = NULL;
+
+	if (!s) {
+		*error_r = "mapping.sql: out of memory";
+		return NULL;
+	}
+	s->base.ops = &sql_ops;
+	s->loop = loop;
+	if (!cfg->sql.url || !*cfg->sql.url) {
+		*error_r = "mapping.sql.url: is required";
+		free_store(s);
+		return NULL;
+	}
+	s->opts = PQconninfoParse(cfg->sql.url, &perr);
+	if (!s->opts) {
+		/* libpq's message may quote part of the URL, password included. */
+		PQfreemem(perr);
+		*error_r =
+		    "mapping.sql.url: libpq cannot parse it (expected postgres://user@host:port/db "
+		    "or key=value pairs; percent-encode special characters in the password)";
+		free_store(s);
+		return NULL;
+	}
+	s->query = strdup(cfg->sql.query && *cfg->sql.query ? cfg->sql.query : DEFAULT_QUERY);
+	s->upsert = dup_or_null(cfg->sql.upsert_query);
+	s->del_query = dup_or_null(cfg->sql.delete_query);
+
+	/* Resolve the host ourselves only in the simple, common case: one
+	 * host name, no hostaddr. Lists and socket paths go to libpq as given. */
+	const char *host = opt(s, "host");
+	bool resolve = false;
+	if (host && !opt(s, "hostaddr") && !strchr(host, ',') && host[0] != '/' && host[0] != '@') {
+		unsigned char tmp[sizeof(struct in6_addr)];
+		resolve = inet_pton(AF_INET, host, tmp) != 1 && inet_pton(AF_INET6, host, tmp) != 1;
+		if (resolve)
+			s->resolve_host = strdup(host);
+	}
+	const char *port = opt(s, "port"), *db = opt(s, "dbname");
+	size_t n =
+	    (host ? strlen(host) : 16) + (port ? strlen(port) : 4) + (db ? strlen(db) : 0) + 8;
+	s->server = malloc(n);
+	if (s->server)
+		snprintf(s->server, n, "%s:%s/%s", host ? host : "local", port ? port : "5432",
+		         db ? db : "");
+
+	s->nconns = conns ? conns : 1;
+	s->conns = calloc(s->nconns, sizeof(*s->conns));
+	if (!s->query || !s->server || !s->conns || (resolve && !s->resolve_host) ||
+	    (cfg->sql.upsert_query && *cfg->sql.upsert_query && !s->upsert) ||
+	    (cfg->sql.delete_query && *cfg->sql.delete_query && !s->del_query) ||
+	    uv_idle_init(loop, &s->idle) != 0) {
+		*error_r = "mapping.sql: out of memory";
+		free_store(s);
+		return NULL;
+	}
+	s->idle.data = s;
+	s->connect_timeout_ms =
+	    cfg->lookup_timeout_ms ? cfg->lookup_timeout_ms : CONNECT_TIMEOUT_MS;
+	s->starting = s->nconns;
+	for (unsigned i = 0; i < s->nconns; i++) {
+		conn *c = &s->conns[i];
+		c->s = s;
+		c->first_attempt = true;
+		c->backoff_ms = BACKOFF_FIRST_MS;
+		uv_timer_init(loop, &c->timer);
+		c->timer.data = c;
+		s->open++;
+	}
+	for (unsigned i = 0; i < s->nconns; i++)
+		start_attempt(&s->conns[i]);
+	return &s->base;
+}
