@@ -90,7 +90,8 @@ def main():
 
         ports = {k: pick(v) for k, v in
                  {"imap": 10143, "imaps": 10993, "pop3": 10110, "submission": 10587,
-                  "sieve": 14190, "lmtp": 10024}.items()}
+                  "sieve": 14190, "lmtp": 10024, "admin": 19443}.items()}
+        token = "demo-token-" + "0123456789abcdef" * 2
 
         def dest(name):
             d = backends[name]
@@ -153,6 +154,11 @@ bind = ["127.0.0.1:{ports['lmtp']}"]
 tls = "plain"
 [capabilities.imap]
 allow_plain_auth_without_tls = true
+[admin]
+bind = "127.0.0.1:{ports['admin']}"
+tls = "plain"
+allow_plaintext = true
+bearer_token = "{token}"
 [routing]
 default_destination = "legacy"
 smtp_passthrough_destination = "legacy"
@@ -179,9 +185,12 @@ Try it:
   curl -s --ssl-reqd -k --url imap://127.0.0.1:{ports['imap']}/INBOX -u bob@example.com:bobpass -X 'FETCH 1:* (BODY[HEADER.FIELDS (SUBJECT)])'
   curl -s --ssl-reqd -k --url pop3://127.0.0.1:{ports['pop3']}/ -u carol@example.com:carolpass
 
-Move carol to the new server: add a line to the mapping file and restart
-(the management API will do this live):
-  echo 'carol@example.com new' >> {sw.path('mappings.tsv')}
+Move carol to the new server, live, through the management API:
+  curl -s -H 'Authorization: Bearer {token}' 'http://127.0.0.1:{ports['admin']}/mappings?identifier=carol@example.com'
+  curl -s -X PUT -H 'Authorization: Bearer {token}' 'http://127.0.0.1:{ports['admin']}/mappings?identifier=carol@example.com&destination=new'
+  curl -s -X POST -H 'Authorization: Bearer {token}' 'http://127.0.0.1:{ports['admin']}/connections/kick?identifier=carol@example.com'
+Her next login lands on "new" (the file {sw.path('mappings.tsv')} is rewritten).
+Metrics: curl -s http://127.0.0.1:{ports['admin']}/metrics
 
 Configuration: {sw.config_path}
 Proxy log:     {sw.stderr_path}
@@ -190,6 +199,17 @@ Proxy log:     {sw.stderr_path}
             a = subjects(ports["imap"], "alice@example.com", "alicepass")
             b = subjects(ports["imap"], "bob@example.com", "bobpass")
             ok = any("legacy" in s for s in a) and any("new" in s for s in b)
+            # The cutover: move carol live and check her next login.
+            import urllib.request
+            before = subjects(ports["imap"], "carol@example.com", "carolpass")
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{ports['admin']}/mappings?identifier=carol@example.com"
+                "&destination=new", method="PUT",
+                headers={"Authorization": f"Bearer {token}"})
+            urllib.request.urlopen(req, timeout=10).read()
+            after = subjects(ports["imap"], "carol@example.com", "carolpass")
+            print(f"  carol before the move: {before}, after: {after}")
+            ok = ok and any("legacy" in s for s in before) and any("new" in s for s in after)
             print("demo check:", "ok" if ok else "FAILED")
             return 0 if ok else 1
         print("Press Ctrl-C to stop.")
