@@ -40,20 +40,14 @@ static void usage(FILE *out)
  * the proxy from starting. */
 static void apply_log_env(sy_config *cfg)
 {
-	const char *vars[] = {"PROXY_LOG", "RUST_LOG"};
-	for (size_t i = 0; i < 2; i++) {
-		const char *v = getenv(vars[i]);
-		if (!v || !*v)
-			continue;
-		sy_log_level lv;
-		if (log_filter_parse(v, &lv) == 0) {
-			cfg->server.log_level = lv;
-		} else {
-			sy_log(SY_LOG_WARN, "ignoring unreadable log filter", "variable", vars[i],
-			       "value", v, NULL);
-		}
-		return;
-	}
+	sy_log_level lv;
+	const char *var = NULL;
+	int r = log_level_from_env(&lv, &var);
+	if (r > 0)
+		cfg->server.log_level = lv;
+	else if (r < 0)
+		sy_log(SY_LOG_WARN, "ignoring unreadable log filter", "variable", var, "value",
+		       getenv(var), NULL);
 }
 
 int main(int argc, char **argv)

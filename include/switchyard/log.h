@@ -47,4 +47,12 @@ int log_filter_parse(const char *s, sy_log_level *out);
 
 const char *log_level_name(sy_log_level level);
 
+/*
+ * The level from the environment: PROXY_LOG, else RUST_LOG (a level or a
+ * target=level list, for compatibility with the reference system). Returns 1
+ * and sets *out when a variable is set and readable, 0 when neither is set,
+ * -1 when the first one set cannot be read (*var_r names it).
+ */
+int log_level_from_env(sy_log_level *out, const char **var_r);
+
 #endif

@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -107,6 +108,19 @@ int log_filter_parse(const char *s, sy_log_level *out)
 		*out = target;
 	else
 		return -1;
+	return 0;
+}
+
+int log_level_from_env(sy_log_level *out, const char **var_r)
+{
+	static const char *const vars[] = {"PROXY_LOG", "RUST_LOG"};
+	for (size_t i = 0; i < 2; i++) {
+		const char *v = getenv(vars[i]);
+		if (!v || !*v)
+			continue;
+		*var_r = vars[i];
+		return log_filter_parse(v, out) == 0 ? 1 : -1;
+	}
 	return 0;
 }
 

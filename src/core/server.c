@@ -752,16 +752,10 @@ const char *server_config_path(sy_server *srv)
  * (main.c); an unreadable filter was reported at startup already. */
 static void apply_log_env(sy_config *cfg)
 {
-	const char *vars[] = {"PROXY_LOG", "RUST_LOG"};
-	for (size_t i = 0; i < 2; i++) {
-		const char *v = getenv(vars[i]);
-		if (!v || !*v)
-			continue;
-		sy_log_level lv;
-		if (log_filter_parse(v, &lv) == 0)
-			cfg->server.log_level = lv;
-		return;
-	}
+	sy_log_level lv;
+	const char *var = NULL;
+	if (log_level_from_env(&lv, &var) > 0)
+		cfg->server.log_level = lv;
 }
 
 static bool str_eq(const char *a, const char *b)
