@@ -11,7 +11,16 @@ import threading
 from .util import (DEFAULT_TIMEOUT, HarnessError, chown_tree, free_port, make_tempdir, read_text,
                    remove_tree, run, track, untrack)
 
-PG_BIN = "/usr/lib/postgresql/15/bin"
+def _pg_bin():
+    """The newest installed PostgreSQL server binaries (Debian keeps them
+    per major version under /usr/lib/postgresql/<major>/bin)."""
+    import glob
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    return os.path.dirname(found[-1]) if found else "/usr/lib/postgresql/15/bin"
+
+
+PG_BIN = _pg_bin()
 
 
 class Redis:
