@@ -121,7 +121,8 @@ static void *hit_main(void *arg)
 	unsigned i = h->offset;
 	for (;;) {
 		for (int k = 0; k < 4096; k++) {
-			if (route_resolve_ctx(ctx, h->snap, h->keys[i], SY_PROTO_IMAP, on_hit, h))
+			if (route_resolve_ctx(ctx, h->snap, h->keys[i], 0, SY_PROTO_IMAP, on_hit,
+			                      h))
 				h->bad++; /* not answered synchronously: not a hit */
 			if (++i == h->nkeys)
 				i = 0;
@@ -212,7 +213,7 @@ static void issue(cold_thread *c)
 	snprintf(id, sizeof(id), "cold-%u-%u-%llu@example.com", c->run, c->id,
 	         (unsigned long long)c->next++);
 	c->inflight++;
-	route_resolve_ctx(c->ctx, c->snap, id, SY_PROTO_IMAP, on_cold, c);
+	route_resolve_ctx(c->ctx, c->snap, id, 0, SY_PROTO_IMAP, on_cold, c);
 }
 
 static void on_stop(uv_timer_t *t)
@@ -293,7 +294,7 @@ static void bench_store(const opts *o, const char *what, const char *mapping)
 	run_cold(what, r, snap, 1, o->window, o->seconds);
 	if (o->threads > 1)
 		run_cold(what, r, snap, o->threads, o->window, o->seconds);
-	router_destroy(r);
+	router_unref(r);
 	snapshot_unref(snap);
 }
 
@@ -401,7 +402,7 @@ int main(int argc, char **argv)
 	route_stats(r, &st);
 	printf("cache: %llu entries, hit rate %.2f%%\n", (unsigned long long)st.entries,
 	       st.hit_rate_pct);
-	router_destroy(r);
+	router_unref(r);
 	snapshot_unref(snap);
 	unlink(path);
 	rmdir(dir);

@@ -24,6 +24,13 @@ int admin_start(sy_server *srv, const char **error_r);
  * must run afterwards to release the memory. */
 void admin_stop(sy_server *srv);
 
+struct sy_route_ctx;
+/* A reload switched routers (route.h): `ctx`, a context of the new router
+ * on the main loop, is owned by the port from now on and serves /mappings;
+ * the previous one drains and closes. Without a port, ctx is closed. Main
+ * thread. */
+void admin_route_ctx_set(sy_server *srv, struct sy_route_ctx *ctx);
+
 /* Config file watch (src/core/reload.c): reloads when the file's content
  * changes, noticed through a directory watch (in-place edits and the
  * Kubernetes ConfigMap `..data` symlink swap), debounced, compared by

@@ -2,18 +2,27 @@
  * Routing: identifier -> target (destination or cluster) -> destination.
  *
  * route_resolve() is the one asynchronous call every interactive protocol
- * makes after identifier extraction. Behind it: the process-wide mapping
- * cache (cache.h), the mapping source ([mapping].source: the in-memory file
+ * makes after identifier extraction. Behind it: the mapping cache (cache.h,
+ * one per router), the mapping source ([mapping].source: the in-memory file
  * table, or a Redis / PostgreSQL store with one instance per event loop),
  * and cluster pinning (cluster.h).
  *
- * The router is created once per process from the startup configuration
- * (server_run) and stored in sy_server. Every event loop that resolves or
- * manages mappings has a context (sy_route_ctx) holding its store instance
- * and the inbox through which coalesced lookups answered on other threads
- * reach it. Worker loops get theirs through router_worker_attach() before
- * their thread starts and give it up through router_worker_detach() when
- * they stop.
+ * A router is built from one configuration's [mapping] (router_create):
+ * at startup, and again by a reload that changes [mapping]. Every event loop
+ * that resolves or manages mappings has a context (sy_route_ctx) of a router,
+ * holding its store instance and the inbox through which coalesced lookups
+ * answered on other threads reach it. A worker's current context is
+ * w->route_ctx (only touched on the worker's thread, or before it runs):
+ * router_worker_attach() installs a context of a router there and retires
+ * the previous one; router_worker_detach() retires it when the worker stops.
+ *
+ * Lifetimes. A router is reference counted: its creator holds one reference
+ * (router_unref drops it) and every context holds one. A retired context
+ * (router_ctx_close) drains: lookups already running on it complete normally
+ * (answered by its store, or by lookup_timeout), then its store and inbox
+ * are closed and it releases the router, which is freed with its last
+ * reference. So a reload can switch every loop to a new router while logins
+ * in flight finish on the old one, and sessions never notice.
  */
 #ifndef SWITCHYARD_ROUTE_H
 #define SWITCHYARD_ROUTE_H
@@ -42,14 +51,23 @@ typedef struct sy_route_ctx sy_route_ctx;
 
 /*
  * Resolves `identifier` (NULL: no identifier, route to the default) for
- * protocol `proto`. The callback runs exactly once unless route_cancel()
- * is called first; it may run before route_resolve returns, in which case
- * NULL is returned. `snap` (the caller's) must stay referenced until the
- * callback has run or the request is cancelled. The identifier must already
- * be normalized (identifier_extract).
+ * protocol `proto` through the worker's current context (w->route_ctx). The
+ * callback runs exactly once unless route_cancel() is called first; it may
+ * run before route_resolve returns, in which case NULL is returned. `snap`
+ * (the caller's) must stay referenced until the callback has run or the
+ * request is cancelled. The identifier must already be normalized
+ * (identifier_extract).
+ *
+ * `conn_id` is a per-connection value (the session id). It matters only
+ * when there is no identifier (an opaque bearer token) and the default is a
+ * cluster: the node is then the rendezvous winner for the connection
+ * (cluster_pick over the decimal conn_id) instead of one fixed node for
+ * every such login, so opaque-token logins spread over the cluster's nodes
+ * (an account's connections may then reach different nodes, which a cluster
+ * of nodes sharing their storage must accept anyway).
  */
-sy_route_req *route_resolve(sy_worker *w, sy_snapshot *snap, const char *identifier, sy_proto proto,
-                            sy_route_cb cb, void *arg);
+sy_route_req *route_resolve(sy_worker *w, sy_snapshot *snap, const char *identifier,
+                            uint64_t conn_id, sy_proto proto, sy_route_cb cb, void *arg);
 /* The callback will not run. Call only on the request's loop, before its
  * callback has run. */
 void route_cancel(sy_route_req *req);
@@ -57,39 +75,51 @@ void route_cancel(sy_route_req *req);
 /* route_resolve() on an explicit context (for loops that are not workers:
  * tests, the benchmark, the management port). */
 sy_route_req *route_resolve_ctx(sy_route_ctx *ctx, sy_snapshot *snap, const char *identifier,
-                                sy_proto proto, sy_route_cb cb, void *arg);
+                                uint64_t conn_id, sy_proto proto, sy_route_cb cb, void *arg);
 
 /* ---- lifecycle --------------------------------------------------------------------------- */
 
 /*
- * Creates the router for the mapping configuration of `snap` (a reference is
- * kept), loading the mapping file for source = "file". `nworkers` sizes the
- * per-worker table and divides each store's pool_size among the workers.
- * Returns NULL with *error_r (static text; file errors are logged one by
- * one) on failure.
+ * Creates a router for the mapping configuration of `snap` (a reference is
+ * kept), loading the mapping file for source = "file". `nworkers` divides
+ * each store's pool_size among the workers. The caller holds the one
+ * reference. Returns NULL with *error_r (static text; file errors are
+ * logged one by one) on failure.
  */
 sy_router *router_create(sy_snapshot *snap, unsigned nworkers, const char **error_r);
-/* Frees the router once every context is closed and its loop has run the
- * close callbacks (after the worker threads are joined). NULL is fine. */
-void router_destroy(sy_router *r);
+/* Takes another reference (any thread). Returns r. */
+sy_router *router_ref(sy_router *r);
+/* Drops a reference (any thread; NULL is fine). The router is freed with the
+ * last one, which its contexts hold until they have drained and closed. */
+void router_unref(sy_router *r);
 
-/* Creates a context on `loop` (call on that loop's thread or before it
- * runs) with a store of `conns` connections (0 = pool_size divided among
- * the workers). Returns NULL with *error_r on failure. */
+/* Creates a context of `r` on `loop` (call on that loop's thread or before
+ * it runs) with a store of `conns` connections (0 = pool_size divided among
+ * the workers). The context holds a reference to r. Returns NULL with
+ * *error_r on failure (e.g. a store URL the store cannot use). */
 sy_route_ctx *router_ctx_create(sy_router *r, uv_loop_t *loop, unsigned conns,
                                 const char **error_r);
-/* Closes a context on its loop's thread: its store is closed (pending
- * lookups fail), its inbox closed; memory is released from the loop's close
- * callbacks, so the loop must run afterwards. Every request of the context
- * must have completed or been cancelled. */
+/* Retires a context, on its loop's thread (NULL is fine); the caller must
+ * not use it afterwards. Requests and management operations already started
+ * on it complete normally (each within lookup_timeout); then its store and
+ * inbox are closed, and the memory and the router reference are released
+ * from the loop's close callbacks, so the loop must keep running. May be
+ * called from inside one of the context's own callbacks. */
 void router_ctx_close(sy_route_ctx *ctx);
 
-/* The worker's context, created before its thread starts (0 or -1 with
- * *error_r) and closed from its loop when it stops (a no-op if absent). */
+/* Creates a context of `r` on w's loop and makes it w->route_ctx, retiring
+ * the previous one (router_ctx_close). Call on w's loop thread, or before
+ * it runs. Returns 0, or -1 with *error_r, the previous context kept. */
 int router_worker_attach(sy_router *r, sy_worker *w, const char **error_r);
-void router_worker_detach(sy_router *r, sy_worker *w);
+/* Retires w->route_ctx (on w's thread; a no-op if there is none). */
+void router_worker_detach(sy_worker *w);
 
 /* ---- management (the admin port) ----------------------------------------------------------- */
+
+/* The admin port calls these on the main loop with its context of the
+ * current router (srv->router; a reload that switches routers hands it a
+ * new one, admin_route_ctx_set) and passes srv->router where a router is
+ * taken. */
 
 typedef struct sy_route_explain {
 	const char *identifier;  /* as given */

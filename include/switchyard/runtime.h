@@ -101,6 +101,11 @@ struct sy_worker {
 	pthread_mutex_t inbox_mu;
 	sy_task *inbox_head, *inbox_tail;
 	bool inbox_closed;
+	/* The routing context route_resolve() uses (route.h): set by
+	 * router_worker_attach() (before the thread starts, then on this
+	 * loop when a reload switches routers), cleared when the worker
+	 * stops. */
+	struct sy_route_ctx *route_ctx;
 };
 
 struct sy_server {
@@ -132,7 +137,10 @@ struct sy_server {
 	bool main_closing;             /* the main loop is closing its handles */
 	struct sy_admin *admin;        /* the side port (admin.h); NULL when disabled */
 	struct sy_reload_watch *watch; /* config file watch (reload.c) */
-	struct sy_router *router;      /* mappings, cache, clusters (route.h) */
+	/* The current router (route.h): mappings, cache, clusters; main
+	 * thread only (the admin port, reload). Workers reach theirs through
+	 * their own route_ctx; a reload that changes [mapping] replaces it. */
+	struct sy_router *router;
 };
 
 /* The snapshot currently used for new connections (a new reference). */
@@ -156,8 +164,11 @@ int server_broadcast(sy_server *srv, long (*fn)(sy_worker *w, void *arg), void *
  * Reloads the configuration from the file the running one came from (main
  * thread): parse and validate in full; on success build and publish a new
  * snapshot (sessions keep theirs), add health entries for new destinations,
- * bind new listeners / close removed ones on every worker, re-read the
- * mapping file. On failure nothing changes, the error is logged and counted,
+ * bind new listeners / close removed ones on every worker, and either
+ * re-read the mapping file or, when [mapping] changed, build a new router
+ * and switch the admin port and every worker to it (route.h: lookups in
+ * flight finish on the old one). On failure nothing changes, the error is
+ * logged and counted,
  * and *error_r (malloc'd, one problem per line) says why. `trigger` names
  * the cause for the log ("api", "SIGHUP", "file change"). Returns 0 or -1.
  */

@@ -3,7 +3,8 @@
  * bearer-token authentication with a per-client-IP lockout, and the
  * endpoints themselves. Everything runs on the main thread's loop; work on
  * sessions goes to the workers through server_broadcast(), work on mappings
- * through the router's main-loop context.
+ * through a main-loop context of the current router (replaced when a reload
+ * switches routers).
  *
  * Settings are read from the current snapshot at each request, so a reload
  * changes the token and the lockout policy at once; the bind address and
@@ -826,6 +827,18 @@ int admin_start(sy_server *srv, const char **error_r)
 	       ac->tls ? "implicit" : "plain", NULL);
 	snapshot_unref(snap);
 	return 0;
+}
+
+void admin_route_ctx_set(sy_server *srv, sy_route_ctx *ctx)
+{
+	struct sy_admin *a = srv->admin;
+	if (!a) {
+		router_ctx_close(ctx);
+		return;
+	}
+	/* Operations already running on the old context finish there. */
+	router_ctx_close(a->route_ctx);
+	a->route_ctx = ctx;
 }
 
 void admin_stop(sy_server *srv)

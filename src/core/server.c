@@ -448,7 +448,9 @@ static void maybe_stop_worker(sy_worker *w)
 	if (!w->draining || w->nsessions > 0 || w->stopping)
 		return;
 	w->stopping = true;
-	router_worker_detach(w->server->router, w);
+	/* Lookups of sessions that just ended (cancelled) may still be due:
+	 * the context drains them, keeping the loop alive until then. */
+	router_worker_detach(w);
 	/* No task runs from here on: later posts complete as skipped. */
 	pthread_mutex_lock(&w->inbox_mu);
 	w->inbox_closed = true;
@@ -676,7 +678,7 @@ int server_run(sy_config *cfg)
 		for (size_t i = 0; i < inited; i++) {
 			sy_worker *w = &srv->workers[i];
 			close_acceptors(w);
-			router_worker_detach(srv->router, w);
+			router_worker_detach(w);
 			uv_close((uv_handle_t *)&w->heartbeat, NULL);
 			uv_close((uv_handle_t *)&w->wake, NULL);
 			uv_run(&w->loop, UV_RUN_DEFAULT);
@@ -722,7 +724,8 @@ cleanup:
 	}
 	uv_loop_close(&main_loop);
 	free(srv->workers);
-	router_destroy(srv->router);
+	/* The last reference: every context has closed with its loop. */
+	router_unref(srv->router);
 	snapshot_unref(atomic_load(&srv->current));
 out:
 	for (size_t i = 0; i < srv->nhealth; i++) {
@@ -764,7 +767,8 @@ static bool str_eq(const char *a, const char *b)
 }
 
 /* Does the running router serve `b` as it serves `a`? (Everything but the
- * mapping file's content, which route_reload_file re-reads.) */
+ * mapping file's content, which route_reload_file re-reads.) When not, a
+ * reload builds a new router. */
 static bool mapping_same(const sy_mapping_config *a, const sy_mapping_config *b)
 {
 	return a->source == b->source && a->normalize == b->normalize &&
@@ -958,6 +962,69 @@ oom:
 	return NULL;
 }
 
+static const char *source_name(sy_mapping_source s)
+{
+	switch (s) {
+	case SY_MAP_FILE:
+		return "file";
+	case SY_MAP_REDIS:
+		return "redis";
+	case SY_MAP_SQL:
+		return "sql";
+	default:
+		return "none";
+	}
+}
+
+/* Worker side of a router switch: a context of the new router becomes the
+ * worker's; its previous one drains (lookups in flight finish on the old
+ * router). Returns 1 when the worker could not switch. */
+static long router_attach_on_worker(sy_worker *w, void *arg)
+{
+	const char *err = NULL;
+	if (router_worker_attach(arg, w, &err) == 0)
+		return 0;
+	char n[16];
+	snprintf(n, sizeof(n), "%d", w->index);
+	sy_log(SY_LOG_ERROR,
+	       "cannot switch a worker to the new mapping source; it keeps the previous one",
+	       "worker", n, "error", err ? err : "?", NULL);
+	return 1;
+}
+
+static void router_attach_done(void *arg, long failures)
+{
+	/* Failures were logged one by one. */
+	if (failures == 0)
+		sy_log(SY_LOG_INFO, "every worker routes through the new router", NULL);
+	router_unref(arg);
+}
+
+/* Publishes router `nr` (the caller's reference moves to srv->router) and
+ * its main-loop context `nmain`: the admin port switches at once, every
+ * worker on its own loop; the previous router is freed once its last
+ * context has drained. Main thread. */
+static void switch_router(sy_server *srv, sy_router *nr, sy_route_ctx *nmain)
+{
+	sy_router *prev = srv->router;
+	srv->router = nr;
+	admin_route_ctx_set(srv, nmain);
+	/* The broadcast holds its own reference until every worker has
+	 * run its part (a later reload may replace nr meanwhile). */
+	if (server_broadcast(srv, router_attach_on_worker, nr, router_attach_done,
+	                     router_ref(nr)) != 0) {
+		router_unref(nr);
+		sy_log(SY_LOG_ERROR,
+		       "cannot switch the workers to the new mapping source (out of memory); "
+		       "they keep the previous one",
+		       NULL);
+	}
+	router_unref(prev);
+	const sy_mapping_config *m = &atomic_load(&srv->current)->cfg->mapping;
+	sy_log(SY_LOG_INFO, "mapping settings changed: routing through a new router (empty cache)",
+	       "source", source_name(m->source), NULL);
+}
+
 static char *join_errors(const sy_errors *errs)
 {
 	size_t n = 1;
@@ -1020,11 +1087,6 @@ int server_reload(sy_server *srv, const char *trigger, char **error_r)
 		       "(the token and lockout settings apply now)",
 		       NULL);
 	bool mapping_changed = !mapping_same(&ocfg->mapping, &cfg->mapping);
-	if (mapping_changed)
-		sy_log(SY_LOG_WARN,
-		       "[mapping] settings changed: the mapping source, cache and normalization "
-		       "take effect at restart (the mapping file's content is re-read now)",
-		       NULL);
 
 	char *msg = NULL;
 	sy_snapshot *ns = snapshot_build(srv, cfg, &msg);
@@ -1040,6 +1102,31 @@ int server_reload(sy_server *srv, const char *trigger, char **error_r)
 		snapshot_unref(ns);
 		snapshot_unref(old);
 		return reload_failed(trigger, msg, error_r);
+	}
+	/* Changed [mapping] settings: a new router (its mapping file loaded,
+	 * its cache empty), and its context on the main loop for the admin
+	 * port, whose store is created here: a store configuration that
+	 * cannot be used fails the reload before anything is published. */
+	sy_router *nrouter = NULL;
+	sy_route_ctx *nmain = NULL;
+	if (mapping_changed) {
+		const char *rerr = NULL;
+		nrouter = router_create(ns, (unsigned)srv->nworkers, &rerr);
+		if (nrouter)
+			nmain = router_ctx_create(nrouter, srv->main_loop, 1, &rerr);
+		if (!nmain) {
+			router_unref(nrouter);
+			plan_free(plan);
+			snapshot_unref(ns);
+			snapshot_unref(old);
+			if (!rerr)
+				rerr = "cannot set up the mapping source";
+			/* Store errors name their key already. */
+			char m[300];
+			snprintf(m, sizeof(m), "%s%s",
+			         strncmp(rerr, "mapping", 7) == 0 ? "" : "mapping: ", rerr);
+			return reload_failed(trigger, strdup(m), error_r);
+		}
 	}
 	/* Health settings apply to existing entries too. */
 	for (size_t i = 0; i < ns->cfg->ndestinations; i++)
@@ -1061,6 +1148,8 @@ int server_reload(sy_server *srv, const char *trigger, char **error_r)
 	snapshot_unref(prev);
 	log_set_level(ns->cfg->server.log_level);
 	log_set_format(ns->cfg->server.log_format);
+	if (nrouter)
+		switch_router(srv, nrouter, nmain);
 
 	size_t added = plan->nadds, removed = plan->nremoves;
 	plan->snap = snapshot_ref(ns);

@@ -506,7 +506,7 @@ static void start_routing(sy_ictx *c)
 	/* NULL when on_routed already ran (the answer was at hand): then the
 	 * session may be gone, so c is only touched when it has not. */
 	sy_route_req *req =
-	    route_resolve(s->w, s->snap, c->identifier, c->ops->proto, on_routed, c);
+	    route_resolve(s->w, s->snap, c->identifier, s->id, c->ops->proto, on_routed, c);
 	if (req)
 		c->route = req;
 }

@@ -10,6 +10,16 @@
  * when the answer arrives, without calling back. Every store query has a
  * timer, so every request is answered within lookup_timeout.
  *
+ * Draining. A context counts what will still call back on its loop
+ * (`pending`: waiting requests and unanswered store operations, all
+ * counted and released on that loop). router_ctx_close() only marks it
+ * closing while anything is pending; the last release closes the store and
+ * the inbox. Waiters are answered by fetches that run on contexts of the
+ * same router, each bounded by its timer, so a retired context finishes
+ * within lookup_timeout. The context holds a router reference until its
+ * memory is released, and every fetch runs on a context, so the cache
+ * outlives every lookup that uses it.
+ *
  * The file source is an in-memory table shared by all threads behind a
  * rwlock: readers copy the target out under the read lock; writers (the
  * management API, serialized by write_lock) build the new table beside the
@@ -34,11 +44,11 @@
 #define STORE_ERROR_DEFAULT_TTL_MS 5000
 
 struct sy_router {
-	sy_snapshot *snap; /* the configuration the router was built from (a reference) */
+	_Atomic unsigned refs; /* the creator's, one per context */
+	sy_snapshot *snap;     /* the configuration the router was built from (a reference) */
 	const sy_mapping_config *m;
 	sy_cache *cache; /* NULL when there is no [mapping] */
 	unsigned nworkers;
-	sy_route_ctx **workers; /* by worker index */
 
 	/* source = "file" */
 	pthread_rwlock_t map_lock;  /* guards `map` for readers */
@@ -47,15 +57,19 @@ struct sy_router {
 };
 
 struct sy_route_ctx {
-	sy_router *r;
+	sy_router *r; /* a reference */
 	uv_loop_t *loop;
 	sy_store *store;       /* redis / sql; NULL otherwise */
 	sy_cache_inbox *inbox; /* NULL when there is no [mapping] */
+	unsigned pending;      /* waiting requests + unanswered store ops (this loop) */
+	bool closing;          /* retired: close once nothing is pending */
 };
+
+static void ctx_release(sy_route_ctx *ctx);
 
 struct sy_route_req {
 	sy_cache_waiter waiter;
-	sy_router *r;
+	sy_route_ctx *ctx; /* set while the request waits as a cache waiter */
 	sy_snapshot *snap; /* the caller's; not referenced here */
 	sy_proto proto;
 	sy_route_cb cb;
@@ -98,16 +112,17 @@ static sy_dest_rt *cluster_node(sy_snapshot *snap, const sy_cluster_config *cl,
 
 /* Fills *out for target `target` (a destination or cluster id of snap). A
  * target unknown to this snapshot (a stale cache entry after a reload)
- * falls back to the default. */
+ * falls back to the default. `pick` chooses a cluster's node: the
+ * identifier, or a per-connection key when there is none. */
 static void resolve_target(sy_snapshot *snap, const char *target, const char *identifier,
-                           sy_proto proto, bool is_default, sy_route_result *out)
+                           const char *pick, sy_proto proto, bool is_default, sy_route_result *out)
 {
 	memset(out, 0, sizeof(*out));
 	out->routed_to_default = is_default;
 	sy_dest_rt *d = target ? snapshot_dest(snap, target) : NULL;
 	const sy_cluster_config *cl = NULL;
 	if (!d && target && (cl = config_cluster(snap->cfg, target)) != NULL) {
-		d = cluster_node(snap, cl, identifier);
+		d = cluster_node(snap, cl, pick);
 		if (!d) {
 			sy_log(SY_LOG_ERROR, "cluster has no usable node", "cluster", target, NULL);
 			out->status = SY_ROUTE_TEMPFAIL;
@@ -123,7 +138,7 @@ static void resolve_target(sy_snapshot *snap, const char *target, const char *id
 			       "identifier", identifier ? identifier : "-", "destination", target,
 			       NULL);
 			resolve_target(snap, snap->cfg->routing.default_destination, identifier,
-			               proto, true, out);
+			               pick, proto, true, out);
 			return;
 		}
 		sy_log(SY_LOG_ERROR, "default destination is not declared", "destination",
@@ -149,11 +164,11 @@ static void answer_result(sy_snapshot *snap, const sy_cache_answer *a, const cha
 {
 	switch (a->outcome) {
 	case SY_CACHE_POSITIVE:
-		resolve_target(snap, a->value, identifier, proto, false, out);
+		resolve_target(snap, a->value, identifier, identifier, proto, false, out);
 		return;
 	case SY_CACHE_NEGATIVE:
-		resolve_target(snap, snap->cfg->routing.default_destination, identifier, proto,
-		               true, out);
+		resolve_target(snap, snap->cfg->routing.default_destination, identifier, identifier,
+		               proto, true, out);
 		return;
 	default:
 		memset(out, 0, sizeof(*out));
@@ -180,7 +195,13 @@ static void req_deliver(sy_route_req *req, const sy_cache_answer *a)
 static void on_waiter(sy_cache_waiter *w)
 {
 	sy_route_req *req = (sy_route_req *)((char *)w - offsetof(sy_route_req, waiter));
+	/* DROPPED runs on whichever thread completed the fetch (the inbox was
+	 * closed, which a draining context never does while a waiter is
+	 * pending): only free. */
+	sy_route_ctx *ctx = w->answer.outcome == SY_CACHE_DROPPED ? NULL : req->ctx;
 	req_deliver(req, &w->answer);
+	if (ctx)
+		ctx_release(ctx);
 }
 
 void route_cancel(sy_route_req *req)
@@ -351,12 +372,13 @@ typedef void (*op_done_fn)(store_op *op, sy_store_status st, const char *value, 
 /*
  * One store request with its timeout. Freed once it has been answered (by
  * the store or the timer), the store's callback has run (the store always
- * calls back, on close at the latest) and the timer is closed. Nothing here
- * refers to the context after the start, so a context may close while a
- * late answer is still due.
+ * calls back, on close at the latest) and the timer is closed. The context
+ * is held (pending) only until the op is answered, so a context may close
+ * while a late store answer is still due.
  */
 struct store_op {
 	sy_router *r;
+	sy_route_ctx *ctx; /* counted in ctx->pending until answered; NULL after */
 	uv_timer_t timer;
 	bool answered, store_pending, timer_open;
 	const char *start_error; /* the store refused the request: reported by the timer */
@@ -400,6 +422,11 @@ static void op_finish(store_op *op, sy_store_status st, const char *value, const
 	uv_timer_stop(&op->timer);
 	uv_close((uv_handle_t *)&op->timer, on_op_timer_closed);
 	op->done(op, st, value, error);
+	/* Last: the release may close the context (and its store, which then
+	 * calls back a pending request of this op at once). */
+	sy_route_ctx *ctx = op->ctx;
+	op->ctx = NULL;
+	ctx_release(ctx);
 }
 
 static void on_store_answer(void *arg, sy_store_status st, const char *value, const char *error)
@@ -439,6 +466,8 @@ static store_op *op_new(sy_router *r, sy_snapshot *snap, const char *key, op_don
  * once, never before this returns. */
 static void op_start(sy_route_ctx *ctx, store_op *op, op_kind kind)
 {
+	op->ctx = ctx;
+	ctx->pending++;
 	uv_timer_init(ctx->loop, &op->timer);
 	op->timer.data = op;
 	op->timer_open = true;
@@ -521,11 +550,20 @@ static void fetch_done(store_op *op, sy_store_status st, const char *value, cons
 /* ---- resolve ----------------------------------------------------------------------------------
  */
 
-static sy_route_req *resolve_default(sy_snapshot *snap, const char *identifier, sy_proto proto,
-                                     sy_route_cb cb, void *arg)
+/* The default destination, uncached. Without an identifier a cluster's
+ * node is picked by the connection (route.h, conn_id). */
+static sy_route_req *resolve_default(sy_snapshot *snap, const char *identifier, uint64_t conn_id,
+                                     sy_proto proto, sy_route_cb cb, void *arg)
 {
+	char key[24];
+	const char *pick = identifier;
+	if (!pick) {
+		snprintf(key, sizeof(key), "%llu", (unsigned long long)conn_id);
+		pick = key;
+	}
 	sy_route_result res;
-	resolve_target(snap, snap->cfg->routing.default_destination, identifier, proto, true, &res);
+	resolve_target(snap, snap->cfg->routing.default_destination, identifier, pick, proto, true,
+	               &res);
 	cb(arg, &res);
 	return NULL;
 }
@@ -539,12 +577,12 @@ static void answer_now(sy_snapshot *snap, const sy_cache_answer *a, const char *
 }
 
 sy_route_req *route_resolve_ctx(sy_route_ctx *ctx, sy_snapshot *snap, const char *identifier,
-                                sy_proto proto, sy_route_cb cb, void *arg)
+                                uint64_t conn_id, sy_proto proto, sy_route_cb cb, void *arg)
 {
 	sy_router *r = ctx ? ctx->r : NULL;
 	/* No identifier (an opaque token) goes to the default uncached. */
 	if (!identifier || !r || !r->cache)
-		return resolve_default(snap, identifier, proto, cb, arg);
+		return resolve_default(snap, identifier, conn_id, proto, cb, arg);
 
 	/* The common case, a cached answer, needs no request. */
 	sy_cache_answer hit;
@@ -561,7 +599,6 @@ sy_route_req *route_resolve_ctx(sy_route_ctx *ctx, sy_snapshot *snap, const char
 		return NULL;
 	}
 	memcpy(req->identifier, identifier, len + 1);
-	req->r = r;
 	req->snap = snap;
 	req->proto = proto;
 	req->cb = cb;
@@ -572,6 +609,10 @@ sy_route_req *route_resolve_ctx(sy_route_ctx *ctx, sy_snapshot *snap, const char
 	sy_cache_fetch *fetch = NULL;
 	switch (cache_lookup(r->cache, identifier, &req->waiter, &fetch)) {
 	case SY_CACHE_WAIT:
+		/* Answered through the inbox, on this loop, on a later turn:
+		 * the context stays open until then. */
+		req->ctx = ctx;
+		ctx->pending++;
 		return req;
 	case SY_CACHE_HIT: {
 		sy_cache_answer a = req->waiter.answer;
@@ -611,18 +652,17 @@ sy_route_req *route_resolve_ctx(sy_route_ctx *ctx, sy_snapshot *snap, const char
 	return req;
 }
 
-sy_route_req *route_resolve(sy_worker *w, sy_snapshot *snap, const char *identifier, sy_proto proto,
-                            sy_route_cb cb, void *arg)
+sy_route_req *route_resolve(sy_worker *w, sy_snapshot *snap, const char *identifier,
+                            uint64_t conn_id, sy_proto proto, sy_route_cb cb, void *arg)
 {
-	sy_router *r = w && w->server ? w->server->router : NULL;
-	sy_route_ctx *ctx = r && (unsigned)w->index < r->nworkers ? r->workers[w->index] : NULL;
-	if (r && r->cache && !ctx && identifier) {
+	sy_route_ctx *ctx = w ? w->route_ctx : NULL;
+	if (!ctx && identifier) {
 		sy_route_result res = {.status = SY_ROUTE_TEMPFAIL,
 		                       .reason = "no routing context on this worker"};
 		cb(arg, &res);
 		return NULL;
 	}
-	return route_resolve_ctx(ctx, snap, identifier, proto, cb, arg);
+	return route_resolve_ctx(ctx, snap, identifier, conn_id, proto, cb, arg);
 }
 
 /* ---- lifecycle --------------------------------------------------------------------------------
@@ -632,11 +672,11 @@ sy_router *router_create(sy_snapshot *snap, unsigned nworkers, const char **erro
 {
 	*error_r = NULL;
 	sy_router *r = calloc(1, sizeof(*r));
-	if (!r || !(r->workers = calloc(nworkers ? nworkers : 1, sizeof(*r->workers)))) {
-		free(r);
+	if (!r) {
 		*error_r = "out of memory";
 		return NULL;
 	}
+	atomic_init(&r->refs, 1);
 	r->snap = snapshot_ref(snap);
 	r->m = &snap->cfg->mapping;
 	r->nworkers = nworkers;
@@ -651,7 +691,7 @@ sy_router *router_create(sy_snapshot *snap, unsigned nworkers, const char **erro
 	};
 	if (!(r->cache = cache_create(&o))) {
 		*error_r = "out of memory";
-		router_destroy(r);
+		router_unref(r);
 		return NULL;
 	}
 	if (r->m->source == SY_MAP_FILE) {
@@ -663,7 +703,7 @@ sy_router *router_create(sy_snapshot *snap, unsigned nworkers, const char **erro
 				       NULL);
 			sy_errors_free(&errs);
 			*error_r = "cannot load the mapping file";
-			router_destroy(r);
+			router_unref(r);
 			return NULL;
 		}
 		char n[24];
@@ -674,16 +714,23 @@ sy_router *router_create(sy_snapshot *snap, unsigned nworkers, const char **erro
 	return r;
 }
 
-void router_destroy(sy_router *r)
+sy_router *router_ref(sy_router *r)
 {
-	if (!r)
+	atomic_fetch_add(&r->refs, 1);
+	return r;
+}
+
+void router_unref(sy_router *r)
+{
+	if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
 		return;
+	/* Every context has closed, and with it every store op: no lookup is
+	 * in progress and no fetch outstanding. */
 	cache_destroy(r->cache);
 	mapfile_free(&r->map);
 	pthread_rwlock_destroy(&r->map_lock);
 	pthread_mutex_destroy(&r->write_lock);
 	snapshot_unref(r->snap);
-	free(r->workers);
 	free(r);
 }
 
@@ -695,11 +742,8 @@ sy_route_ctx *router_ctx_create(sy_router *r, uv_loop_t *loop, unsigned conns, c
 		*error_r = "out of memory";
 		return NULL;
 	}
-	ctx->r = r;
 	ctx->loop = loop;
-	if (r->m->source == SY_MAP_NONE)
-		return ctx;
-	if (!(ctx->inbox = cache_inbox_create(loop))) {
+	if (r->m->source != SY_MAP_NONE && !(ctx->inbox = cache_inbox_create(loop))) {
 		free(ctx);
 		*error_r = "cannot create the routing inbox";
 		return NULL;
@@ -722,46 +766,68 @@ sy_route_ctx *router_ctx_create(sy_router *r, uv_loop_t *loop, unsigned conns, c
 			return NULL;
 		}
 	}
+	ctx->r = router_ref(r);
 	return ctx;
+}
+
+static void ctx_free(sy_route_ctx *ctx)
+{
+	router_unref(ctx->r);
+	free(ctx);
 }
 
 static void on_store_closed(void *arg)
 {
-	free(arg);
+	ctx_free(arg);
+}
+
+/* Nothing is pending any more: close the inbox and the store. */
+static void ctx_close_now(sy_route_ctx *ctx)
+{
+	if (ctx->inbox)
+		cache_inbox_close(ctx->inbox);
+	ctx->inbox = NULL;
+	if (ctx->store) {
+		sy_store *st = ctx->store;
+		ctx->store = NULL;
+		st->ops->close(st, on_store_closed, ctx);
+	} else {
+		ctx_free(ctx);
+	}
+}
+
+/* Something counted in ctx->pending is over (on ctx's loop; NULL is fine). */
+static void ctx_release(sy_route_ctx *ctx)
+{
+	if (ctx && --ctx->pending == 0 && ctx->closing)
+		ctx_close_now(ctx);
 }
 
 void router_ctx_close(sy_route_ctx *ctx)
 {
-	if (!ctx)
+	if (!ctx || ctx->closing)
 		return;
-	if (ctx->inbox)
-		cache_inbox_close(ctx->inbox);
-	if (ctx->store)
-		ctx->store->ops->close(ctx->store, on_store_closed, ctx);
-	else
-		free(ctx);
+	ctx->closing = true;
+	if (ctx->pending == 0)
+		ctx_close_now(ctx);
 }
 
 int router_worker_attach(sy_router *r, sy_worker *w, const char **error_r)
 {
 	*error_r = NULL;
-	if ((unsigned)w->index >= r->nworkers) {
-		*error_r = "worker index out of range";
-		return -1;
-	}
 	sy_route_ctx *ctx = router_ctx_create(r, &w->loop, 0, error_r);
 	if (!ctx)
 		return -1;
-	r->workers[w->index] = ctx;
+	sy_route_ctx *prev = w->route_ctx;
+	w->route_ctx = ctx;
+	router_ctx_close(prev);
 	return 0;
 }
 
-void router_worker_detach(sy_router *r, sy_worker *w)
+void router_worker_detach(sy_worker *w)
 {
-	if (!r || (unsigned)w->index >= r->nworkers)
-		return;
-	sy_route_ctx *ctx = r->workers[w->index];
-	r->workers[w->index] = NULL;
+	sy_route_ctx *ctx = w->route_ctx;
+	w->route_ctx = NULL;
 	router_ctx_close(ctx);
 }
 
