@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "switchyard/config.h"
 #include "switchyard/log.h"
@@ -48,6 +49,43 @@ static void apply_log_env(sy_config *cfg)
 	else if (r < 0)
 		sy_log(SY_LOG_WARN, "ignoring unreadable log filter", "variable", var, "value",
 		       getenv(var), NULL);
+}
+
+/* Every session holds two descriptors (client and backend), so the usual
+ * soft limit of 1024 open files would cap the proxy at about 500 sessions
+ * while the hard limit (what the administrator allows) is often far higher.
+ * Raise the soft limit to the hard one at startup and log the result, with a
+ * warning when it is still below what the listeners' max_connections need. */
+static void raise_nofile_limit(const sy_config *cfg)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+		sy_log(SY_LOG_WARN, "cannot read the open file limit", NULL);
+		return;
+	}
+	char before[24], after[24];
+	snprintf(before, sizeof(before), "%llu", (unsigned long long)rl.rlim_cur);
+	if (rl.rlim_cur < rl.rlim_max) {
+		rlim_t want = rl.rlim_max;
+		rl.rlim_cur = want;
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+			sy_log(SY_LOG_WARN, "cannot raise the open file limit", "soft", before, NULL);
+			return;
+		}
+	}
+	snprintf(after, sizeof(after), "%llu", (unsigned long long)rl.rlim_cur);
+	sy_log(SY_LOG_INFO, "open file limit", "limit", after, "was", before, NULL);
+	/* Two descriptors per session plus a margin for listeners, stores and
+	 * the admin port. */
+	unsigned long long need = 256;
+	for (size_t i = 0; i < cfg->nlisteners; i++)
+		need += 2ull * cfg->listeners[i].max_connections;
+	if ((unsigned long long)rl.rlim_cur < need) {
+		char needs[24];
+		snprintf(needs, sizeof(needs), "%llu", need);
+		sy_log(SY_LOG_WARN, "open file limit is below what max_connections needs", "limit",
+		       after, "needed", needs, NULL);
+	}
 }
 
 int main(int argc, char **argv)
@@ -110,6 +148,7 @@ int main(int argc, char **argv)
 
 	log_set_level(cfg->server.log_level);
 	log_set_format(cfg->server.log_format);
+	raise_nofile_limit(cfg);
 	int rc = server_run(cfg);
 	return rc == 0 ? 0 : 1;
 }

@@ -321,6 +321,23 @@ static void update_uv_read(sy_stream *s)
 	}
 }
 
+/*
+ * SSL_MODE_RELEASE_BUFFERS frees OpenSSL's 16 KiB read buffer only after
+ * application data has been consumed. A record that carries no application
+ * data (the server's TLS 1.3 NewSessionTicket messages, which reach a backend
+ * leg right after its handshake, or a KeyUpdate) leaves the buffer allocated
+ * for as long as the connection then stays quiet: 16 KiB per idle backend TLS
+ * leg (bench/idle_sessions.py --mode tls2). Freeing it whenever OpenSSL holds
+ * no unread bytes gives it back; the next record allocates it again, as it
+ * would after application data anyway. SSL_has_pending() guards the call, so
+ * buffers that still hold a partial or unread record are never touched.
+ */
+static void release_tls_buffers(sy_stream *s)
+{
+	if (s->ssl && !SSL_has_pending(s->ssl) && !SSL_free_buffers(s->ssl))
+		ERR_clear_error();
+}
+
 static void handshake_step(sy_stream *s)
 {
 	ERR_clear_error();
@@ -378,6 +395,8 @@ static void pump(sy_stream *s)
 	}
 	if (plain)
 		pool_put(s->pool, plain);
+	if (!s->closing && !s->handshaking)
+		release_tls_buffers(s);
 	if (!s->closing) {
 		flush_out(s); /* post-handshake messages, alerts */
 		release_input(s);
