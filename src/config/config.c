@@ -674,7 +674,9 @@ static const field *find_field(const field *fs, size_t nf, const toml_kv *kv)
 
 static void load_field(ctx *c, const field *f, const toml_value *v, const char *key, void *base)
 {
-	char *p = (char *)base + f->off;
+	/* Tables of only F_CUSTOM fields are loaded with a NULL base, and
+	 * NULL + 0 is undefined behaviour (UBSan reports it). */
+	char *p = base ? (char *)base + f->off : NULL;
 	uint64_t u;
 	int idx;
 

@@ -269,6 +269,12 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 	if (sy_b64_decode(b64, len, &msg, &mlen) != 0) {
 		ictx_sendf(c, "%s BAD Invalid base64 data in SASL response.\r\n", st->tag);
 		st->cst = IMAP_CMD;
+		/* The exchange is over: a LOGIN user name from its first step
+		 * would otherwise be overwritten (leaked) by the next one. */
+		if (st->login_user) {
+			sy_secure_free(st->login_user, strlen(st->login_user));
+			st->login_user = NULL;
+		}
 		count_failure(c);
 		return;
 	}

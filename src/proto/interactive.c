@@ -470,7 +470,11 @@ static void on_routed(void *arg, const sy_route_result *r)
 {
 	sy_ictx *c = arg;
 	c->route = NULL;
-	if (c->state != IC_ROUTING)
+	/* A session closed while its login was being routed (the client went
+	 * away mid-command) must not start a dial: session_close() has already
+	 * run, so nothing would cancel it, and its callback would find the
+	 * session freed. */
+	if (c->state != IC_ROUTING || c->s->state == SS_CLOSING)
 		return;
 	if (r->status != SY_ROUTE_OK) {
 		ictx_tempfail(c, r->reason);
@@ -614,7 +618,9 @@ static void process_client(sy_ictx *c)
 
 static void process_lines(sy_ictx *c)
 {
-	while (c->state == IC_PREAUTH && !c->paused && c->cbuf) {
+	/* A closed session parses nothing more: its remaining lines could
+	 * start a login (and a dial) that nothing would ever cancel. */
+	while (c->state == IC_PREAUTH && !c->paused && c->cbuf && c->s->state != SS_CLOSING) {
 		if (c->literal_end > 0) {
 			if (c->clen < c->literal_end)
 				return;
@@ -631,7 +637,11 @@ static void process_lines(sy_ictx *c)
 		}
 		size_t end = (size_t)(nl - c->cbuf); /* index of '\n' */
 		size_t linelen = end;
-		if (linelen > 0 && c->cbuf[linelen - 1] == '\r')
+		/* A CR that is the last byte of a folded literal is literal data,
+		 * not half of the line end: stripping it would hand the module a
+		 * line that ends before seg_start (the modules compute len -
+		 * seg_start) and cut the literal short. */
+		if (linelen > c->seg_start && c->cbuf[linelen - 1] == '\r')
 			linelen--;
 		char saved = c->cbuf[linelen];
 		c->cbuf[linelen] = '\0';
