@@ -216,5 +216,14 @@ class Proxy:
                 self.proc.wait()
 
 
+def pin_process(pid, cpus):
+    """Sets the CPU affinity of every thread of pid."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def remove_tree(d):
     subprocess.run(["rm", "-rf", d], check=False)

@@ -196,6 +196,8 @@ def main():
     ap.add_argument("--forwarding", choices=["none", "xclient", "proxy"], default="none")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="runs of N logins; the median is reported")
+    ap.add_argument("--pin", action="store_true",
+                    help="run the proxy on CPU 1 and the clients and the stub on CPU 0")
     ap.add_argument("--log-file", metavar="FILE",
                     help="send the proxy's log to FILE instead of a pipe read by this script")
     ap.add_argument("--perf", metavar="FILE",
@@ -235,6 +237,11 @@ def main():
                                log_file=args.log_file)
         cleanup.append(proxy.stop)
 
+        if args.pin:
+            benchlib.pin_process(proxy.pid, {1})
+            benchlib.pin_process(os.getpid(), {0})
+            if stub_pid:
+                benchlib.pin_process(stub_pid, {0})
         # Warm up: allocator arenas, the block pool, Dovecot's login processes.
         timed_logins(proxy.pid, lport, 100, args.concurrency, users)
         idle = benchlib.idle_cpu_rate(proxy.pid, 2.0)

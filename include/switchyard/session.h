@@ -47,6 +47,7 @@ struct sy_session {
 	uint8_t closes_pending;
 	bool client_eof, backend_eof;
 	bool counted; /* holds a slot of lrt->active */
+	bool splice;  /* bridging splices (both legs plaintext; src/net/bridge.c) */
 
 	/* Client bytes read ahead of the stage that consumes them (e.g. after a
 	 * PROXY header). A pool block; NULL when empty. */

@@ -74,6 +74,10 @@ struct sy_stream {
 	uv_write_t wreq;
 	uv_shutdown_t sreq;
 
+	/* Splice mode (sy_stream_read_start_splice): bytes read go from this
+	 * socket straight to that stream's socket. NULL: off. */
+	sy_stream *splice_to;
+
 	sy_stream_read_cb read_cb;
 	sy_stream_drain_cb drain_cb;
 	sy_stream_handshake_cb handshake_cb;
@@ -91,6 +95,21 @@ int sy_stream_init(sy_stream *s, uv_loop_t *loop, sy_pool *pool, void *owner);
  * from inside one of this stream's own callbacks, where delivery resumes
  * when that callback returns. */
 int sy_stream_read_start(sy_stream *s, sy_stream_read_cb cb);
+/*
+ * Like sy_stream_read_start, for two plaintext streams on Linux: bytes that
+ * arrive on this stream's socket move to `to`'s socket inside the kernel
+ * (splice(2) through a per-thread pipe), never through user space. cb then
+ * gets data == NULL and n = the number of bytes moved (n > 0), counted in
+ * both streams' byte counters; EOF and errors are reported as usual (an error
+ * writing to `to` also sets to->write_failed). Bytes `to` cannot take at once
+ * wait in its output queue exactly as after sy_stream_write, so
+ * sy_stream_pending(to) and its drain_cb work the same. Bytes already queued
+ * on `to` keep their place ahead of spliced ones. Returns UV_ENOTSUP when
+ * either stream has TLS, off Linux, or when the environment variable
+ * SWITCHYARD_NO_SPLICE is set (for comparisons); the caller then uses
+ * sy_stream_read_start. sy_stream_read_start ends splice mode.
+ */
+int sy_stream_read_start_splice(sy_stream *s, sy_stream *to, sy_stream_read_cb cb);
 /* Stops delivering; the kernel buffers and TCP flow control push back. */
 void sy_stream_read_stop(sy_stream *s);
 

@@ -7,6 +7,10 @@
  * side's sending direction (TLS close_notify, then FIN); the session ends when
  * both directions have finished and flushed, on any error, or after
  * server.bridge_idle without traffic.
+ *
+ * When both legs are plaintext the bytes are spliced from socket to socket
+ * inside the kernel (sy_stream_read_start_splice); the rules above are the
+ * same either way.
  */
 #include <stdio.h>
 
@@ -42,6 +46,19 @@ static void maybe_finish(sy_session *s)
 		session_close(s, "both sides finished");
 }
 
+static void on_bridge_read(sy_stream *st, const char *data, ssize_t n);
+
+/* Reading from `from` toward the other side: spliced inside the kernel when
+ * both legs are plaintext (see sy_stream_read_start_splice), else through a
+ * pool block. */
+static void start_reading(sy_session *s, sy_stream *from)
+{
+	if (s->splice && sy_stream_read_start_splice(from, other(s, from), on_bridge_read) == 0)
+		return;
+	s->splice = false;
+	sy_stream_read_start(from, on_bridge_read);
+}
+
 static void on_bridge_read(sy_stream *st, const char *data, ssize_t n)
 {
 	sy_session *s = st->owner;
@@ -51,7 +68,8 @@ static void on_bridge_read(sy_stream *st, const char *data, ssize_t n)
 	if (n > 0) {
 		s->last_activity_ms = uv_now(&s->w->loop);
 		metrics_bridged(s->w, s->lcfg->protocol, st == &s->client, (size_t)n);
-		if (sy_stream_write(to, data, (size_t)n) != 0) {
+		/* data == NULL: the bytes were spliced to `to` already. */
+		if (data && sy_stream_write(to, data, (size_t)n) != 0) {
 			session_close(s, "write failed");
 			return;
 		}
@@ -68,7 +86,11 @@ static void on_bridge_read(sy_stream *st, const char *data, ssize_t n)
 		maybe_finish(s);
 		return;
 	}
-	session_close(s, st == &s->client ? "client connection error" : "backend connection error");
+	if (to->write_failed)
+		session_close(s, "write failed");
+	else
+		session_close(s, st == &s->client ? "client connection error"
+		                                  : "backend connection error");
 }
 
 /* The queue toward `st` emptied: the opposite side may be read again. */
@@ -79,7 +101,7 @@ static void on_bridge_drain(sy_stream *st)
 		return;
 	sy_stream *from = other(s, st);
 	if (!*eof_flag(s, from))
-		sy_stream_read_start(from, on_bridge_read);
+		start_reading(s, from);
 	maybe_finish(s);
 }
 
@@ -111,7 +133,8 @@ void bridge_start(sy_session *s)
 	s->backend->owner = s;
 	sy_stream_set_drain_cb(&s->client, on_bridge_drain);
 	sy_stream_set_drain_cb(s->backend, on_bridge_drain);
-	sy_stream_read_start(s->backend, on_bridge_read);
+	s->splice = !s->client.ssl && !s->backend->ssl;
+	start_reading(s, s->backend);
 	if (s->state == SS_BRIDGING)
-		sy_stream_read_start(&s->client, on_bridge_read);
+		start_reading(s, &s->client);
 }
