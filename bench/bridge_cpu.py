@@ -11,9 +11,11 @@ leg is plain.
 
 The number is the proxy process's utime + stime (/proc/<pid>/stat) over the
 transfer, minus what the idle proxy burns in the same wall time, divided by
-the MiB moved.
+the MiB moved; the median of --repeat transfers.
 
-usage: bench/bridge_cpu.py [--mb 1024] [--direction up|down|both] [--tls] [--bin build/switchyard]
+usage: bench/bridge_cpu.py [--mb 1024] [--direction up|down|both] [--tls] [--repeat 3]
+                           [--perf FILE] [--bin build/switchyard]
+       SWITCHYARD_NO_SPLICE=1 bench/bridge_cpu.py ...   # the proxy's copy path, for comparison
 """
 
 import argparse

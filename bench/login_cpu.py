@@ -24,7 +24,8 @@ back to back, bound to source addresses 127.0.0.2.. (one per client) so the
 ephemeral ports of a long run never run short.
 
 usage: bench/login_cpu.py [--n 2000] [--concurrency 8] [--backend stub|dovecot]
-                          [--forwarding none|xclient|proxy] [--threads 2] [--bin build/switchyard]
+                          [--forwarding none|xclient|proxy] [--threads 2] [--repeat 3]
+                          [--pin] [--log-file FILE] [--perf FILE] [--bin build/switchyard]
 """
 
 import argparse
