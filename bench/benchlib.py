@@ -163,6 +163,7 @@ class Proxy:
     wakes a reader), or with log_file to that file (no reader to wake)."""
 
     def __init__(self, config, binary=DEFAULT_BIN, env=None, workdir=None, log_file=None):
+        self.own_dir = workdir is None  # removed by stop()
         self.dir = workdir or tempfile.mkdtemp(prefix="sy-bench-")
         self.path = os.path.join(self.dir, "bench.toml")
         with open(self.path, "w") as f:
@@ -214,6 +215,8 @@ class Proxy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.own_dir:
+            remove_tree(self.dir)
 
 
 def pin_process(pid, cpus):
