@@ -359,6 +359,10 @@ void ictx_auth_ok(sy_ictx *c, const char *reply, size_t len)
 		c->cbuf = NULL;
 		c->clen = c->cscan = 0;
 	}
+	/* A failed write above may already have closed the session (the
+	 * stream reports the error synchronously): nothing to bridge then. */
+	if (s->state == SS_CLOSING)
+		return;
 	c->state = IC_BRIDGED;
 	uv_timer_stop(&s->timer);
 	bridge_start(s);
