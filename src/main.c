@@ -69,7 +69,8 @@ static void raise_nofile_limit(const sy_config *cfg)
 		rlim_t want = rl.rlim_max;
 		rl.rlim_cur = want;
 		if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
-			sy_log(SY_LOG_WARN, "cannot raise the open file limit", "soft", before, NULL);
+			sy_log(SY_LOG_WARN, "cannot raise the open file limit", "soft", before,
+			       NULL);
 			return;
 		}
 	}

@@ -329,7 +329,8 @@ static int pipe_to_queue(sy_stream *to, size_t len)
 		if (!t)
 			return UV_ENOMEM;
 		size_t room = OUTBLOCK_CAP - (t->off + t->len);
-		ssize_t r = read(splice_pipe[0], t->data + t->off + t->len, len < room ? len : room);
+		ssize_t r =
+		    read(splice_pipe[0], t->data + t->off + t->len, len < room ? len : room);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0)
