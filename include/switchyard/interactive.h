@@ -80,6 +80,8 @@ typedef struct sy_proto_ops {
 	void (*too_many_failures)(sy_ictx *c);
 	/* Process is shutting down while the client is in pre-auth. May be NULL. */
 	void (*shutdown_notice)(sy_ictx *c);
+	/* preauth_timeout passed: the protocol's goodbye before the close. May be NULL. */
+	void (*timeout_notice)(sy_ictx *c);
 } sy_proto_ops;
 
 extern const sy_proto_ops sy_imap_ops, sy_pop3_ops, sy_sieve_ops, sy_submission_ops;
@@ -119,6 +121,8 @@ struct sy_ictx {
 
 /* Queues bytes to the client / backend (errors surface as a read error). */
 void ictx_send(sy_ictx *c, const void *data, size_t len);
+/* ictx_send for a string literal, its length counted by the compiler. */
+#define ictx_send_lit(c, lit) ictx_send((c), (lit), sizeof(lit) - 1)
 void ictx_sendf(sy_ictx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void ictx_backend_send(sy_ictx *c, const void *data, size_t len);
 void ictx_backend_sendf(sy_ictx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -340,6 +340,11 @@ void session_accept(sy_worker *w, sy_acceptor *a)
 		return;
 	}
 	s->counted = true;
+	if (log_enabled(SY_LOG_DEBUG)) {
+		char peer[64];
+		session_peer_str(s, peer, sizeof(peer));
+		sy_log(SY_LOG_DEBUG, "accepted", "listener", s->lcfg->name, "client", peer, NULL);
+	}
 	uv_timer_start(&s->timer, on_preauth_timeout, s->lcfg->preauth_timeout_ms, 0);
 
 	if (s->lcfg->proxy_protocol != SY_PROXY_OFF) {

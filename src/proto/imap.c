@@ -500,6 +500,11 @@ static void imap_too_many(sy_ictx *c)
 	ictx_send(c, "* BYE Too many invalid authentication attempts.\r\n", 49);
 }
 
+static void imap_timeout_notice(sy_ictx *c)
+{
+	ictx_send_lit(c, "* BYE Disconnected for inactivity.\r\n");
+}
+
 static void imap_shutdown_notice(sy_ictx *c)
 {
 	ictx_send(c, "* BYE Server shutting down.\r\n", 29);
@@ -739,4 +744,5 @@ const sy_proto_ops sy_imap_ops = {
     .tempfail = imap_tempfail,
     .too_many_failures = imap_too_many,
     .shutdown_notice = imap_shutdown_notice,
+    .timeout_notice = imap_timeout_notice,
 };

@@ -185,6 +185,8 @@ void ictx_fwd_info(const sy_ictx *c, sy_fwd_info *out)
 
 static void on_ictx_timer(uv_timer_t *t);
 
+#define FINAL_REPLY_GRACE_MS 1000
+
 static void arm_preauth(sy_ictx *c)
 {
 	uint64_t now = uv_now(&W(c)->loop);
@@ -202,9 +204,23 @@ static void on_ictx_timer(uv_timer_t *t)
 		ictx_tempfail(c, "backend_timeout passed during backend connection or login");
 		return;
 	}
+	if (c->state == IC_CLOSING) {
+		/* The goodbye below was not read in time: stop waiting. */
+		session_close(s, "final reply not taken");
+		return;
+	}
 	sy_log(SY_LOG_INFO, "pre-authentication timeout", "listener", s->lcfg->name, "protocol",
 	       c->ops->name, "client", peer, NULL);
-	session_close(s, "preauth_timeout");
+	if (c->state != IC_PREAUTH || !c->ops->timeout_notice) {
+		session_close(s, "preauth_timeout");
+		return;
+	}
+	/* Say goodbye the protocol's way, but give a client that does not
+	 * read at most FINAL_REPLY_GRACE_MS to take it. */
+	c->ops->timeout_notice(c);
+	ictx_close_after_flush(c);
+	if (s->state != SS_CLOSING)
+		uv_timer_start(&s->timer, on_ictx_timer, FINAL_REPLY_GRACE_MS, 0);
 }
 
 /* ---- closing -------------------------------------------------------------------------- */

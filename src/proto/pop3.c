@@ -471,6 +471,11 @@ static bool pop3_tempfail(sy_ictx *c, const char *text)
 	return false;
 }
 
+static void pop3_timeout_notice(sy_ictx *c)
+{
+	ictx_send_lit(c, "-ERR Disconnected for inactivity.\r\n");
+}
+
 static void pop3_shutdown_notice(sy_ictx *c)
 {
 	SEND_LIT(c, "-ERR [SYS/TEMP] Server shutting down.\r\n");
@@ -796,4 +801,5 @@ const sy_proto_ops sy_pop3_ops = {
     .tempfail = pop3_tempfail,
     .too_many_failures = NULL,
     .shutdown_notice = pop3_shutdown_notice,
+    .timeout_notice = pop3_timeout_notice,
 };

@@ -686,6 +686,11 @@ static void sieve_too_many(sy_ictx *c)
 	ictx_send(c, TOO_MANY, sizeof(TOO_MANY) - 1);
 }
 
+static void sieve_timeout_notice(sy_ictx *c)
+{
+	ictx_send_lit(c, "BYE \"Disconnected for inactivity.\"\r\n");
+}
+
 static void sieve_shutdown_notice(sy_ictx *c)
 {
 	reply(c, "BYE", "Server shutting down.");
@@ -1018,4 +1023,5 @@ const sy_proto_ops sy_sieve_ops = {
     .tempfail = sieve_tempfail,
     .too_many_failures = sieve_too_many,
     .shutdown_notice = sieve_shutdown_notice,
+    .timeout_notice = sieve_timeout_notice,
 };

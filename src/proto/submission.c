@@ -531,6 +531,11 @@ static void smtp_too_many(sy_ictx *c)
 	SEND(c, "421 4.7.0 Too many authentication failures\r\n");
 }
 
+static void smtp_timeout_notice(sy_ictx *c)
+{
+	ictx_send_lit(c, "421 4.4.2 Timeout exceeded, closing connection\r\n");
+}
+
 static void smtp_shutdown_notice(sy_ictx *c)
 {
 	SEND(c, "421 4.3.2 Service shutting down\r\n");
@@ -912,4 +917,5 @@ const sy_proto_ops sy_submission_ops = {
     .tempfail = smtp_tempfail,
     .too_many_failures = smtp_too_many,
     .shutdown_notice = smtp_shutdown_notice,
+    .timeout_notice = smtp_timeout_notice,
 };
