@@ -10,8 +10,9 @@ submission (log).
 
 Every test starts its own Switchyard (its own cache) with listeners for
 imap, pop3, managesieve and submission, all plaintext on both legs, and the
-mapping source under test: the file (the flip happens by rewriting the file
-and restarting, as there is no reload trigger yet), Redis (`SET`, then the
+mapping source under test: the file (the flip here rewrites the file and
+restarts; the live flip through POST /mappings/reload and PUT /mappings is
+covered by test_admin.py and the demo), Redis (`SET`, then the
 positive/negative TTL of 1 s runs out) or PostgreSQL (`UPDATE`, then the
 TTL). The store tests also cover negative caching and coalescing (counted
 with Redis MONITOR), store faults (tempfail, or the default with
