@@ -28,6 +28,7 @@ visible as rip.
 import base64
 import poplib
 import re
+import subprocess
 
 import pytest
 
@@ -716,3 +717,25 @@ def test_plaintext_disallowed_before_tls(strict_proxy, marks):
     msg = f"n,a=tok@example.com,\x01auth=Bearer {SHORT_TOKEN}\x01\x01"
     assert cmd(s, b"AUTH OAUTHBEARER " + b64(msg)).startswith(b"+OK")
     s.close()
+
+
+# --- a real client: curl ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("leg", ["implicit", "starttls"])
+def test_curl_lists_the_mailbox(env, marks, leg):
+    """curl logs in through the proxy (pop3s://, or pop3:// with STLS) and
+    lists the mailbox Dovecot serves."""
+    p = env.proxy(MAIN)
+    scheme = "pop3s" if leg == "implicit" else "pop3"
+    args = ["curl", "-s", "--max-time", "20", "--cacert", env.certs.ca_cert,
+            "--url", f"{scheme}://localhost:{p.ports[leg]}/", "-u", "bob@example.com:bobpass"]
+    if leg == "starttls":
+        args.insert(1, "--ssl-reqd")
+    r = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    # A LIST answer: "<n> <size>" lines (possibly none for an empty mailbox),
+    # and the login reached Dovecot through the proxy.
+    lines = [line.strip() for line in r.stdout.splitlines() if line.strip()]
+    assert all(re.fullmatch(r"\d+ \d+", line) for line in lines), repr(r.stdout)
+    env.dovecot.wait_log(r"pop3-login: Info: Login: user=<bob@example.com>", since=marks)
