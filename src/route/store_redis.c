@@ -47,6 +47,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
+#include "store_common.h"
 #include "switchyard/log.h"
 
 #define BACKOFF_FIRST_MS   100
@@ -54,8 +55,6 @@
 #define CONNECT_TIMEOUT_MS 5000 /* when lookup_timeout is 0 */
 #define MAX_ADDRS          8
 #define STARTUP_QUEUE_MAX  1024
-
-typedef enum op { OP_GET, OP_SET, OP_DEL } op;
 
 typedef enum conn_state {
 	CONN_DOWN,      /* waiting for the reconnect timer */
@@ -66,29 +65,6 @@ typedef enum conn_state {
 
 typedef struct redis_store redis_store;
 typedef struct conn conn;
-
-/* One request; owns copies of its key and value, because a request parked
- * in the startup queue is sent after the caller's strings are gone. */
-typedef struct request {
-	struct request *next;
-	redis_store *s;
-	sy_store_cb cb;
-	void *arg;
-	op op;
-	/* Outcome, set when the completion is deferred. */
-	sy_store_status st;
-	const char *error;
-	char *key; /* prefixed */
-	size_t keylen;
-	char *value;
-	size_t valuelen;
-	char buf[];
-} request;
-
-typedef struct req_list {
-	request *head, *tail;
-	size_t len;
-} req_list;
 
 /* Our hiredis event adapter: one poll handle per hiredis context, heap
  * allocated because the handle's memory may only be released in its close
@@ -127,16 +103,14 @@ struct redis_store {
 	int db;       /* -1: no SELECT */
 	char *server; /* "host:port" for log lines (never the credentials) */
 	char *prefix;
-	size_t prefixlen;
 	uint64_t connect_timeout_ms;
 
 	conn *conns;
 	unsigned nconns;
-	unsigned rr;       /* round-robin cursor */
-	unsigned starting; /* slots whose first attempt is under way */
-	req_list startup;  /* requests waiting for the first connection */
-	req_list deferred; /* completions waiting for the idle callback */
-	uv_idle_t idle;
+	unsigned rr;                /* round-robin cursor */
+	unsigned starting;          /* slots whose first attempt is under way */
+	sy_req_list startup;        /* requests waiting for the first connection */
+	sy_completions completions; /* errors found on the spot, delivered later */
 
 	/* close() */
 	bool closing;
@@ -150,63 +124,10 @@ static void start_attempt(conn *c);
 static void connect_addr(conn *c);
 static void maybe_finish(redis_store *s);
 
-/* ---- request lists and deferred completion ---- */
-
-static void list_push(req_list *l, request *r)
+/* Completes `r` with an error from the idle callback. */
+static void fail_later(redis_store *s, sy_store_req *r, const char *error)
 {
-	r->next = NULL;
-	if (l->tail)
-		l->tail->next = r;
-	else
-		l->head = r;
-	l->tail = r;
-	l->len++;
-}
-
-static request *list_pop(req_list *l)
-{
-	request *r = l->head;
-	if (r) {
-		l->head = r->next;
-		if (!l->head)
-			l->tail = NULL;
-		l->len--;
-		r->next = NULL;
-	}
-	return r;
-}
-
-/* Runs every deferred completion queued so far; completions queued by the
- * callbacks themselves wait for the next round, so a callback that issues a
- * new failing request cannot keep this loop going forever. */
-static void drain_deferred(redis_store *s)
-{
-	req_list batch = s->deferred;
-	s->deferred = (req_list){0};
-	request *r;
-	while ((r = list_pop(&batch)) != NULL) {
-		r->cb(r->arg, r->st, NULL, r->error);
-		free(r);
-	}
-}
-
-static void on_idle(uv_idle_t *h)
-{
-	redis_store *s = h->data;
-	drain_deferred(s);
-	if (!s->deferred.head)
-		uv_idle_stop(&s->idle);
-}
-
-/* Completes `r` with an error from the idle callback. `error` must be a
- * string literal: it outlives the request. */
-static void fail_later(redis_store *s, request *r, const char *error)
-{
-	r->st = SY_STORE_ERROR;
-	r->error = error;
-	list_push(&s->deferred, r);
-	if (!s->finishing)
-		uv_idle_start(&s->idle, on_idle);
+	completions_fail(&s->completions, r, error);
 }
 
 /* ---- the event adapter ---- */
@@ -301,7 +222,7 @@ static int ev_attach(redis_store *s, redisAsyncContext *ac)
 /* ---- connection management ---- */
 
 static void flush_startup(redis_store *s);
-static void dispatch(redis_store *s, request *r);
+static void dispatch(redis_store *s, sy_store_req *r);
 
 static bool any_ready(const redis_store *s)
 {
@@ -322,8 +243,8 @@ static void first_attempt_over(conn *c)
 	c->first_attempt = false;
 	s->starting--;
 	if (s->starting == 0 && !any_ready(s)) {
-		request *r;
-		while ((r = list_pop(&s->startup)) != NULL)
+		sy_store_req *r;
+		while ((r = req_list_pop(&s->startup)) != NULL)
 			fail_later(s, r, "redis: not connected");
 	}
 }
@@ -604,8 +525,8 @@ static void start_attempt(conn *c)
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
 	(void)ac;
-	request *rq = privdata;
-	redis_store *s = rq->s;
+	sy_store_req *rq = privdata;
+	redis_store *s = rq->owner;
 	redisReply *r = reply;
 
 	if (r == NULL) {
@@ -620,7 +541,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 	if (r->type == REDIS_REPLY_ERROR) {
 		snprintf(ebuf, sizeof(ebuf), "redis: %s", r->str);
 		error = ebuf;
-	} else if (rq->op == OP_GET) {
+	} else if (rq->op == SY_STORE_OP_GET) {
 		if (r->type == REDIS_REPLY_NIL) {
 			st = SY_STORE_NOT_FOUND;
 		} else if (r->type == REDIS_REPLY_STRING) {
@@ -635,7 +556,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 		} else {
 			error = "redis: unexpected reply type to GET (is the key a string?)";
 		}
-	} else if (rq->op == OP_SET) {
+	} else if (rq->op == SY_STORE_OP_PUT) {
 		if (r->type == REDIS_REPLY_STATUS)
 			st = SY_STORE_DONE;
 		else
@@ -653,7 +574,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 /* Sends `r` on a READY slot (round-robin), parks it while the first
  * connections are still being made, or fails it. Never calls the request's
  * callback directly. */
-static void dispatch(redis_store *s, request *r)
+static void dispatch(redis_store *s, sy_store_req *r)
 {
 	for (unsigned n = 0; n < s->nconns; n++) {
 		conn *c = &s->conns[(s->rr + n) % s->nconns];
@@ -664,22 +585,22 @@ static void dispatch(redis_store *s, request *r)
 		size_t lens[3];
 		int argc = 0;
 		switch (r->op) {
-		case OP_GET:
+		case SY_STORE_OP_GET:
 			argv[argc] = "GET";
 			lens[argc++] = 3;
 			break;
-		case OP_SET:
+		case SY_STORE_OP_PUT:
 			argv[argc] = "SET";
 			lens[argc++] = 3;
 			break;
-		case OP_DEL:
+		case SY_STORE_OP_DEL:
 			argv[argc] = "DEL";
 			lens[argc++] = 3;
 			break;
 		}
 		argv[argc] = r->key;
 		lens[argc++] = r->keylen;
-		if (r->op == OP_SET) {
+		if (r->op == SY_STORE_OP_PUT) {
 			argv[argc] = r->value;
 			lens[argc++] = r->valuelen;
 		}
@@ -688,7 +609,7 @@ static void dispatch(redis_store *s, request *r)
 		return;
 	}
 	if (s->starting > 0 && s->startup.len < STARTUP_QUEUE_MAX) {
-		list_push(&s->startup, r);
+		req_list_push(&s->startup, r);
 		return;
 	}
 	fail_later(s, r, "redis: not connected");
@@ -696,51 +617,39 @@ static void dispatch(redis_store *s, request *r)
 
 static void flush_startup(redis_store *s)
 {
-	req_list l = s->startup;
-	s->startup = (req_list){0};
-	request *r;
-	while ((r = list_pop(&l)) != NULL)
+	sy_req_list l = s->startup;
+	s->startup = (sy_req_list){0};
+	sy_store_req *r;
+	while ((r = req_list_pop(&l)) != NULL)
 		dispatch(s, r);
 }
 
-static int submit(sy_store *base, op o, const char *key, const char *value, sy_store_cb cb,
+static int submit(sy_store *base, sy_store_op o, const char *key, const char *value, sy_store_cb cb,
                   void *arg)
 {
 	redis_store *s = (redis_store *)base;
-	if (s->closing || !key || !cb || (o == OP_SET && !value))
+	if (s->closing || !key || !cb || (o == SY_STORE_OP_PUT && !value))
 		return -1;
-	size_t klen = strlen(key), vlen = value ? strlen(value) : 0;
-	request *r = malloc(sizeof(*r) + s->prefixlen + klen + 1 + vlen + 1);
+	sy_store_req *r = store_req_new(o, s->prefix, key, value, cb, arg, s);
 	if (!r)
 		return -1;
-	*r = (request){.s = s, .cb = cb, .arg = arg, .op = o};
-	r->key = r->buf;
-	memcpy(r->key, s->prefix, s->prefixlen);
-	memcpy(r->key + s->prefixlen, key, klen + 1);
-	r->keylen = s->prefixlen + klen;
-	r->value = r->key + r->keylen + 1;
-	if (value)
-		memcpy(r->value, value, vlen + 1);
-	else
-		r->value[0] = '\0';
-	r->valuelen = vlen;
 	dispatch(s, r);
 	return 0;
 }
 
 static int redis_get(sy_store *s, const char *key, sy_store_cb cb, void *arg)
 {
-	return submit(s, OP_GET, key, NULL, cb, arg);
+	return submit(s, SY_STORE_OP_GET, key, NULL, cb, arg);
 }
 
 static int redis_put(sy_store *s, const char *key, const char *value, sy_store_cb cb, void *arg)
 {
-	return submit(s, OP_SET, key, value, cb, arg);
+	return submit(s, SY_STORE_OP_PUT, key, value, cb, arg);
 }
 
 static int redis_del(sy_store *s, const char *key, sy_store_cb cb, void *arg)
 {
-	return submit(s, OP_DEL, key, NULL, cb, arg);
+	return submit(s, SY_STORE_OP_DEL, key, NULL, cb, arg);
 }
 
 static bool redis_writable(sy_store *s)
@@ -773,17 +682,14 @@ static void free_store(redis_store *s)
 	free(s);
 }
 
-static void idle_closed(uv_handle_t *h)
+static void store_closed(void *arg)
 {
-	redis_store *s = h->data;
-	/* Completions queued by the last contexts to go away. */
-	while (s->deferred.head)
-		drain_deferred(s);
+	redis_store *s = arg;
 	void (*done)(void *) = s->done;
-	void *arg = s->done_arg;
+	void *done_arg = s->done_arg;
 	free_store(s);
 	if (done)
-		done(arg);
+		done(done_arg);
 }
 
 static void maybe_finish(redis_store *s)
@@ -791,7 +697,7 @@ static void maybe_finish(redis_store *s)
 	if (!s->closing || s->finishing || s->open > 0)
 		return;
 	s->finishing = true;
-	uv_close((uv_handle_t *)&s->idle, idle_closed);
+	completions_close(&s->completions, store_closed, s);
 }
 
 static void timer_closed(uv_handle_t *h)
@@ -809,8 +715,8 @@ static void redis_close(sy_store *base, void (*done)(void *arg), void *arg)
 	s->closing = true;
 	s->done = done;
 	s->done_arg = arg;
-	request *r;
-	while ((r = list_pop(&s->startup)) != NULL)
+	sy_store_req *r;
+	while ((r = req_list_pop(&s->startup)) != NULL)
 		fail_later(s, r, "redis: store closed");
 	for (unsigned i = 0; i < s->nconns; i++) {
 		conn *c = &s->conns[i];
@@ -1028,13 +934,11 @@ sy_store *store_redis_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsi
 	s->prefix = strdup(cfg->redis.key_prefix ? cfg->redis.key_prefix : "");
 	s->nconns = conns ? conns : 1;
 	s->conns = calloc(s->nconns, sizeof(*s->conns));
-	if (!s->prefix || !s->conns || uv_idle_init(loop, &s->idle) != 0) {
+	if (!s->prefix || !s->conns || completions_init(&s->completions, loop) != 0) {
 		*error_r = "mapping.redis: out of memory";
 		free_store(s);
 		return NULL;
 	}
-	s->prefixlen = strlen(s->prefix);
-	s->idle.data = s;
 	s->connect_timeout_ms =
 	    cfg->lookup_timeout_ms ? cfg->lookup_timeout_ms : CONNECT_TIMEOUT_MS;
 	/* From here on the idle handle exists, so teardown goes through

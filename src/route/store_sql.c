@@ -36,6 +36,7 @@
 
 #include <libpq-fe.h>
 
+#include "store_common.h"
 #include "switchyard/log.h"
 
 #define BACKOFF_FIRST_MS   100
@@ -46,8 +47,6 @@
 #define MAX_ADDRS          8
 #define DEFAULT_QUERY      "SELECT destination FROM routes WHERE identifier = $1"
 
-typedef enum op { OP_GET, OP_PUT, OP_DEL } op;
-
 typedef enum conn_state {
 	CONN_DOWN, /* waiting for the reconnect timer */
 	CONN_RESOLVING,
@@ -57,27 +56,6 @@ typedef enum conn_state {
 
 typedef struct sql_store sql_store;
 typedef struct conn conn;
-
-typedef struct request {
-	struct request *next;
-	sy_store_cb cb;
-	void *arg;
-	op op;
-	/* Outcome: `text` is the value (FOUND) or the error (ERROR), owned;
-	 * `static_error` is used when there was no memory to copy one. */
-	bool have_outcome;
-	sy_store_status st;
-	char *text;
-	const char *static_error;
-	char *key;
-	char *value;
-	char buf[];
-} request;
-
-typedef struct req_list {
-	request *head, *tail;
-	size_t len;
-} req_list;
 
 /* A poll handle on one socket; heap allocated because its memory may only
  * be released in the close callback, after the slot has moved on. */
@@ -95,8 +73,8 @@ struct conn {
 	sql_poll *poll;
 	uv_timer_t timer; /* reconnect delay, or connect timeout */
 	uv_getaddrinfo_t *gai;
-	request *inflight;
-	req_list queue;
+	sy_store_req *inflight;
+	sy_req_list queue;
 	bool flushing; /* PQflush has more to send: watch for writability */
 	uint64_t backoff_ms;
 	bool first_attempt;
@@ -116,9 +94,8 @@ struct sql_store {
 	unsigned nconns;
 	unsigned rr;
 	unsigned starting;
-	req_list startup;
-	req_list deferred;
-	uv_idle_t idle;
+	sy_req_list startup;
+	sy_completions completions;
 
 	bool closing;
 	bool finishing;
@@ -128,95 +105,21 @@ struct sql_store {
 };
 
 static void start_attempt(conn *c);
-static void dispatch(sql_store *s, request *r);
+static void dispatch(sql_store *s, sy_store_req *r);
 static void send_next(conn *c);
 static void maybe_finish(sql_store *s);
 static void flush_startup(sql_store *s);
 
-/* ---- lists and completion ---- */
+/* ---- completion ---- */
 
-static void list_push(req_list *l, request *r)
+static void complete(sql_store *s, sy_store_req *r)
 {
-	r->next = NULL;
-	if (l->tail)
-		l->tail->next = r;
-	else
-		l->head = r;
-	l->tail = r;
-	l->len++;
+	completions_add(&s->completions, r);
 }
 
-static request *list_pop(req_list *l)
+static void fail(sql_store *s, sy_store_req *r, const char *error)
 {
-	request *r = l->head;
-	if (r) {
-		l->head = r->next;
-		if (!l->head)
-			l->tail = NULL;
-		l->len--;
-		r->next = NULL;
-	}
-	return r;
-}
-
-static void drain_deferred(sql_store *s)
-{
-	/* Completions queued by these callbacks wait for the next round. */
-	req_list batch = s->deferred;
-	s->deferred = (req_list){0};
-	request *r;
-	while ((r = list_pop(&batch)) != NULL) {
-		const char *value = r->st == SY_STORE_FOUND ? r->text : NULL;
-		const char *error = NULL;
-		if (r->st == SY_STORE_ERROR)
-			error = r->text ? r->text : r->static_error;
-		r->cb(r->arg, r->st, value, error);
-		free(r->text);
-		free(r);
-	}
-}
-
-static void on_idle(uv_idle_t *h)
-{
-	sql_store *s = h->data;
-	drain_deferred(s);
-	if (!s->deferred.head)
-		uv_idle_stop(&s->idle);
-}
-
-/* Sets the outcome (copying `text`) unless one is already set: the first
- * error of a request is the one reported. */
-static void set_outcome(request *r, sy_store_status st, const char *text)
-{
-	if (r->have_outcome && r->st == SY_STORE_ERROR)
-		return;
-	free(r->text);
-	r->text = NULL;
-	r->have_outcome = true;
-	r->st = st;
-	if (text) {
-		r->text = strdup(text);
-		if (!r->text) {
-			r->st = SY_STORE_ERROR;
-			r->static_error = "sql: out of memory";
-		}
-	}
-}
-
-static void complete(sql_store *s, request *r)
-{
-	if (!r->have_outcome)
-		set_outcome(r, SY_STORE_ERROR, "sql: no result");
-	list_push(&s->deferred, r);
-	if (!s->finishing)
-		uv_idle_start(&s->idle, on_idle);
-}
-
-static void fail(sql_store *s, request *r, const char *error)
-{
-	r->have_outcome = false;
-	set_outcome(r, SY_STORE_ERROR, error);
-	complete(s, r);
+	completions_fail(&s->completions, r, error);
 }
 
 /* libpq messages end with a newline and may span lines; log and report
@@ -307,17 +210,17 @@ static void first_attempt_over(conn *c)
 		flush_startup(s);
 		return;
 	}
-	request *r;
-	while ((r = list_pop(&s->startup)) != NULL)
+	sy_store_req *r;
+	while ((r = req_list_pop(&s->startup)) != NULL)
 		fail(s, r, "sql: not connected");
 }
 
 static void flush_startup(sql_store *s)
 {
-	req_list l = s->startup;
-	s->startup = (req_list){0};
-	request *r;
-	while ((r = list_pop(&l)) != NULL)
+	sy_req_list l = s->startup;
+	s->startup = (sy_req_list){0};
+	sy_store_req *r;
+	while ((r = req_list_pop(&l)) != NULL)
 		dispatch(s, r);
 }
 
@@ -382,10 +285,10 @@ static void conn_lost(conn *c, const char *why)
 		fail(s, c->inflight, err);
 		c->inflight = NULL;
 	}
-	req_list q = c->queue;
-	c->queue = (req_list){0};
-	request *r;
-	while ((r = list_pop(&q)) != NULL)
+	sy_req_list q = c->queue;
+	c->queue = (sy_req_list){0};
+	sy_store_req *r;
+	while ((r = req_list_pop(&q)) != NULL)
 		dispatch(s, r);
 	c->backoff_ms = BACKOFF_FIRST_MS;
 	schedule_retry(c);
@@ -583,42 +486,42 @@ static void start_attempt(conn *c)
 /* ---- queries ---- */
 
 /* Folds one PGresult into the request's outcome. */
-static void record(request *r, PGresult *res)
+static void record(sy_store_req *r, PGresult *res)
 {
 	char err[512];
 	switch (PQresultStatus(res)) {
 	case PGRES_TUPLES_OK:
 	case PGRES_SINGLE_TUPLE:
-		if (r->op == OP_GET) {
+		if (r->op == SY_STORE_OP_GET) {
 			if (PQntuples(res) > 0 && PQnfields(res) > 0 && !PQgetisnull(res, 0, 0))
-				set_outcome(r, SY_STORE_FOUND, PQgetvalue(res, 0, 0));
+				store_req_set_outcome(r, SY_STORE_FOUND, PQgetvalue(res, 0, 0));
 			else
-				set_outcome(r, SY_STORE_NOT_FOUND, NULL);
+				store_req_set_outcome(r, SY_STORE_NOT_FOUND, NULL);
 			return;
 		}
 		break;
 	case PGRES_COMMAND_OK:
-		if (r->op == OP_GET) {
-			set_outcome(r, SY_STORE_ERROR,
-			            "sql: the query returned no rows (is it a SELECT?)");
+		if (r->op == SY_STORE_OP_GET) {
+			store_req_set_outcome(r, SY_STORE_ERROR,
+			                      "sql: the query returned no rows (is it a SELECT?)");
 			return;
 		}
 		break;
 	case PGRES_EMPTY_QUERY:
-		set_outcome(r, SY_STORE_ERROR, "sql: the query is empty");
+		store_req_set_outcome(r, SY_STORE_ERROR, "sql: the query is empty");
 		return;
 	default: {
 		const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
 		first_line(err, sizeof(err), "sql: ", m ? m : PQresultErrorMessage(res));
-		set_outcome(r, SY_STORE_ERROR, err);
+		store_req_set_outcome(r, SY_STORE_ERROR, err);
 		return;
 	}
 	}
 	/* upsert/delete: a delete that removed nothing reports NOT_FOUND. */
-	if (r->op == OP_DEL && strcmp(PQcmdTuples(res), "0") == 0)
-		set_outcome(r, SY_STORE_NOT_FOUND, NULL);
+	if (r->op == SY_STORE_OP_DEL && strcmp(PQcmdTuples(res), "0") == 0)
+		store_req_set_outcome(r, SY_STORE_NOT_FOUND, NULL);
 	else
-		set_outcome(r, SY_STORE_DONE, NULL);
+		store_req_set_outcome(r, SY_STORE_DONE, NULL);
 }
 
 /* Starts the next queued request if the slot is free. */
@@ -626,18 +529,18 @@ static void send_next(conn *c)
 {
 	sql_store *s = c->s;
 	while (c->state == CONN_READY && !c->inflight && c->queue.head) {
-		request *r = list_pop(&c->queue);
+		sy_store_req *r = req_list_pop(&c->queue);
 		const char *params[2] = {r->key, r->value};
-		const char *q = r->op == OP_GET   ? s->query
-		                : r->op == OP_PUT ? s->upsert
-		                                  : s->del_query;
-		int nparams = r->op == OP_PUT ? 2 : 1;
+		const char *q = r->op == SY_STORE_OP_GET   ? s->query
+		                : r->op == SY_STORE_OP_PUT ? s->upsert
+		                                           : s->del_query;
+		int nparams = r->op == SY_STORE_OP_PUT ? 2 : 1;
 
 		if (!PQsendQueryParams(c->pg, q, nparams, NULL, params, NULL, NULL, 0)) {
 			char err[512];
 			first_line(err, sizeof(err), "sql: ", PQerrorMessage(c->pg));
 			if (PQstatus(c->pg) == CONNECTION_BAD) {
-				list_push(&c->queue, r); /* conn_lost moves it on */
+				req_list_push(&c->queue, r); /* conn_lost moves it on */
 				conn_lost(c, PQerrorMessage(c->pg));
 				return;
 			}
@@ -672,7 +575,7 @@ static void collect(conn *c)
 		}
 		if (!c->inflight)
 			break;
-		request *r = c->inflight;
+		sy_store_req *r = c->inflight;
 		c->inflight = NULL;
 		complete(c->s, r);
 		send_next(c);
@@ -736,7 +639,7 @@ static void on_poll(uv_poll_t *h, int status, int events)
 
 /* Puts `r` on the least loaded READY slot, parks it while the first
  * connections are being made, or fails it. */
-static void dispatch(sql_store *s, request *r)
+static void dispatch(sql_store *s, sy_store_req *r)
 {
 	conn *best = NULL;
 	size_t best_load = 0;
@@ -755,7 +658,7 @@ static void dispatch(sql_store *s, request *r)
 	/* While other slots are still making their first connection, wait for
 	 * one of them rather than queueing behind a busy one. */
 	if (best && best_load > 0 && s->starting > 0 && s->startup.len < STARTUP_QUEUE_MAX) {
-		list_push(&s->startup, r);
+		req_list_push(&s->startup, r);
 		return;
 	}
 	if (best) {
@@ -764,12 +667,12 @@ static void dispatch(sql_store *s, request *r)
 			return;
 		}
 		s->rr = (unsigned)(best - s->conns + 1) % s->nconns;
-		list_push(&best->queue, r);
+		req_list_push(&best->queue, r);
 		send_next(best);
 		return;
 	}
 	if (s->starting > 0 && s->startup.len < STARTUP_QUEUE_MAX) {
-		list_push(&s->startup, r);
+		req_list_push(&s->startup, r);
 		return;
 	}
 	fail(s, r, "sql: not connected");
@@ -781,43 +684,34 @@ static bool sql_writable(sy_store *base)
 	return s->upsert && s->del_query;
 }
 
-static int submit(sy_store *base, op o, const char *key, const char *value, sy_store_cb cb,
+static int submit(sy_store *base, sy_store_op o, const char *key, const char *value, sy_store_cb cb,
                   void *arg)
 {
 	sql_store *s = (sql_store *)base;
-	if (s->closing || !key || !cb || (o == OP_PUT && !value))
+	if (s->closing || !key || !cb || (o == SY_STORE_OP_PUT && !value))
 		return -1;
-	if (o != OP_GET && !sql_writable(base))
+	if (o != SY_STORE_OP_GET && !sql_writable(base))
 		return -1;
-	size_t klen = strlen(key), vlen = value ? strlen(value) : 0;
-	request *r = malloc(sizeof(*r) + klen + 1 + vlen + 1);
+	sy_store_req *r = store_req_new(o, NULL, key, value, cb, arg, s);
 	if (!r)
 		return -1;
-	*r = (request){.cb = cb, .arg = arg, .op = o};
-	r->key = r->buf;
-	memcpy(r->key, key, klen + 1);
-	r->value = r->key + klen + 1;
-	if (value)
-		memcpy(r->value, value, vlen + 1);
-	else
-		r->value[0] = '\0';
 	dispatch(s, r);
 	return 0;
 }
 
 static int sql_get(sy_store *s, const char *key, sy_store_cb cb, void *arg)
 {
-	return submit(s, OP_GET, key, NULL, cb, arg);
+	return submit(s, SY_STORE_OP_GET, key, NULL, cb, arg);
 }
 
 static int sql_put(sy_store *s, const char *key, const char *value, sy_store_cb cb, void *arg)
 {
-	return submit(s, OP_PUT, key, value, cb, arg);
+	return submit(s, SY_STORE_OP_PUT, key, value, cb, arg);
 }
 
 static int sql_del(sy_store *s, const char *key, sy_store_cb cb, void *arg)
 {
-	return submit(s, OP_DEL, key, NULL, cb, arg);
+	return submit(s, SY_STORE_OP_DEL, key, NULL, cb, arg);
 }
 
 /* ---- teardown ---- */
@@ -835,16 +729,14 @@ static void free_store(sql_store *s)
 	free(s);
 }
 
-static void idle_closed(uv_handle_t *h)
+static void store_closed(void *arg)
 {
-	sql_store *s = h->data;
-	while (s->deferred.head)
-		drain_deferred(s);
+	sql_store *s = arg;
 	void (*done)(void *) = s->done;
-	void *arg = s->done_arg;
+	void *done_arg = s->done_arg;
 	free_store(s);
 	if (done)
-		done(arg);
+		done(done_arg);
 }
 
 static void maybe_finish(sql_store *s)
@@ -852,7 +744,7 @@ static void maybe_finish(sql_store *s)
 	if (!s->closing || s->finishing || s->open > 0)
 		return;
 	s->finishing = true;
-	uv_close((uv_handle_t *)&s->idle, idle_closed);
+	completions_close(&s->completions, store_closed, s);
 }
 
 static void timer_closed(uv_handle_t *h)
@@ -870,8 +762,8 @@ static void sql_close(sy_store *base, void (*done)(void *arg), void *arg)
 	s->closing = true;
 	s->done = done;
 	s->done_arg = arg;
-	request *r;
-	while ((r = list_pop(&s->startup)) != NULL)
+	sy_store_req *r;
+	while ((r = req_list_pop(&s->startup)) != NULL)
 		fail(s, r, "sql: store closed");
 	for (unsigned i = 0; i < s->nconns; i++) {
 		conn *c = &s->conns[i];
@@ -882,7 +774,7 @@ static void sql_close(sy_store *base, void (*done)(void *arg), void *arg)
 			fail(s, c->inflight, "sql: store closed");
 			c->inflight = NULL;
 		}
-		while ((r = list_pop(&c->queue)) != NULL)
+		while ((r = req_list_pop(&c->queue)) != NULL)
 			fail(s, r, "sql: store closed");
 		drop_pg(c);
 		c->state = CONN_DOWN;
@@ -969,12 +861,11 @@ sy_store *store_sql_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsign
 	if (!s->query || !s->server || !s->conns || (resolve && !s->resolve_host) ||
 	    (cfg->sql.upsert_query && *cfg->sql.upsert_query && !s->upsert) ||
 	    (cfg->sql.delete_query && *cfg->sql.delete_query && !s->del_query) ||
-	    uv_idle_init(loop, &s->idle) != 0) {
+	    completions_init(&s->completions, loop) != 0) {
 		*error_r = "mapping.sql: out of memory";
 		free_store(s);
 		return NULL;
 	}
-	s->idle.data = s;
 	s->connect_timeout_ms =
 	    cfg->lookup_timeout_ms ? cfg->lookup_timeout_ms : CONNECT_TIMEOUT_MS;
 	s->starting = s->nconns;
