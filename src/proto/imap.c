@@ -19,6 +19,7 @@
 #include <strings.h>
 
 #include "switchyard/interactive.h"
+#include "switchyard/tokens.h"
 
 typedef enum imap_cstate {
 	IMAP_CMD,        /* waiting for a command */
@@ -96,129 +97,26 @@ static void imap_greet(sy_ictx *c)
 
 /* ---- tokenizer ------------------------------------------------------------------------ */
 
-typedef struct cursor {
-	char *p, *end;
-} cursor;
-
-static bool is_atom_char(unsigned char ch)
-{
-	if (ch <= 0x20 || ch >= 0x7f)
-		return false;
-	return !strchr("(){%*\"\\]", ch);
-}
-
 static bool is_tag_char(unsigned char ch)
 {
-	return is_atom_char(ch) && ch != '+';
-}
-
-static void skip_sp(cursor *cu)
-{
-	if (cu->p < cu->end && *cu->p == ' ')
-		cu->p++;
-}
-
-/* Reads an atom (command names, mechanism names). */
-static bool read_atom(cursor *cu, char **s, size_t *len)
-{
-	char *start = cu->p;
-	while (cu->p < cu->end && is_atom_char((unsigned char)*cu->p))
-		cu->p++;
-	*s = start;
-	*len = (size_t)(cu->p - start);
-	return *len > 0;
+	return tok_is_atom_char(ch) && ch != '+';
 }
 
 /*
  * Reads an astring: atom, quoted string or literal (the literal's bytes were
- * folded into the line by the framework: "{n}\r\n<n bytes>"). The result is
- * decoded in place (quoted escapes removed) and NUL-terminated.
+ * folded into the line by the framework: "{n}\r\n<n bytes>"), decoded in
+ * place. Atoms here may contain ']' (RFC 9051 ASTRING-CHAR).
  */
-static bool read_astring(cursor *cu, char **s, size_t *len)
+static bool read_astring(sy_cursor *cu, char **s, size_t *len)
 {
-	if (cu->p >= cu->end)
-		return false;
-	if (*cu->p == '"') {
-		char *out = ++cu->p, *w = out;
-		while (cu->p < cu->end && *cu->p != '"') {
-			if (*cu->p == '\\') {
-				if (cu->p + 1 >= cu->end || (cu->p[1] != '\\' && cu->p[1] != '"'))
-					return false;
-				cu->p++;
-			} else if (*cu->p == '\r' || *cu->p == '\n' || *cu->p == '\0') {
-				return false;
-			}
-			*w++ = *cu->p++;
-		}
-		if (cu->p >= cu->end)
-			return false;
-		cu->p++; /* closing quote */
-		*w = '\0';
-		*s = out;
-		*len = (size_t)(w - out);
-		return true;
-	}
-	if (*cu->p == '{') {
-		char *q = cu->p + 1;
-		size_t n = 0;
-		if (q >= cu->end || !isdigit((unsigned char)*q))
-			return false;
-		while (q < cu->end && isdigit((unsigned char)*q)) {
-			n = n * 10 + (size_t)(*q - '0');
-			if (n > SY_LINE_MAX)
-				return false;
-			q++;
-		}
-		if (q < cu->end && *q == '+')
-			q++;
-		if (q >= cu->end || *q != '}')
-			return false;
-		q++;
-		if (q < cu->end && *q == '\r')
-			q++;
-		if (q >= cu->end || *q != '\n')
-			return false;
-		q++;
-		if ((size_t)(cu->end - q) < n)
-			return false;
-		*s = q;
-		*len = n;
-		cu->p = q + n;
-		/* Terminate in place: the byte after a literal is a separator or
-		 * the line end, both already parsed past by the caller's logic. */
-		return true;
-	}
+	if (cu->p < cu->end && (*cu->p == '"' || *cu->p == '{'))
+		return tok_string(cu, s, len, SY_LINE_MAX);
 	char *start = cu->p;
-	while (cu->p < cu->end && (is_atom_char((unsigned char)*cu->p) || *cu->p == ']'))
+	while (cu->p < cu->end && (tok_is_atom_char((unsigned char)*cu->p) || *cu->p == ']'))
 		cu->p++;
 	*s = start;
 	*len = (size_t)(cu->p - start);
 	return *len > 0;
-}
-
-/* If the text after the last folded literal ends with a literal
- * announcement, returns its size and whether it is non-synchronizing. */
-static long trailing_literal(const char *seg, size_t len, bool *plus)
-{
-	if (len < 3 || seg[len - 1] != '}')
-		return -1;
-	size_t i = len - 1;
-	*plus = false;
-	if (i > 0 && seg[i - 1] == '+') {
-		*plus = true;
-		i--;
-	}
-	size_t digits_end = i;
-	while (i > 0 && isdigit((unsigned char)seg[i - 1]))
-		i--;
-	if (i == digits_end || i == 0 || seg[i - 1] != '{')
-		return -1;
-	if (digits_end - i > 9)
-		return (long)SY_LINE_MAX + 1;
-	long n = 0;
-	for (size_t k = i; k < digits_end; k++)
-		n = n * 10 + (seg[k] - '0');
-	return n;
 }
 
 /* ---- commands --------------------------------------------------------------------------- */
@@ -316,13 +214,13 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 	ictx_authenticate(c, &cr);
 }
 
-static void cmd_authenticate(sy_ictx *c, cursor *cu)
+static void cmd_authenticate(sy_ictx *c, sy_cursor *cu)
 {
 	imap_state *st = ST(c);
 	char *m;
 	size_t mlen;
-	skip_sp(cu);
-	if (!read_atom(cu, &m, &mlen)) {
+	tok_sp(cu);
+	if (!tok_atom(cu, &m, &mlen)) {
 		ictx_sendf(c, "%s BAD Missing SASL mechanism.\r\n", st->tag);
 		return;
 	}
@@ -364,7 +262,7 @@ static void cmd_authenticate(sy_ictx *c, cursor *cu)
 	ictx_send(c, "+ \r\n", 4);
 }
 
-static void cmd_login(sy_ictx *c, cursor *cu)
+static void cmd_login(sy_ictx *c, sy_cursor *cu)
 {
 	imap_state *st = ST(c);
 	if (!ictx_plaintext_auth_allowed(c)) {
@@ -376,7 +274,7 @@ static void cmd_login(sy_ictx *c, cursor *cu)
 	}
 	char *u, *p;
 	size_t ulen, plen;
-	skip_sp(cu);
+	tok_sp(cu);
 	if (!read_astring(cu, &u, &ulen)) {
 		ictx_sendf(c, "%s BAD Invalid LOGIN arguments.\r\n", st->tag);
 		return;
@@ -418,7 +316,9 @@ static int imap_client_line(sy_ictx *c, char *line, size_t len)
 	/* A literal announced at the end of the current segment: ask the
 	 * framework for its bytes (after the go-ahead for a synchronizing one). */
 	bool plus = false;
-	long lit = trailing_literal(line + c->seg_start, len - c->seg_start, &plus);
+	size_t brace;
+	long lit = tok_trailing_literal(line + c->seg_start, len - c->seg_start, SY_LINE_MAX, &plus,
+	                                &brace);
 	if (lit >= 0) {
 		if ((size_t)lit + len + 2 >= SY_LINE_MAX) {
 			ictx_send(c, "* BAD Literal too large.\r\n", 26);
@@ -429,7 +329,7 @@ static int imap_client_line(sy_ictx *c, char *line, size_t len)
 		return SY_LINE_LITERAL(lit);
 	}
 
-	cursor cu = {line, line + len};
+	sy_cursor cu = {line, line + len};
 	char *tag = cu.p;
 	while (cu.p < cu.end && is_tag_char((unsigned char)*cu.p))
 		cu.p++;
@@ -443,7 +343,7 @@ static int imap_client_line(sy_ictx *c, char *line, size_t len)
 	cu.p++;
 	char *cmd;
 	size_t clen;
-	if (!read_atom(&cu, &cmd, &clen)) {
+	if (!tok_atom(&cu, &cmd, &clen)) {
 		ictx_sendf(c, "%s BAD Missing command.\r\n", st->tag);
 		return SY_LINE_OK;
 	}

@@ -30,6 +30,7 @@
 
 #include "switchyard/interactive.h"
 #include "switchyard/log.h"
+#include "switchyard/tokens.h"
 
 typedef enum sieve_cstate {
 	SV_CMD,        /* waiting for a command */
@@ -59,14 +60,6 @@ typedef struct sieve_state {
 	sy_mech mech;        /* as the client chose it */
 	sy_mech replay_mech; /* as replayed to the backend */
 	char *login_user;    /* AUTHENTICATE "LOGIN" between its two steps */
-	/*
-	 * A command whose text so far ended with a zero-length literal: the
-	 * framework reads the bytes of a literal when client_line returns its
-	 * size, but 0 means "line consumed", so an empty literal is replaced by
-	 * "" here and the command continues with the next line.
-	 */
-	char *stash;
-	size_t stash_len;
 	/* What the backend advertised in its last capability block. */
 	bool b_starttls, b_xclient;
 	bool xclient_sent;
@@ -237,125 +230,16 @@ static void sieve_greet(sy_ictx *c)
 
 /* ---- tokenizer -------------------------------------------------------------------------- */
 
-typedef struct cursor {
-	char *p, *end;
-} cursor;
-
-static bool is_atom_char(unsigned char ch)
-{
-	if (ch <= 0x20 || ch >= 0x7f)
-		return false;
-	return !strchr("(){%*\"\\]", ch);
-}
-
-static bool at_end(const cursor *cu)
+static bool at_end(const sy_cursor *cu)
 {
 	return cu->p >= cu->end;
 }
 
-/* Consumes one SP; false if there is none. */
-static bool take_sp(cursor *cu)
+/* A quoted string or a literal (folded into the buffer by the framework on
+ * the client leg, assembled by this module on the backend leg). */
+static bool read_string(sy_cursor *cu, char **s, size_t *len)
 {
-	if (cu->p < cu->end && *cu->p == ' ') {
-		cu->p++;
-		return true;
-	}
-	return false;
-}
-
-/* Reads an atom (command names, response words). */
-static bool read_atom(cursor *cu, char **s, size_t *len)
-{
-	char *start = cu->p;
-	while (cu->p < cu->end && is_atom_char((unsigned char)*cu->p))
-		cu->p++;
-	*s = start;
-	*len = (size_t)(cu->p - start);
-	return *len > 0;
-}
-
-/*
- * Reads a string: quoted, or a literal whose bytes follow "{n}\r\n" or
- * "{n+}\r\n" in the buffer (folded in by the framework on the client leg,
- * assembled by this module on the backend leg). Quoted strings are decoded
- * in place; neither form is NUL-terminated.
- */
-static bool read_string(cursor *cu, char **s, size_t *len)
-{
-	if (cu->p >= cu->end)
-		return false;
-	if (*cu->p == '"') {
-		char *out = ++cu->p, *w = out;
-		while (cu->p < cu->end && *cu->p != '"') {
-			if (*cu->p == '\\') {
-				if (cu->p + 1 >= cu->end || (cu->p[1] != '\\' && cu->p[1] != '"'))
-					return false;
-				cu->p++;
-			} else if (*cu->p == '\r' || *cu->p == '\n' || *cu->p == '\0') {
-				return false;
-			}
-			*w++ = *cu->p++;
-		}
-		if (cu->p >= cu->end)
-			return false;
-		cu->p++; /* closing quote */
-		*s = out;
-		*len = (size_t)(w - out);
-		return true;
-	}
-	if (*cu->p == '{') {
-		char *q = cu->p + 1;
-		size_t n = 0;
-		if (q >= cu->end || !isdigit((unsigned char)*q))
-			return false;
-		while (q < cu->end && isdigit((unsigned char)*q)) {
-			n = n * 10 + (size_t)(*q - '0');
-			if (n > SY_LINE_MAX)
-				return false;
-			q++;
-		}
-		if (q < cu->end && *q == '+')
-			q++;
-		if (q >= cu->end || *q != '}')
-			return false;
-		q++;
-		if (q < cu->end && *q == '\r')
-			q++;
-		if (q >= cu->end || *q != '\n')
-			return false;
-		q++;
-		if ((size_t)(cu->end - q) < n)
-			return false;
-		*s = q;
-		*len = n;
-		cu->p = q + n;
-		return true;
-	}
-	return false;
-}
-
-/* If the text ends with a literal announcement ({n} or {n+}), returns n
- * (more than SY_LINE_MAX for absurd sizes) and sets *brace_at to the offset
- * of its '{'; else -1. */
-static long trailing_literal(const char *seg, size_t len, size_t *brace_at)
-{
-	if (len < 3 || seg[len - 1] != '}')
-		return -1;
-	size_t i = len - 1;
-	if (i > 0 && seg[i - 1] == '+')
-		i--;
-	size_t digits_end = i;
-	while (i > 0 && isdigit((unsigned char)seg[i - 1]))
-		i--;
-	if (i == digits_end || i == 0 || seg[i - 1] != '{')
-		return -1;
-	*brace_at = i - 1;
-	if (digits_end - i > 9)
-		return (long)SY_LINE_MAX + 1;
-	long n = 0;
-	for (size_t k = i; k < digits_end; k++)
-		n = n * 10 + (seg[k] - '0');
-	return n;
+	return tok_string(cu, s, len, SY_LINE_MAX);
 }
 
 /* ---- commands ---------------------------------------------------------------------------- */
@@ -454,7 +338,7 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 static void sasl_continuation(sy_ictx *c, char *line, size_t len)
 {
 	sieve_state *st = ST(c);
-	cursor cu = {line, line + len};
+	sy_cursor cu = {line, line + len};
 	char *s;
 	size_t slen;
 	if (!read_string(&cu, &s, &slen) || !at_end(&cu)) {
@@ -470,18 +354,18 @@ static void sasl_continuation(sy_ictx *c, char *line, size_t len)
 	sasl_response(c, s, slen);
 }
 
-static void cmd_authenticate(sy_ictx *c, cursor *cu)
+static void cmd_authenticate(sy_ictx *c, sy_cursor *cu)
 {
 	sieve_state *st = ST(c);
 	char *m, *ir = NULL;
 	size_t mlen, irlen = 0;
 	/* The mechanism is a string; a bare atom is tolerated. */
-	if (!take_sp(cu) || !(read_string(cu, &m, &mlen) || read_atom(cu, &m, &mlen))) {
+	if (!tok_sp(cu) || !(read_string(cu, &m, &mlen) || tok_atom(cu, &m, &mlen))) {
 		reply(c, "NO", "Missing SASL mechanism.");
 		return;
 	}
 	bool has_ir = false;
-	if (take_sp(cu)) {
+	if (tok_sp(cu)) {
 		if (!read_string(cu, &ir, &irlen)) {
 			reply(c, "NO", "Invalid AUTHENTICATE arguments.");
 			return;
@@ -520,7 +404,7 @@ static void cmd_authenticate(sy_ictx *c, cursor *cu)
 	ictx_send(c, "\"\"\r\n", 4); /* an empty challenge */
 }
 
-static void cmd_noop(sy_ictx *c, cursor *cu)
+static void cmd_noop(sy_ictx *c, sy_cursor *cu)
 {
 	/* RFC 5804 section 2.13: an optional tag string is echoed back. */
 	if (at_end(cu)) {
@@ -529,7 +413,7 @@ static void cmd_noop(sy_ictx *c, cursor *cu)
 	}
 	char *tag;
 	size_t tlen;
-	if (!take_sp(cu) || !read_string(cu, &tag, &tlen) || !at_end(cu) ||
+	if (!tok_sp(cu) || !read_string(cu, &tag, &tlen) || !at_end(cu) ||
 	    memchr(tag, '\0', tlen)) {
 		reply(c, "NO", "Invalid NOOP arguments.");
 		return;
@@ -543,10 +427,10 @@ static void cmd_noop(sy_ictx *c, cursor *cu)
 
 static void run_command(sy_ictx *c, char *line, size_t len)
 {
-	cursor cu = {line, line + len};
+	sy_cursor cu = {line, line + len};
 	char *cmd;
 	size_t clen;
-	if (!read_atom(&cu, &cmd, &clen)) {
+	if (!tok_atom(&cu, &cmd, &clen)) {
 		reply(c, "NO", "Authenticate first.");
 		return;
 	}
@@ -578,34 +462,6 @@ static void run_command(sy_ictx *c, char *line, size_t len)
 #undef IS
 }
 
-static void drop_stash(sieve_state *st)
-{
-	if (st->stash) {
-		sy_secure_free(st->stash, st->stash_len);
-		st->stash = NULL;
-		st->stash_len = 0;
-	}
-}
-
-/* Appends text to the stash (a command held across a zero-length literal). */
-static bool stash_add(sieve_state *st, const char *s, size_t n)
-{
-	if (st->stash_len + n + 1 > SY_LINE_MAX)
-		return false;
-	char *p = malloc(st->stash_len + n + 1);
-	if (!p)
-		return false;
-	if (st->stash)
-		memcpy(p, st->stash, st->stash_len);
-	memcpy(p + st->stash_len, s, n);
-	size_t total = st->stash_len + n;
-	p[total] = '\0';
-	drop_stash(st);
-	st->stash = p;
-	st->stash_len = total;
-	return true;
-}
-
 /* One complete client command or continuation answer. */
 static void dispatch_client(sy_ictx *c, char *line, size_t len)
 {
@@ -624,39 +480,18 @@ static int sieve_client_line(sy_ictx *c, char *line, size_t len)
 
 	/* A literal announced at the end of the current segment: ask the
 	 * framework for its bytes. No go-ahead: ManageSieve has none. */
-	size_t brace = 0;
-	long lit = trailing_literal(line + c->seg_start, len - c->seg_start, &brace);
-	if (lit > 0) {
-		if ((size_t)lit + len + 2 + st->stash_len >= SY_LINE_MAX) {
+	bool plus;
+	size_t brace;
+	long lit = tok_trailing_literal(line + c->seg_start, len - c->seg_start, SY_LINE_MAX, &plus,
+	                                &brace);
+	if (lit >= 0) {
+		if ((size_t)lit + len + 2 >= SY_LINE_MAX) {
 			reply(c, "BYE", "Literal too large.");
 			return -1;
 		}
 		return SY_LINE_LITERAL(lit);
 	}
-	if (lit == 0) {
-		/* An empty literal: hold the command with "" in its place; its
-		 * rest follows on the next line. */
-		size_t keep = c->seg_start + brace;
-		if (!stash_add(st, line, keep) || !stash_add(st, "\"\"", 2)) {
-			reply(c, "BYE", "Command line too long.");
-			return -1;
-		}
-		return SY_LINE_OK;
-	}
-	if (!st->stash) {
-		dispatch_client(c, line, len);
-		return SY_LINE_OK;
-	}
-	if (!stash_add(st, line, len)) {
-		reply(c, "BYE", "Command line too long.");
-		return -1;
-	}
-	char *full = st->stash;
-	size_t flen = st->stash_len;
-	st->stash = NULL;
-	st->stash_len = 0;
-	dispatch_client(c, full, flen);
-	sy_secure_free(full, flen);
+	dispatch_client(c, line, len);
 	return SY_LINE_OK;
 }
 
@@ -730,12 +565,12 @@ static bool word_is(const char *s, size_t n, const char *word)
 /* One capability line: "NAME" [SP "value"]. Decoded in place. */
 static bool parse_capability(sieve_state *st, char *r, size_t n)
 {
-	cursor cu = {r, r + n};
+	sy_cursor cu = {r, r + n};
 	char *name, *value;
 	size_t nlen, vlen;
 	if (!read_string(&cu, &name, &nlen))
 		return false;
-	if (take_sp(&cu) && !read_string(&cu, &value, &vlen))
+	if (tok_sp(&cu) && !read_string(&cu, &value, &vlen))
 		return false;
 	if (!at_end(&cu))
 		return false;
@@ -925,8 +760,9 @@ static int sieve_backend_line(sy_ictx *c, char *line, size_t len)
 		st->in_literal = false;
 		st->lit_left = 0;
 	}
-	size_t brace = 0;
-	long lit = trailing_literal(seg, seglen, &brace);
+	bool plus;
+	size_t brace;
+	long lit = tok_trailing_literal(seg, seglen, SY_LINE_MAX, &plus, &brace);
 	if (lit >= 0) {
 		if (lit > SY_LINE_MAX)
 			goto bad;
@@ -1002,7 +838,6 @@ static void sieve_release(sy_ictx *c)
 	if (!st)
 		return;
 	drop_login_user(st);
-	drop_stash(st);
 	drop_resp(st);
 	free(st);
 	c->p = NULL;
