@@ -129,6 +129,20 @@ void ictx_backend_sendf(sy_ictx *c, const char *fmt, ...) __attribute__((format(
 
 /* Whether PLAIN/LOGIN and IMAP LOGIN / POP3 USER-PASS are allowed now. */
 bool ictx_plaintext_auth_allowed(const sy_ictx *c);
+/* May the client use mechanism m? LOGIN always (accepted though never
+ * advertised), the others when [capabilities] sasl lists them. */
+bool ictx_mech_accepted(const sy_ictx *c, sy_mech m);
+/* The mechanisms to advertise now, in configured order without repeats:
+ * never LOGIN, PLAIN only while cleartext authentication is allowed.
+ * Returns how many were written to out (at most SY_MECH_UNKNOWN). */
+size_t ictx_mechs_advertised(const sy_ictx *c, sy_mech out[SY_MECH_UNKNOWN]);
+/* An authentication exchange the module refused itself (malformed SASL,
+ * bad base64, empty credentials) counts toward max_auth_attempts like a
+ * failed login: guessing tools probe that way too. At the limit the
+ * protocol's ops->too_many_failures reply is sent and the connection closes
+ * after it; returns true then. */
+bool ictx_count_failure(sy_ictx *c);
+
 /* Whether STARTTLS should be offered now (starttls listener, not yet TLS). */
 bool ictx_starttls_available(const sy_ictx *c);
 

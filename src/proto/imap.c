@@ -71,17 +71,13 @@ static size_t build_caps(sy_ictx *c, char *out, size_t cap)
 		ADD(c->caps->advertise.items[i]);
 	if (ictx_starttls_available(c))
 		ADD("STARTTLS");
-	bool plain_ok = ictx_plaintext_auth_allowed(c);
-	if (!plain_ok)
+	if (!ictx_plaintext_auth_allowed(c))
 		ADD("LOGINDISABLED");
-	for (size_t i = 0; i < c->caps->sasl.len; i++) {
-		sy_mech m = sasl_mech_parse(c->caps->sasl.items[i], strlen(c->caps->sasl.items[i]));
-		if (m == SY_MECH_LOGIN || m == SY_MECH_UNKNOWN)
-			continue; /* LOGIN is accepted but never advertised */
-		if (m == SY_MECH_PLAIN && !plain_ok)
-			continue;
+	sy_mech mechs[SY_MECH_UNKNOWN];
+	size_t nmechs = ictx_mechs_advertised(c, mechs);
+	for (size_t i = 0; i < nmechs; i++) {
 		char tok[64];
-		snprintf(tok, sizeof(tok), "AUTH=%s", sasl_mech_name(m));
+		snprintf(tok, sizeof(tok), "AUTH=%s", sasl_mech_name(mechs[i]));
 		ADD(tok);
 	}
 #undef ADD
@@ -128,27 +124,6 @@ static void reply_caps(sy_ictx *c, const char *tag)
 	ictx_sendf(c, "* CAPABILITY %s\r\n%s OK Capability completed.\r\n", caps, tag);
 }
 
-static bool mech_offered(sy_ictx *c, sy_mech m)
-{
-	if (m == SY_MECH_LOGIN)
-		return true; /* accepted though never advertised */
-	for (size_t i = 0; i < c->caps->sasl.len; i++)
-		if (sasl_mech_parse(c->caps->sasl.items[i], strlen(c->caps->sasl.items[i])) == m)
-			return true;
-	return false;
-}
-
-static void count_failure(sy_ictx *c)
-{
-	/* A malformed exchange counts like a failed login: it is how guessing
-	 * tools probe too. */
-	c->auth_failures++;
-	if (c->auth_failures >= c->s->lcfg->max_auth_attempts) {
-		ictx_send(c, "* BYE Too many invalid authentication attempts.\r\n", 49);
-		ictx_close_after_flush(c);
-	}
-}
-
 /* A complete SASL response from the client (base64 text). */
 static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 {
@@ -173,7 +148,7 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 			sy_secure_free(st->login_user, strlen(st->login_user));
 			st->login_user = NULL;
 		}
-		count_failure(c);
+		ictx_count_failure(c);
 		return;
 	}
 	sy_credentials cr = {0};
@@ -195,7 +170,7 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 			ictx_sendf(c, "%s NO [AUTHENTICATIONFAILED] Authentication failed.\r\n",
 			           st->tag);
 			st->cst = IMAP_CMD;
-			count_failure(c);
+			ictx_count_failure(c);
 			return;
 		}
 	} else {
@@ -206,7 +181,7 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 			ictx_sendf(c, "%s BAD %s.\r\n", st->tag,
 			           err ? err : "Malformed SASL response");
 			st->cst = IMAP_CMD;
-			count_failure(c);
+			ictx_count_failure(c);
 			return;
 		}
 	}
@@ -225,7 +200,7 @@ static void cmd_authenticate(sy_ictx *c, sy_cursor *cu)
 		return;
 	}
 	sy_mech mech = sasl_mech_parse(m, mlen);
-	if (mech == SY_MECH_UNKNOWN || !mech_offered(c, mech)) {
+	if (mech == SY_MECH_UNKNOWN || !ictx_mech_accepted(c, mech)) {
 		ictx_sendf(c, "%s NO Unsupported authentication mechanism.\r\n", st->tag);
 		return;
 	}
@@ -290,7 +265,7 @@ static void cmd_login(sy_ictx *c, sy_cursor *cu)
 	}
 	if (ulen == 0 || plen == 0 || memchr(u, '\0', ulen) || memchr(p, '\0', plen)) {
 		ictx_sendf(c, "%s NO [AUTHENTICATIONFAILED] Authentication failed.\r\n", st->tag);
-		count_failure(c);
+		ictx_count_failure(c);
 		return;
 	}
 	sy_credentials cr = {0};

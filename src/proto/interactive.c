@@ -117,6 +117,36 @@ bool ictx_plaintext_auth_allowed(const sy_ictx *c)
 	return c->client_tls || c->caps->allow_plain_auth_without_tls;
 }
 
+bool ictx_mech_accepted(const sy_ictx *c, sy_mech m)
+{
+	if (m == SY_MECH_LOGIN)
+		return true;
+	for (size_t i = 0; i < c->caps->sasl.len; i++) {
+		const char *name = c->caps->sasl.items[i];
+		if (m != SY_MECH_UNKNOWN && sasl_mech_parse(name, strlen(name)) == m)
+			return true;
+	}
+	return false;
+}
+
+size_t ictx_mechs_advertised(const sy_ictx *c, sy_mech out[SY_MECH_UNKNOWN])
+{
+	bool seen[SY_MECH_UNKNOWN + 1] = {false};
+	bool plain_ok = ictx_plaintext_auth_allowed(c);
+	size_t n = 0;
+	for (size_t i = 0; i < c->caps->sasl.len; i++) {
+		const char *name = c->caps->sasl.items[i];
+		sy_mech m = sasl_mech_parse(name, strlen(name));
+		if (m == SY_MECH_LOGIN || m == SY_MECH_UNKNOWN || seen[m])
+			continue;
+		if (m == SY_MECH_PLAIN && !plain_ok)
+			continue;
+		seen[m] = true;
+		out[n++] = m;
+	}
+	return n;
+}
+
 bool ictx_starttls_available(const sy_ictx *c)
 {
 	return c->s->lcfg->tls == SY_TLS_STARTTLS && !c->client_tls;
@@ -335,18 +365,24 @@ void ictx_auth_failed(sy_ictx *c, const char *reply, size_t len, const char *gen
 		ictx_send(c, generic, strlen(generic));
 	else
 		ictx_send(c, reply, len);
-	c->auth_failures++;
-	if (c->auth_failures >= c->s->lcfg->max_auth_attempts) {
-		char peer[64];
-		session_peer_str(c->s, peer, sizeof(peer));
-		sy_log(SY_LOG_INFO, "too many authentication failures", "listener",
-		       c->s->lcfg->name, "client", peer, NULL);
-		if (c->ops->too_many_failures)
-			c->ops->too_many_failures(c);
-		ictx_close_after_flush(c);
+	if (ictx_count_failure(c))
 		return;
-	}
 	resume_preauth(c);
+}
+
+bool ictx_count_failure(sy_ictx *c)
+{
+	c->auth_failures++;
+	if (c->auth_failures < c->s->lcfg->max_auth_attempts)
+		return false;
+	char peer[64];
+	session_peer_str(c->s, peer, sizeof(peer));
+	sy_log(SY_LOG_INFO, "too many authentication failures", "listener", c->s->lcfg->name,
+	       "client", peer, NULL);
+	if (c->ops->too_many_failures)
+		c->ops->too_many_failures(c);
+	ictx_close_after_flush(c);
+	return true;
 }
 
 void ictx_auth_ok(sy_ictx *c, const char *reply, size_t len)

@@ -101,48 +101,18 @@ static void wipe_str(char **s)
 
 /* ---- capabilities -------------------------------------------------------------- */
 
-/* Whether the mechanism is listed now (LOGIN never is; PLAIN only when
- * cleartext authentication is allowed). */
-static bool mech_advertised(sy_ictx *c, sy_mech m)
-{
-	if (m == SY_MECH_LOGIN || m == SY_MECH_UNKNOWN)
-		return false;
-	if (m == SY_MECH_PLAIN && !ictx_plaintext_auth_allowed(c))
-		return false;
-	return true;
-}
-
 /* The advertised mechanisms, separated by `sep`, deduplicated. */
 static size_t build_mechs(sy_ictx *c, char *out, size_t cap, const char *sep)
 {
-	size_t n = 0;
-	bool seen[SY_MECH_UNKNOWN + 1] = {false};
+	sy_mech mechs[SY_MECH_UNKNOWN];
+	size_t count = ictx_mechs_advertised(c, mechs), n = 0;
 	out[0] = '\0';
-	for (size_t i = 0; i < c->caps->sasl.len; i++) {
-		const char *name = c->caps->sasl.items[i];
-		sy_mech m = sasl_mech_parse(name, strlen(name));
-		if (!mech_advertised(c, m) || seen[m])
-			continue;
-		seen[m] = true;
-		int w = snprintf(out + n, cap - n, "%s%s", sasl_mech_name(m), sep);
+	for (size_t i = 0; i < count; i++) {
+		int w = snprintf(out + n, cap - n, "%s%s", sasl_mech_name(mechs[i]), sep);
 		if (w > 0 && (size_t)w < cap - n)
 			n += (size_t)w;
 	}
 	return n;
-}
-
-/* Whether the client may use the mechanism (LOGIN is accepted though never
- * advertised, like USER/PASS: SPEC section 3). */
-static bool mech_offered(sy_ictx *c, sy_mech m)
-{
-	if (m == SY_MECH_LOGIN)
-		return true;
-	for (size_t i = 0; i < c->caps->sasl.len; i++) {
-		const char *name = c->caps->sasl.items[i];
-		if (sasl_mech_parse(name, strlen(name)) == m)
-			return true;
-	}
-	return false;
 }
 
 static void reply_capa(sy_ictx *c)
@@ -212,16 +182,6 @@ static bool kw_is(const pop3_cmd *cmd, const char *name)
 
 /* ---- commands ----------------------------------------------------------------------- */
 
-static void count_failure(sy_ictx *c)
-{
-	/* A malformed exchange counts like a failed login: it is how guessing
-	 * tools probe too. POP3 has no unsolicited reply: the -ERR already sent
-	 * is the last word. */
-	c->auth_failures++;
-	if (c->auth_failures >= c->s->lcfg->max_auth_attempts)
-		ictx_close_after_flush(c);
-}
-
 static void start_login(sy_ictx *c, sy_credentials *cr)
 {
 	pop3_state *st = ST(c);
@@ -246,7 +206,7 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 		st->cst = POP3_CMD;
 		wipe_str(&st->login_user);
 		SEND_LIT(c, "-ERR Invalid base64 data in SASL response.\r\n");
-		count_failure(c);
+		ictx_count_failure(c);
 		return;
 	}
 	sy_credentials cr = {0};
@@ -256,7 +216,7 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 				sy_secure_free(msg, mlen);
 				st->cst = POP3_CMD;
 				ictx_send(c, GENERIC_FAIL, sizeof(GENERIC_FAIL) - 1);
-				count_failure(c);
+				ictx_count_failure(c);
 				return;
 			}
 			st->login_user = (char *)msg; /* NUL-terminated by the decoder */
@@ -276,7 +236,7 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 			credentials_wipe(&cr);
 			st->cst = POP3_CMD;
 			ictx_send(c, GENERIC_FAIL, sizeof(GENERIC_FAIL) - 1);
-			count_failure(c);
+			ictx_count_failure(c);
 			return;
 		}
 	} else {
@@ -290,7 +250,7 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 				err = "malformed SASL response";
 			ictx_sendf(c, "-ERR [AUTH] %c%s.\r\n", toupper((unsigned char)err[0]),
 			           err + 1);
-			count_failure(c);
+			ictx_count_failure(c);
 			return;
 		}
 	}
@@ -308,7 +268,7 @@ static void cmd_auth(sy_ictx *c, const pop3_cmd *cmd)
 	char *sp = memchr(m, ' ', cmd->arglen);
 	size_t mlen = sp ? (size_t)(sp - m) : cmd->arglen;
 	sy_mech mech = sasl_mech_parse(m, mlen);
-	if (mech == SY_MECH_UNKNOWN || memchr(m, '\0', mlen) || !mech_offered(c, mech)) {
+	if (mech == SY_MECH_UNKNOWN || memchr(m, '\0', mlen) || !ictx_mech_accepted(c, mech)) {
 		SEND_LIT(c, "-ERR Unsupported authentication mechanism.\r\n");
 		return;
 	}
@@ -375,7 +335,7 @@ static void cmd_pass(sy_ictx *c, const pop3_cmd *cmd)
 	if (cmd->arglen == 0 || memchr(cmd->arg, '\0', cmd->arglen)) {
 		sy_secure_free(user, strlen(user));
 		ictx_send(c, GENERIC_FAIL, sizeof(GENERIC_FAIL) - 1);
-		count_failure(c);
+		ictx_count_failure(c);
 		return;
 	}
 	sy_credentials cr = {0};

@@ -185,16 +185,12 @@ static void build_caps(sy_ictx *c, strbuf *b)
 	/* LOGIN is accepted but never advertised; PLAIN only where cleartext
 	 * authentication is allowed. With nothing left the list is "". */
 	list.len = 0;
-	bool plain_ok = ictx_plaintext_auth_allowed(c);
-	for (size_t i = 0; i < caps->sasl.len; i++) {
-		sy_mech m = sasl_mech_parse(caps->sasl.items[i], strlen(caps->sasl.items[i]));
-		if (m == SY_MECH_LOGIN || m == SY_MECH_UNKNOWN)
-			continue;
-		if (m == SY_MECH_PLAIN && !plain_ok)
-			continue;
+	sy_mech mechs[SY_MECH_UNKNOWN];
+	size_t nmechs = ictx_mechs_advertised(c, mechs);
+	for (size_t i = 0; i < nmechs; i++) {
 		if (list.len > 0)
 			sb_add(&list, " ", 1);
-		sb_adds(&list, sasl_mech_name(m));
+		sb_adds(&list, sasl_mech_name(mechs[i]));
 	}
 	sb_adds(b, "\"SASL\" ");
 	sb_string(b, list.p ? list.p : "", list.len);
@@ -244,32 +240,11 @@ static bool read_string(sy_cursor *cu, char **s, size_t *len)
 
 /* ---- commands ---------------------------------------------------------------------------- */
 
-static bool mech_offered(sy_ictx *c, sy_mech m)
-{
-	if (m == SY_MECH_LOGIN)
-		return true; /* accepted though never advertised */
-	for (size_t i = 0; i < c->caps->sasl.len; i++)
-		if (sasl_mech_parse(c->caps->sasl.items[i], strlen(c->caps->sasl.items[i])) == m)
-			return true;
-	return false;
-}
-
 static void drop_login_user(sieve_state *st)
 {
 	if (st->login_user) {
 		sy_secure_free(st->login_user, strlen(st->login_user));
 		st->login_user = NULL;
-	}
-}
-
-static void count_failure(sy_ictx *c)
-{
-	/* A malformed exchange counts like a failed login: it is how guessing
-	 * tools probe too. */
-	c->auth_failures++;
-	if (c->auth_failures >= c->s->lcfg->max_auth_attempts) {
-		ictx_send(c, TOO_MANY, sizeof(TOO_MANY) - 1);
-		ictx_close_after_flush(c);
 	}
 }
 
@@ -280,7 +255,7 @@ static void sasl_refused(sy_ictx *c, const char *text)
 	drop_login_user(st);
 	st->cst = SV_CMD;
 	reply(c, "NO", text);
-	count_failure(c);
+	ictx_count_failure(c);
 }
 
 /* A complete SASL response from the client (base64 text, already unquoted). */
@@ -377,7 +352,7 @@ static void cmd_authenticate(sy_ictx *c, sy_cursor *cu)
 		return;
 	}
 	sy_mech mech = sasl_mech_parse(m, mlen);
-	if (mech == SY_MECH_UNKNOWN || !mech_offered(c, mech)) {
+	if (mech == SY_MECH_UNKNOWN || !ictx_mech_accepted(c, mech)) {
 		reply(c, "NO", "Unsupported authentication mechanism.");
 		return;
 	}

@@ -226,16 +226,12 @@ static void reply_ehlo(sy_ictx *c)
 			continue;
 		lines[n++] = kw;
 	}
-	bool plain_ok = ictx_plaintext_auth_allowed(c);
 	size_t alen = (size_t)snprintf(auth, sizeof(auth), "AUTH");
 	bool any = false;
-	for (size_t i = 0; i < c->caps->sasl.len; i++) {
-		sy_mech m = sasl_mech_parse(c->caps->sasl.items[i], strlen(c->caps->sasl.items[i]));
-		if (m == SY_MECH_LOGIN || m == SY_MECH_UNKNOWN)
-			continue; /* LOGIN is accepted but never advertised */
-		if (m == SY_MECH_PLAIN && !plain_ok)
-			continue;
-		const char *name = sasl_mech_name(m);
+	sy_mech mechs[SY_MECH_UNKNOWN];
+	size_t nmechs = ictx_mechs_advertised(c, mechs);
+	for (size_t i = 0; i < nmechs; i++) {
+		const char *name = sasl_mech_name(mechs[i]);
 		if (alen + 1 + strlen(name) >= sizeof(auth))
 			break;
 		alen += (size_t)snprintf(auth + alen, sizeof(auth) - alen, " %s", name);
@@ -251,27 +247,6 @@ static void reply_ehlo(sy_ictx *c)
 }
 
 /* ---- authentication ------------------------------------------------------------------ */
-
-static bool mech_offered(sy_ictx *c, sy_mech m)
-{
-	if (m == SY_MECH_LOGIN)
-		return true; /* accepted though never advertised */
-	for (size_t i = 0; i < c->caps->sasl.len; i++)
-		if (sasl_mech_parse(c->caps->sasl.items[i], strlen(c->caps->sasl.items[i])) == m)
-			return true;
-	return false;
-}
-
-static void count_failure(sy_ictx *c)
-{
-	/* A malformed exchange counts like a failed login: it is how guessing
-	 * tools probe too. */
-	c->auth_failures++;
-	if (c->auth_failures >= c->s->lcfg->max_auth_attempts) {
-		SEND(c, "421 4.7.0 Too many authentication failures\r\n");
-		ictx_close_after_flush(c);
-	}
-}
 
 /* A complete SASL response from the client (base64 text). */
 static void sasl_response(sy_ictx *c, const char *b64, size_t len)
@@ -290,7 +265,7 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 		SEND(c, "501 5.5.2 Invalid base64 data\r\n");
 		st->cst = SMTP_CMD;
 		forget_login_user(st);
-		count_failure(c);
+		ictx_count_failure(c);
 		return;
 	}
 	sy_credentials cr = {0};
@@ -311,7 +286,7 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 			credentials_wipe(&cr);
 			ictx_send(c, GENERIC_FAIL, sizeof(GENERIC_FAIL) - 1);
 			st->cst = SMTP_CMD;
-			count_failure(c);
+			ictx_count_failure(c);
 			return;
 		}
 	} else {
@@ -322,7 +297,7 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 			credentials_wipe(&cr);
 			ictx_sendf(c, "501 5.5.2 %s\r\n", err ? err : "malformed SASL response");
 			st->cst = SMTP_CMD;
-			count_failure(c);
+			ictx_count_failure(c);
 			return;
 		}
 	}
@@ -346,7 +321,7 @@ static void cmd_auth(sy_ictx *c, char *args, size_t alen)
 		return;
 	}
 	sy_mech mech = sasl_mech_parse(args, mlen);
-	if (mech == SY_MECH_UNKNOWN || !mech_offered(c, mech)) {
+	if (mech == SY_MECH_UNKNOWN || !ictx_mech_accepted(c, mech)) {
 		SEND(c, "504 5.5.4 Unrecognized authentication type\r\n");
 		return;
 	}
