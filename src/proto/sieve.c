@@ -570,16 +570,10 @@ static void send_xclient(sy_ictx *c)
 static void send_replay(sy_ictx *c)
 {
 	sieve_state *st = ST(c);
-	if (!ictx_backend_may_send_credentials(c)) {
-		ictx_tempfail(c, "refusing to send credentials over a plaintext backend leg");
-		return;
-	}
 	sy_mech m;
 	char *b64 = NULL;
-	if (ictx_replay_b64(c, &m, &b64) != 0) {
-		ictx_tempfail(c, "cannot build the replayed authentication");
+	if (ictx_replay_b64(c, &m, &b64) != 0)
 		return;
-	}
 	st->bst = SB_AUTH;
 	st->replay_mech = m;
 	st->challenges = 0;
