@@ -31,6 +31,8 @@ typedef struct sy_dial_params {
 	const struct sockaddr *client; /* PROXY v2 source */
 	const struct sockaddr *local;  /* PROXY v2 destination */
 	bool proxy_header;             /* send PROXY v2 first */
+	bool xclient;                  /* the protocol will forward by XCLIENT/ID,
+	                                  which carries the hop budget (TTL) */
 	uint64_t timeout_ms;           /* the whole attempt incl. retries and TLS */
 	void *stream_owner;            /* set as stream->owner on success */
 	sy_dial_cb cb;

@@ -61,15 +61,23 @@ static bool utf8_valid(const uint8_t *s, size_t len)
 	return true;
 }
 
-/* "sw1.<x>[.<rest>]": <x> is the account, base64url without padding. */
+/*
+ * "sw1.<body>.<footer>": the issuer (Stalwart) puts the account, base64url
+ * without padding, in the footer, everything after the first '.' that follows
+ * the prefix. The body is opaque to us. No footer, an empty one, or one that
+ * does not decode to UTF-8 text means the token names no account.
+ */
 static char *sw1_identifier(const char *token)
 {
-	const char *x = token + 4;
-	const char *dot = strchr(x, '.');
-	size_t xlen = dot != NULL ? (size_t)(dot - x) : strlen(x);
+	const char *dot = strchr(token + 4, '.');
+	if (dot == NULL) {
+		return NULL;
+	}
+	const char *footer = dot + 1;
+	size_t flen = strlen(footer);
 	uint8_t *buf;
 	size_t n;
-	if (xlen == 0 || sy_b64url_decode(x, xlen, &buf, &n) < 0) {
+	if (flen == 0 || sy_b64url_decode(footer, flen, &buf, &n) < 0) {
 		return NULL;
 	}
 	if (n == 0 || memchr(buf, '\0', n) != NULL || !utf8_valid(buf, n)) {

@@ -402,6 +402,23 @@ sy_dial *dial_start(const sy_dial_params *p)
 	}
 	d->p = *p;
 	d->started_ns = uv_hrtime();
+	/* Loop guard, second half (the first compares each endpoint with our
+	 * own listeners): XCLIENT/ID forwarding hands the next hop a budget of
+	 * proxy_ttl - 1. A budget of 0 means this chain of proxies is out of
+	 * hops, which in practice is a cycle: refuse rather than pass it on. */
+	if (p->xclient && p->snap->cfg->server.proxy_ttl <= 1) {
+		metrics_backend_failure(p->w, SY_CONNFAIL_LOOP); /* metrics */
+		char reason[96];
+		snprintf(reason, sizeof(reason),
+		         "routing loop: the forwarded time-to-live would reach 0 (server.proxy_ttl "
+		         "= %u)",
+		         p->snap->cfg->server.proxy_ttl);
+		sy_log(SY_LOG_WARN, "routing loop refused", "destination", p->dest->cfg->id,
+		       "reason", reason, NULL);
+		free(d);
+		p->cb(p->arg, NULL, UV_ELOOP, reason);
+		return NULL;
+	}
 	if (!health_allow(p->dest->health, sy_now_ms(), &d->probe)) {
 		metrics_backend_failure(p->w, SY_CONNFAIL_DOWN); /* metrics */
 		free(d);

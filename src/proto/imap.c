@@ -99,16 +99,29 @@ static bool is_tag_char(unsigned char ch)
 }
 
 /*
- * Reads an astring: atom, quoted string or literal (the literal's bytes were
- * folded into the line by the framework: "{n}\r\n<n bytes>"), decoded in
- * place. Atoms here may contain ']' (RFC 9051 ASTRING-CHAR).
+ * The lenient atom of a user name or password. RFC 3501 keeps the list
+ * wildcards '%' and '*' (and '{' inside a word) out of atoms, but clients
+ * send master-user logins such as "alice@example.com%admin" or "alice*admin"
+ * unquoted (Python's imaplib does), and Dovecot and the servers this proxy
+ * stands in front of accept them. Only what would make the line ambiguous
+ * stays out: controls, space, 8-bit bytes, parentheses, '"' and '\'.
  */
-static bool read_astring(sy_cursor *cu, char **s, size_t *len)
+static bool is_credential_char(unsigned char ch)
+{
+	return ch > 0x20 && ch < 0x7f && !strchr("()\"\\", ch);
+}
+
+/*
+ * Reads the astring where a credential stands: the atom above, a quoted
+ * string or a literal (the literal's bytes were folded into the line by the
+ * framework: "{n}\r\n<n bytes>"), decoded in place.
+ */
+static bool read_credential(sy_cursor *cu, char **s, size_t *len)
 {
 	if (cu->p < cu->end && (*cu->p == '"' || *cu->p == '{'))
 		return tok_string(cu, s, len, SY_LINE_MAX);
 	char *start = cu->p;
-	while (cu->p < cu->end && (tok_is_atom_char((unsigned char)*cu->p) || *cu->p == ']'))
+	while (cu->p < cu->end && is_credential_char((unsigned char)*cu->p))
 		cu->p++;
 	*s = start;
 	*len = (size_t)(cu->p - start);
@@ -177,9 +190,14 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 		int r = sasl_decode(st->mech, msg, mlen, &cr, &err);
 		sy_secure_free(msg, mlen);
 		if (r != 0) {
+			/* Well-formed base64 of a malformed message is an
+			 * authentication failure, not a client bug: a client
+			 * asks its user again on NO, but gives up on BAD. */
 			credentials_wipe(&cr);
-			ictx_sendf(c, "%s BAD %s.\r\n", st->tag,
-			           err ? err : "Malformed SASL response");
+			if (!err || !*err)
+				err = "malformed SASL response";
+			ictx_sendf(c, "%s NO [AUTHENTICATIONFAILED] %c%s.\r\n", st->tag,
+			           toupper((unsigned char)err[0]), err + 1);
 			st->cst = IMAP_CMD;
 			ictx_count_failure(c);
 			return;
@@ -250,7 +268,7 @@ static void cmd_login(sy_ictx *c, sy_cursor *cu)
 	char *u, *p;
 	size_t ulen, plen;
 	tok_sp(cu);
-	if (!read_astring(cu, &u, &ulen)) {
+	if (!read_credential(cu, &u, &ulen)) {
 		ictx_sendf(c, "%s BAD Invalid LOGIN arguments.\r\n", st->tag);
 		return;
 	}
@@ -259,7 +277,7 @@ static void cmd_login(sy_ictx *c, sy_cursor *cu)
 		return;
 	}
 	cu->p++;
-	if (!read_astring(cu, &p, &plen) || cu->p != cu->end) {
+	if (!read_credential(cu, &p, &plen) || cu->p != cu->end) {
 		ictx_sendf(c, "%s BAD Invalid LOGIN arguments.\r\n", st->tag);
 		return;
 	}

@@ -560,6 +560,7 @@ static void on_routed(void *arg, const sy_route_result *r)
 	    .client = (const struct sockaddr *)&s->peer,
 	    .local = (const struct sockaddr *)&s->local,
 	    .proxy_header = ictx_forwarding(c) == SY_FWD_PROXY,
+	    .xclient = ictx_forwarding(c) == SY_FWD_XCLIENT,
 	    .timeout_ms = s->snap->cfg->server.backend_timeout_ms,
 	    .stream_owner = s,
 	    .cb = on_dialed,

@@ -294,8 +294,14 @@ static void sasl_response(sy_ictx *c, const char *b64, size_t len)
 		int r = sasl_decode(st->mech, msg, mlen, &cr, &err);
 		sy_secure_free(msg, mlen);
 		if (r != 0) {
+			/* RFC 4954: 501 is for base64 that cannot be decoded;
+			 * a decoded message that is not valid credentials is
+			 * a failed authentication (clients ask the user again). */
 			credentials_wipe(&cr);
-			ictx_sendf(c, "501 5.5.2 %s\r\n", err ? err : "malformed SASL response");
+			if (!err || !*err)
+				err = "malformed SASL response";
+			ictx_sendf(c, "535 5.7.8 %c%s\r\n", toupper((unsigned char)err[0]),
+			           err + 1);
 			st->cst = SMTP_CMD;
 			ictx_count_failure(c);
 			return;

@@ -30,6 +30,7 @@ check the replayed token byte for byte at the fake instead.
 """
 
 import base64
+import imaplib
 import itertools
 import json
 import re
@@ -797,6 +798,39 @@ def test_implicit_listener_greeting(dv, strict, certs):
 
 # --- 5. master user ------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("user", ["alice@example.com%master", "alice@example.com*master"])
+def test_master_user_unquoted_from_imaplib(dv, lax, user):
+    """Python's imaplib sends the user name unquoted: LOGIN
+    alice@example.com%master "masterpass". The list wildcards % and * are
+    not RFC 3501 atom characters, but every server this proxy replaces
+    accepts them in LOGIN, so the proxy must too. '%' is this proxy's and
+    Dovecot's master separator: that login reaches alice's mailbox; '*' is
+    neither's, so that login is the backend's to refuse (NO, not BAD)."""
+    dmark, smark = dv.log_mark(), lax.log_mark()
+    m = imaplib.IMAP4("127.0.0.1", lax.ports["plain"])
+    try:
+        if "%" in user:
+            assert m.login(user, "masterpass")[0] == "OK"
+            login_logged(lax, smark, ALICE[0])
+            dv.wait_log(r"Master user logging in as alice@example\.com", since=dmark)
+        else:
+            with pytest.raises(imaplib.IMAP4.error) as e:
+                m.login(user, "masterpass")
+            assert "AUTHENTICATIONFAILED" in str(e.value), e.value
+            login_logged(lax, smark, user, result="failed")
+    finally:
+        m.shutdown()
+
+
+def test_unquoted_credentials_with_wildcards(dv, lax):
+    """A raw client's unquoted password with % and * is taken as one atom."""
+    c = Raw(lax.ports["plain"])
+    r = c.cmd("w1", "LOGIN alice@example.com al%ce*pass")
+    assert r[-1].startswith(b"w1 NO"), r
+    r = c.cmd("w2", "LOGIN alice@example.com alicepass")
+    assert_logged_in(c, "w2", r)
+
+
 def test_master_user(dv, lax):
     """alice@example.com%master routes by alice and logs into alice's mailbox."""
     dmark, smark = dv.log_mark(), lax.log_mark()
@@ -853,6 +887,32 @@ def test_backend_without_starttls(sy_pool, certs, fakes):
     conn = fake.conns[-1]
     assert conn["auths"] == []
     assert not any(b"AUTHENTICATE" in l or b"LOGIN" in l or b"alicepass" in l for l in conn["lines"]), conn
+    c.close()
+
+
+@pytest.mark.parametrize("ttl", [1, 2])
+def test_loop_guard_ttl(sy_pool, certs, fakes, ttl):
+    """ID forwarding hands the next hop proxy_ttl - 1. With proxy_ttl = 1
+    that budget would be 0: the login is refused as a loop with the
+    temporary failure, and the backend is never dialled. With 2 the next
+    hop gets "x-proxy-ttl" "1" and the login goes through."""
+    fake = fakes["sasl-ir"]
+    sy = pooled(sy_pool, f"ttl{ttl}", certs, fake.port, three_listeners(), backend_tls="plain",
+                forwarding="xclient", caps={"allow_plain_auth_without_tls": True},
+                server={"proxy_ttl": ttl})
+    smark, before = sy.log_mark(), len(fake.conns)
+    c = Raw(sy.ports["plain"])
+    r = c.cmd("t1", 'LOGIN "alice@example.com" "alicepass"')
+    if ttl == 1:
+        assert r[-1].startswith(b"t1 NO [UNAVAILABLE] "), r
+        sy.wait_log(r"routing loop.*time-to-live", since=smark)
+        login_logged(sy, smark, ALICE[0], "tempfail")
+        assert len(fake.conns) == before, "the backend was dialled"
+        assert c.cmd("t2", "NOOP")[-1].startswith(b"t2 OK")
+    else:
+        assert r[-1].startswith(b"t1 OK"), r
+        ids = [l for l in fake.conns[-1]["lines"] if b" ID (" in l]
+        assert ids and b'"x-proxy-ttl" "1"' in ids[0], fake.conns[-1]["lines"]
     c.close()
 
 
@@ -1012,8 +1072,26 @@ def test_broken_base64(lax):
     assert c.tagged("b2")[-1].startswith(b"b2 BAD")
     # Valid base64 of a malformed PLAIN message (no NULs).
     r = c.cmd("b3", "AUTHENTICATE PLAIN " + base64.b64encode(b"just-a-user").decode())
-    assert r[-1].startswith((b"b3 BAD", b"b3 NO")), r
+    assert r[-1] == b"b3 NO [AUTHENTICATIONFAILED] Malformed PLAIN response.", r
     c.close()
+
+
+@pytest.mark.parametrize("message", [b"just-a-user", b"\0alice@example.com\0", b"\0\0alicepass", b""])
+def test_malformed_plain_is_an_auth_failure(lax, message):
+    """Well-formed base64 of a malformed PLAIN message (no NULs, an empty
+    user or password) is a failed authentication: imaplib raises its
+    ordinary error for a NO (a client then asks for the password again),
+    not the one for BAD, and the failure counts toward max_auth_attempts."""
+    m = imaplib.IMAP4("127.0.0.1", lax.ports["plain"])
+    try:
+        with pytest.raises(imaplib.IMAP4.error) as e:
+            m.authenticate("PLAIN", lambda _: message)
+        assert "AUTHENTICATIONFAILED" in str(e.value), e.value
+        assert not isinstance(e.value, imaplib.IMAP4.abort)
+        # Still a working pre-auth session.
+        assert m.login(*ALICE)[0] == "OK"
+    finally:
+        m.shutdown()
 
 
 def test_nul_bytes(dv, lax):

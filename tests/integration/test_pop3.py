@@ -46,9 +46,8 @@ MOVED_REASON = "Moved_to_the_new_server"
 PLAINTEXT_DISALLOWED = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections."
 
 
-def sw1_token(account, sig="sig"):
-    """A Stalwart-style access token: the account is base64url after "sw1."."""
-    return "sw1." + base64.urlsafe_b64encode(account.encode()).decode().rstrip("=") + "." + sig
+def sw1_token(account, body="sig"):
+    return clients.sw1_token(account, body)
 
 
 def matrix_user(tls, fwd):

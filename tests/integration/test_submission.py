@@ -48,9 +48,8 @@ GENERIC = "535 5.7.8 Authentication failed."
 MOVED_REASON = "Moved_to_the_new_server"
 
 
-def sw1_token(account, sig):
-    """A Stalwart-style access token: the account is base64url after "sw1."."""
-    return "sw1." + base64.urlsafe_b64encode(account.encode()).decode().rstrip("=") + "." + sig
+def sw1_token(account, body="sig"):
+    return clients.sw1_token(account, body)
 
 
 # Dovecot 2.3 checks OAUTHBEARER/XOAUTH2 tokens as the user's password, so the
@@ -705,9 +704,9 @@ def test_preauth_dialogue(env, marks):
         assert w.cmd1("*") == "501 5.7.0 Authentication aborted"
         assert w.cmd1("AUTH LOGIN") == "334 VXNlcm5hbWU6"
         assert w.cmd1("*") == "501 5.7.0 Authentication aborted"
-        assert w.cmd1("AUTH PLAIN =") == "501 5.5.2 malformed PLAIN response"
+        assert w.cmd1("AUTH PLAIN =") == "535 5.7.8 Malformed PLAIN response"
         assert w.cmd1("AUTH PLAIN " + plain_ir("bob@example.com", "")) == \
-            "501 5.5.2 malformed PLAIN response: empty password"
+            "535 5.7.8 Malformed PLAIN response: empty password"
         # Hostile bytes never crash: NULs in a command and in a domain.
         assert w.cmd1("NO\0OP") == "500 5.5.2 Syntax error, command unrecognized"
         assert w.cmd1("EHLO a\0b") == "501 5.5.4 Syntax: EHLO hostname"
@@ -730,6 +729,23 @@ def test_broken_base64(env, marks):
         assert w.closed() == b""
     finally:
         w.close()
+
+
+@pytest.mark.parametrize("message", ["just-a-user", "\0bob@example.com\0", "\0\0bobpass"])
+def test_malformed_plain_is_an_auth_failure(env, marks, message):
+    """smtplib sends well-formed base64 of a malformed PLAIN message (no
+    NULs, an empty user or password): that is 535 5.7.8, which smtplib
+    reports as SMTPAuthenticationError (clients ask for the password again),
+    not the 501 of undecodable base64; the session stays usable."""
+    px = env.proxy()
+    s = smtp_client(px, "plain")
+    try:
+        with pytest.raises(smtplib.SMTPAuthenticationError) as e:
+            s.auth("PLAIN", lambda challenge=None: message, initial_response_ok=True)
+        assert e.value.smtp_code == 535 and e.value.smtp_error.startswith(b"5.7.8 "), e.value
+        s.login("bob@example.com", "bobpass")
+    finally:
+        s.close()
 
 
 @pytest.mark.parametrize("state", ["command", "sasl"])

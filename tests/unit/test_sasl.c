@@ -73,7 +73,7 @@ static char *make_sw1(const char *account)
 	size_t n = strlen(x) + 16;
 	char *t = malloc(n);
 	assert_non_null(t);
-	snprintf(t, n, "sw1.%s.c2ln", x);
+	snprintf(t, n, "sw1.b3BhcXVl.%s", x);
 	free(x);
 	return t;
 }
@@ -660,13 +660,19 @@ static void test_token_identifier(void **state)
 	    /* sw1 needs no '@': the decoded text is the account */
 	    {"sw1 no at", "sw1", "alice", NULL, "alice"},
 	    {"sw1 utf8", "sw1", "j\xc3\xb6rg@example.com", NULL, "j\xc3\xb6rg@example.com"},
-	    {"sw1 without signature", "raw", "sw1.YWxpY2VAZXhhbXBsZS5jb20", NULL,
+	    /* The account is the footer; the body is opaque, even when it would
+	     * decode to an account of its own. */
+	    {"sw1 body ignored", "raw", "sw1.b3RoZXJAZXhhbXBsZS5jb20.YWxpY2VAZXhhbXBsZS5jb20", NULL,
 	     "alice@example.com"},
-	    {"sw1 padded", "raw", "sw1.YWxpY2VAZXhhbXBsZS5jb20=.sig", NULL, NULL},
-	    {"sw1 empty", "raw", "sw1..sig", NULL, NULL},
-	    {"sw1 bad utf8", "raw", "sw1.gA.sig", NULL, NULL},
-	    {"sw1 nul", "raw", "sw1.YQBi.sig", NULL, NULL},
-	    {"sw1 not b64url", "raw", "sw1.a+b/.sig", NULL, NULL},
+	    {"sw1 empty body", "raw", "sw1..YWxpY2VAZXhhbXBsZS5jb20", NULL, "alice@example.com"},
+	    {"sw1 without footer", "raw", "sw1.YWxpY2VAZXhhbXBsZS5jb20", NULL, NULL},
+	    {"sw1 empty footer", "raw", "sw1.YWxpY2VAZXhhbXBsZS5jb20.", NULL, NULL},
+	    {"sw1 padded footer", "raw", "sw1.body.YWxpY2VAZXhhbXBsZS5jb20=", NULL, NULL},
+	    {"sw1 footer with a dot", "raw", "sw1.body.YWxp.Y2U", NULL, NULL},
+	    {"sw1 bad utf8", "raw", "sw1.body.gA", NULL, NULL},
+	    {"sw1 nul", "raw", "sw1.body.YQBi", NULL, NULL},
+	    {"sw1 not b64url", "raw", "sw1.body.a+b/", NULL, NULL},
+	    {"sw1 prefix only", "raw", "sw1.", NULL, NULL},
 	    {"jwt custom claim", "jwt", "{\"email\":\"e@x.com\",\"mail\":\"m@x.com\"}", "mail",
 	     "m@x.com"},
 	    {"jwt custom claim without @", "jwt", "{\"mail\":\"m\",\"email\":\"e@x.com\"}", "mail",

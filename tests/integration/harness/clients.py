@@ -2,12 +2,21 @@
 test connected itself: from a chosen source address, after sending a PROXY
 header, or over TLS the test set up."""
 
+import base64
 import imaplib
 import poplib
 import smtplib
 import uuid
 
 from .util import DEFAULT_TIMEOUT, HarnessError, connect
+
+
+def sw1_token(account, body="opaque"):
+    """A Stalwart access token, `sw1.<body>.<footer>`: the footer is the
+    account in base64url without padding, the body is opaque (its signature
+    and claims), so tests put their own marker or padding there."""
+    footer = base64.urlsafe_b64encode(account.encode()).decode().rstrip("=")
+    return f"sw1.{body}.{footer}"
 
 
 def unique_subject(prefix="sy-test"):
