@@ -142,6 +142,9 @@ int main(int argc, char **argv)
 	apply_log_env(cfg);
 
 	if (check_only) {
+		for (size_t i = 0; i < cfg->warnings.len; i++)
+			fprintf(stderr, "switchyard: %s: warning: %s\n", path,
+			        cfg->warnings.msgs[i]);
 		printf("configuration ok\n");
 		config_free(cfg);
 		return 0;
@@ -149,6 +152,8 @@ int main(int argc, char **argv)
 
 	log_set_level(cfg->server.log_level);
 	log_set_format(cfg->server.log_format);
+	for (size_t i = 0; i < cfg->warnings.len; i++)
+		sy_log(SY_LOG_WARN, "configuration warning", "detail", cfg->warnings.msgs[i], NULL);
 	raise_nofile_limit(cfg);
 	int rc = server_run(cfg);
 	return rc == 0 ? 0 : 1;

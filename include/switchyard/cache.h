@@ -67,10 +67,12 @@ struct sy_cache_waiter {
 typedef uint64_t (*sy_cache_clock)(void *arg);
 
 typedef struct sy_cache_opts {
-	uint64_t max_entries;     /* 0: nothing is kept (lookups still coalesce) */
+	uint64_t max_entries;     /* exact bound on the entries kept; 0: nothing is kept
+	                             (lookups still coalesce) */
 	uint64_t positive_ttl_ms; /* default TTL of positive entries */
 	uint64_t negative_ttl_ms; /* default TTL of negative entries */
-	unsigned shards;          /* 0 = 64; rounded up to a power of two */
+	unsigned shards;          /* 0 = 64; rounded up to a power of two, and fewer when
+	                             max_entries is small (each shard gets >= 64) */
 	sy_cache_clock clock;     /* milliseconds; NULL = CLOCK_MONOTONIC (tests inject one) */
 	void *clock_arg;
 } sy_cache_opts;

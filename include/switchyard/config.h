@@ -281,6 +281,12 @@ typedef struct sy_cluster_config {
 	} kubernetes;
 } sy_cluster_config;
 
+/* A growable list of error messages; each names the key it is about. */
+typedef struct sy_errors {
+	char **msgs;
+	size_t len;
+} sy_errors;
+
 typedef struct sy_config {
 	char *path;    /* file it was loaded from (NULL for strings) */
 	char *basedir; /* directory relative paths are resolved against */
@@ -300,13 +306,8 @@ typedef struct sy_config {
 	sy_admin_config admin;
 	sy_cluster_config *clusters;
 	size_t nclusters;
+	sy_errors warnings; /* accepted settings worth telling about, each naming its key */
 } sy_config;
-
-/* A growable list of error messages; each names the key it is about. */
-typedef struct sy_errors {
-	char **msgs;
-	size_t len;
-} sy_errors;
 
 /* Appends a printf-formatted message. */
 void sy_errors_add(sy_errors *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -1199,8 +1199,8 @@ static void load_destinations(ctx *c, const toml_value *t)
 		/* Pass-through legs are opaque byte streams: they can carry a
 		 * PROXY header but never XCLIENT. A destination-wide xclient
 		 * (right for its submission leg) therefore sends nothing on
-		 * its smtp/lmtp legs; an explicit per-leg xclient is rejected
-		 * by validate.c. */
+		 * its smtp/lmtp legs; an explicit per-leg xclient is accepted
+		 * with a warning (validate.c) and sends nothing either. */
 		for (int p = SY_PROTO_SMTP; p <= SY_PROTO_LMTP; p++) {
 			if (d->proto[p].declared && d->proto[p].forwarding == SY_FWD_UNSET &&
 			    d->forwarding == SY_FWD_XCLIENT)
@@ -1805,7 +1805,7 @@ static int load_text(const char *text, size_t len, const char *basedir, const ch
 	toml_free(root);
 
 	size_t conv_end = errs->len;
-	config_validate(cfg, errs, before, conv_end);
+	config_validate(cfg, errs, before, conv_end, &cfg->warnings);
 
 	if (errs->len > before) {
 		config_free(cfg);
@@ -1894,6 +1894,7 @@ void config_free(sy_config *cfg)
 		return;
 	free(cfg->path);
 	free(cfg->basedir);
+	sy_errors_free(&cfg->warnings);
 	free(cfg->server.hostname);
 
 	for (size_t i = 0; i < cfg->ncerts; i++) {

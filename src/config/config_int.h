@@ -62,9 +62,13 @@ static inline char *cfg_xstrdup(const char *s)
  * already reported there stays silent, so one mistake is not reported twice
  * (a listener whose protocol failed to parse is not also reported as "not
  * offered by the default destination").
+ * Settings that are accepted but worth telling about (a key the reference
+ * accepts and ignores) are appended to `warnings` (may be NULL), each naming
+ * its key.
  * Returns 0 if no rule failed, -1 otherwise.
  */
-int config_validate(const sy_config *cfg, sy_errors *errs, size_t prior_from, size_t prior_to);
+int config_validate(const sy_config *cfg, sy_errors *errs, size_t prior_from, size_t prior_to,
+                    sy_errors *warnings);
 
 /* Longest dotted key the config module prints (longer ones are cut). */
 #define CFG_KEYMAX 512

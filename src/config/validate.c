@@ -9,6 +9,7 @@
  * <what to do>".
  */
 #include <errno.h>
+#include <libpq-fe.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -22,12 +23,14 @@
 #include "config_int.h"
 #include "switchyard/config.h"
 #include "switchyard/mapfile.h"
+#include "switchyard/redis_url.h"
 
 #define KEYMAX CFG_KEYMAX
 
 typedef struct vctx {
 	const sy_config *cfg;
 	sy_errors *errs;
+	sy_errors *warns;            /* accepted but worth telling: kept on the config */
 	size_t prior_from, prior_to; /* messages config.c already produced */
 	bool failed;
 	bool http_uses_default; /* some [[http.route]] resolves accounts */
@@ -63,6 +66,28 @@ static void verr(vctx *v, const char *key, const char *fmt, ...)
 	if (n < 0)
 		return;
 	sy_errors_add(v->errs, "%s: %s", key, msg);
+	free(msg);
+}
+
+/* A setting that is accepted but has no effect, or a questionable one: the
+ * configuration stays valid; the message, naming the key, is logged at
+ * startup and reload and printed by --check-config. */
+static void vwarn(vctx *v, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void vwarn(vctx *v, const char *key, const char *fmt, ...)
+{
+	va_list ap;
+	char *msg = NULL;
+
+	if (v->warns == NULL)
+		return;
+	va_start(ap, fmt);
+	int n = vasprintf(&msg, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	sy_errors_add(v->warns, "%s: %s", key, msg);
 	free(msg);
 }
 
@@ -534,19 +559,27 @@ static void check_destinations(vctx *v)
 				     "protected (loopback, VPN, encrypted tunnel)",
 				     d->id);
 			}
-			if (ep->forwarding == SY_FWD_XCLIENT &&
-			    (sy_proto_is_passthrough((sy_proto)p) || p == SY_PROTO_HTTP)) {
+			if (ep->forwarding == SY_FWD_XCLIENT && p == SY_PROTO_HTTP) {
 				snprintf(key, sizeof(key), "destination.%s.protocol.%s.forwarding",
 				         QN(d->id), sy_proto_name((sy_proto)p));
 				verr(v, key,
-				     "\"xclient\" is not possible on a%s leg%s; use \"proxy\" or "
-				     "\"none\"",
-				     p == SY_PROTO_HTTP ? "n http" : " pass-through",
-				     p == SY_PROTO_HTTP
-				         ? " (http conveys the client with destination.forwarded)"
-				         : " (the stream is relayed opaquely; only a PROXY header "
-				           "can "
-				           "be added)");
+				     "\"xclient\" is not possible on an http leg (http conveys the "
+				     "client with destination.forwarded); use \"proxy\" or "
+				     "\"none\"");
+			} else if (ep->forwarding == SY_FWD_XCLIENT &&
+			           sy_proto_is_passthrough((sy_proto)p)) {
+				/* The reference accepts it and ignores it: a pass-through
+				 * stream is relayed opaquely, so nothing can be said to
+				 * the backend but a PROXY header. Accepted for
+				 * compatibility, with a warning; the leg forwards nothing. */
+				snprintf(key, sizeof(key), "destination.%s.protocol.%s.forwarding",
+				         QN(d->id), sy_proto_name((sy_proto)p));
+				vwarn(v, key,
+				      "\"xclient\" has no effect on a pass-through leg (the stream "
+				      "is "
+				      "relayed opaquely, so no XCLIENT is sent and nothing is "
+				      "forwarded); "
+				      "use \"proxy\" to forward the client address, or \"none\"");
 			}
 		}
 		if (d->host_is_ip && tls_leg >= 0 && d->tls_server_name == NULL) {
@@ -666,11 +699,26 @@ static void check_mapping(vctx *v)
 	const sy_config *cfg = v->cfg;
 	const sy_mapping_config *m = &cfg->mapping;
 
-	if (m->redis.url != NULL && !has_prefix_ci(m->redis.url, "redis://") &&
-	    !has_prefix_ci(m->redis.url, "rediss://"))
-		verr(v, "mapping.redis.url",
-		     "must start with redis:// or rediss:// (TLS); write e.g. "
-		     "\"redis://127.0.0.1:6379\"");
+	/* The same parser the store uses, so that --check-config refuses what
+	 * the store would refuse at startup. */
+	if (m->redis.url != NULL) {
+		sy_redis_url u = {0};
+		const char *uerr = NULL;
+		if (!has_prefix_ci(m->redis.url, "redis://") &&
+		    !has_prefix_ci(m->redis.url, "rediss://"))
+			verr(v, "mapping.redis.url",
+			     "must start with redis:// or rediss:// (TLS); write e.g. "
+			     "\"redis://127.0.0.1:6379\"");
+		else if (redis_url_parse(m->redis.url, &u, &uerr) != 0)
+			verr(v, "mapping.redis.url", "%s",
+			     uerr + (strncmp(uerr, "mapping.redis.url: ", 19) == 0 ? 19 : 0));
+		else if (u.tls)
+			verr(v, "mapping.redis.url",
+			     "rediss:// (Redis over TLS) is not supported by this build: Debian's "
+			     "hiredis has no TLS; use redis:// over a protected network, or a "
+			     "TLS tunnel (e.g. stunnel) to the Redis server");
+		redis_url_free(&u);
+	}
 
 	if (m->sql.url != NULL && !has_prefix_ci(m->sql.url, "postgres://") &&
 	    !has_prefix_ci(m->sql.url, "postgresql://")) {
@@ -685,6 +733,19 @@ static void check_mapping(vctx *v)
 			     "must be a postgres:// or postgresql:// URL; PostgreSQL is the "
 			     "supported "
 			     "SQL store");
+	}
+	if (m->sql.url != NULL && (has_prefix_ci(m->sql.url, "postgres://") ||
+	                           has_prefix_ci(m->sql.url, "postgresql://"))) {
+		/* What the store does first at startup (a pure parse, no I/O). */
+		char *perr = NULL;
+		PQconninfoOption *o = PQconninfoParse(m->sql.url, &perr);
+		if (o == NULL)
+			/* libpq's message may quote the URL, password included. */
+			verr(v, "mapping.sql.url",
+			     "libpq cannot parse it (expected postgres://user@host:port/db; "
+			     "percent-encode special characters in the password)");
+		PQconninfoFree(o);
+		PQfreemem(perr);
 	}
 	if (m->sql.url != NULL && m->sql.query != NULL && strstr(m->sql.query, "$1") == NULL)
 		verr(v, "mapping.sql.query",
@@ -868,9 +929,14 @@ static void check_admin(vctx *v)
 
 /* ------------------------------------------------------------------------ */
 
-int config_validate(const sy_config *cfg, sy_errors *errs, size_t prior_from, size_t prior_to)
+int config_validate(const sy_config *cfg, sy_errors *errs, size_t prior_from, size_t prior_to,
+                    sy_errors *warnings)
 {
-	vctx v = {.cfg = cfg, .errs = errs, .prior_from = prior_from, .prior_to = prior_to};
+	vctx v = {.cfg = cfg,
+	          .errs = errs,
+	          .warns = warnings,
+	          .prior_from = prior_from,
+	          .prior_to = prior_to};
 
 	/* An extracting route sends unmapped or unidentified requests to the
 	 * default destination (or its fallback), so only then do http

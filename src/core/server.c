@@ -40,6 +40,20 @@ uint64_t sy_now_ms(void)
 
 /* ---- snapshots ------------------------------------------------------------------ */
 
+static void clusters_free(sy_cluster_rt *cl, size_t n)
+{
+	if (!cl)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		for (size_t k = 0; k < cl[i].nnodes; k++)
+			tls_client_free(cl[i].nodes[k].tls);
+		free(cl[i].nodes);
+		free(cl[i].node_cfgs);
+		free(cl[i].ids);
+	}
+	free(cl);
+}
+
 sy_snapshot *snapshot_ref(sy_snapshot *s)
 {
 	atomic_fetch_add(&s->refs, 1);
@@ -53,6 +67,7 @@ void snapshot_unref(sy_snapshot *s)
 	for (size_t i = 0; i < s->cfg->ndestinations; i++)
 		tls_client_free(s->dests[i].tls);
 	free(s->dests);
+	clusters_free(s->clusters, s->cfg->nclusters);
 	tls_server_unref(s->tls_server);
 	config_free(s->cfg);
 	free(s);
@@ -66,6 +81,27 @@ sy_dest_rt *snapshot_dest(sy_snapshot *s, const char *id)
 		if (strcmp(s->cfg->destinations[i].id, id) == 0)
 			return &s->dests[i];
 	return NULL;
+}
+
+sy_cluster_rt *snapshot_cluster(sy_snapshot *s, const char *id)
+{
+	if (!id || !s->clusters)
+		return NULL;
+	for (size_t i = 0; i < s->cfg->nclusters; i++)
+		if (strcmp(s->cfg->clusters[i].id, id) == 0)
+			return &s->clusters[i];
+	return NULL;
+}
+
+void cluster_node_config(const sy_destination_config *tmpl, const char *id, const char *host,
+                         bool host_is_ip, const char *tls_server_name, sy_destination_config *out)
+{
+	*out = *tmpl;
+	out->id = (char *)id;
+	out->host = (char *)host;
+	out->host_is_ip = host_is_ip;
+	if (tls_server_name)
+		out->tls_server_name = (char *)tls_server_name;
 }
 
 sy_snapshot *server_snapshot(sy_server *srv)
@@ -117,6 +153,58 @@ static bool has_tls_leg(const sy_destination_config *d)
 	return false;
 }
 
+/* The runtime of every cluster of s->cfg: each static node merged with its
+ * template (cluster_node_config), with its own backend TLS context (the
+ * expected server name is per node) and the health entry of its id. Returns
+ * 0, or -1 with msg set. */
+static int clusters_build(sy_server *srv, sy_snapshot *s, char *msg, size_t msglen)
+{
+	const sy_config *cfg = s->cfg;
+	if (cfg->nclusters == 0)
+		return 0;
+	s->clusters = calloc(cfg->nclusters, sizeof(*s->clusters));
+	if (!s->clusters)
+		return -1;
+	for (size_t i = 0; i < cfg->nclusters; i++) {
+		const sy_cluster_config *cl = &cfg->clusters[i];
+		sy_cluster_rt *rt = &s->clusters[i];
+		rt->cfg = cl;
+		const sy_destination_config *tmpl = config_destination(cfg, cl->template_dest);
+		size_t n = cl->nodes.len;
+		if (!tmpl || n == 0)
+			continue; /* discovery fills the nodes in (validation saw the rest) */
+		rt->nodes = calloc(n, sizeof(*rt->nodes));
+		rt->node_cfgs = calloc(n, sizeof(*rt->node_cfgs));
+		rt->ids = calloc(n, sizeof(*rt->ids));
+		if (!rt->nodes || !rt->node_cfgs || !rt->ids)
+			return -1;
+		for (size_t k = 0; k < n; k++) {
+			const sy_destination_config *node =
+			    config_destination(cfg, cl->nodes.items[k]);
+			if (!node)
+				return -1;
+			sy_destination_config *m = &rt->node_cfgs[k];
+			cluster_node_config(tmpl, node->id, node->host, node->host_is_ip,
+			                    node->tls_server_name, m);
+			rt->ids[k] = m->id;
+			rt->nodes[k].cfg = m;
+			rt->nodes[k].health = health_add(srv, cfg, m);
+			if (!rt->nodes[k].health)
+				return -1;
+			rt->nnodes = k + 1;
+			const char *err = NULL;
+			if (has_tls_leg(m) && tls_client_create(m, &rt->nodes[k].tls, &err) != 0) {
+				sy_log(SY_LOG_ERROR, "cannot set up backend TLS", "cluster", cl->id,
+				       "node", m->id, "error", err ? err : "?", NULL);
+				snprintf(msg, msglen, "%s",
+				         err ? err : "cannot set up backend TLS");
+				return -1;
+			}
+		}
+	}
+	return 0;
+}
+
 /* Builds the runtime objects of a configuration (ownership of cfg passes
  * to the snapshot on success only). Creates health entries for destinations
  * seen for the first time. On failure returns NULL, after logging, with
@@ -159,6 +247,8 @@ static sy_snapshot *snapshot_build(sy_server *srv, sy_config *cfg, char **error_
 				       "destination", d->id, NULL);
 		}
 	}
+	if (clusters_build(srv, s, msg, sizeof(msg)) != 0)
+		goto fail;
 	return s;
 fail:
 	s->cfg = NULL;
@@ -166,6 +256,7 @@ fail:
 		for (size_t i = 0; i < cfg->ndestinations; i++)
 			tls_client_free(s->dests[i].tls);
 	free(s->dests);
+	clusters_free(s->clusters, cfg->nclusters);
 	tls_server_unref(s->tls_server);
 	free(s);
 fail_early:
@@ -1075,6 +1166,8 @@ int server_reload(sy_server *srv, const char *trigger, char **error_r)
 	}
 	sy_errors_free(&errs);
 	apply_log_env(cfg);
+	for (size_t i = 0; i < cfg->warnings.len; i++)
+		sy_log(SY_LOG_WARN, "configuration warning", "detail", cfg->warnings.msgs[i], NULL);
 
 	sy_snapshot *old = server_snapshot(srv);
 	const sy_config *ocfg = old->cfg;
@@ -1132,6 +1225,11 @@ int server_reload(sy_server *srv, const char *trigger, char **error_r)
 	for (size_t i = 0; i < ns->cfg->ndestinations; i++)
 		health_configure(ns->dests[i].health, ns->cfg->server.host_down_threshold,
 		                 ns->cfg->server.host_down_cooldown_ms);
+	for (size_t i = 0; ns->clusters && i < ns->cfg->nclusters; i++)
+		for (size_t k = 0; k < ns->clusters[i].nnodes; k++)
+			health_configure(ns->clusters[i].nodes[k].health,
+			                 ns->cfg->server.host_down_threshold,
+			                 ns->cfg->server.host_down_cooldown_ms);
 	/* The mapping file last: it is the one step that changes state outside
 	 * the snapshot, so nothing may fail after it. */
 	if (!mapping_changed && ns->cfg->mapping.source == SY_MAP_FILE && srv->router &&

@@ -25,8 +25,10 @@
 #include <sys/random.h>
 #include <time.h>
 
-#define DEFAULT_SHARDS  64
-#define INITIAL_BUCKETS 16
+#define DEFAULT_SHARDS 64
+/* The fewest entries a shard is made for (see cache_create). */
+#define MIN_SHARD_ENTRIES 64
+#define INITIAL_BUCKETS   16
 
 typedef enum entry_state { E_PENDING, E_POSITIVE, E_NEGATIVE } entry_state;
 
@@ -310,9 +312,12 @@ sy_cache *cache_create(const sy_cache_opts *o)
 	sy_cache *c = calloc(1, sizeof(*c));
 	if (!c)
 		return NULL;
-	size_t n = 1;
+	/* Shards: the requested number (a power of two), but never so many
+	 * that a shard would hold fewer than MIN_SHARD_ENTRIES: a small cache
+	 * is then one or a few true LRU lists instead of many tiny ones. */
 	size_t want = o->shards ? o->shards : DEFAULT_SHARDS;
-	while (n < want)
+	size_t n = 1;
+	while (n < want && (uint64_t)n * 2 * MIN_SHARD_ENTRIES <= o->max_entries)
 		n *= 2;
 	c->nshards = n;
 	c->shards = aligned_alloc(64, n * sizeof(shard));
@@ -328,15 +333,15 @@ sy_cache *cache_create(const sy_cache_opts *o)
 	c->keep = o->max_entries > 0;
 	c->clock = o->clock ? o->clock : monotonic_ms;
 	c->clock_arg = o->clock_arg;
-	/* Each shard keeps its share, rounded up: the total can exceed
-	 * max_entries by less than one entry per shard. */
-	uint64_t per = (o->max_entries + n - 1) / n;
+	/* max_entries is a hard bound on the total: it is split exactly, the
+	 * first (max_entries % n) shards keeping one entry more than the rest. */
+	uint64_t per = o->max_entries / n, extra = o->max_entries % n;
 	for (size_t i = 0; i < n; i++) {
 		shard *s = &c->shards[i];
 		pthread_mutex_init(&s->mu, NULL);
 		s->nbuckets = INITIAL_BUCKETS;
 		s->buckets = calloc(s->nbuckets, sizeof(*s->buckets));
-		s->cap = (size_t)per;
+		s->cap = (size_t)(per + (i < extra ? 1 : 0));
 		s->lru.lru_next = s->lru.lru_prev = &s->lru;
 		if (!s->buckets) {
 			c->nshards = i + 1;

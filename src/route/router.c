@@ -81,8 +81,7 @@ struct sy_route_req {
 /* ---- targets -> destinations ---------------------------------------------------------------- */
 
 typedef struct usable_ctx {
-	sy_snapshot *snap;
-	const sy_cluster_config *cl;
+	const sy_cluster_rt *cl;
 	uint64_t now;
 } usable_ctx;
 
@@ -91,9 +90,7 @@ typedef struct usable_ctx {
 static bool node_usable(void *arg, size_t i)
 {
 	usable_ctx *u = arg;
-	sy_dest_rt *d = snapshot_dest(u->snap, u->cl->nodes.items[i]);
-	if (!d)
-		return false;
+	const sy_dest_rt *d = &u->cl->nodes[i];
 	if (!d->health)
 		return true;
 	sy_health_state st = health_get(d->health, u->now);
@@ -101,13 +98,11 @@ static bool node_usable(void *arg, size_t i)
 }
 
 /* The node of cluster `cl` for `identifier` ("" for none), or NULL. */
-static sy_dest_rt *cluster_node(sy_snapshot *snap, const sy_cluster_config *cl,
-                                const char *identifier)
+static sy_dest_rt *cluster_node(sy_cluster_rt *cl, const char *identifier)
 {
-	usable_ctx u = {.snap = snap, .cl = cl, .now = sy_now_ms()};
-	long i = cluster_pick((const char *const *)cl->nodes.items, cl->nodes.len,
-	                      identifier ? identifier : "", node_usable, &u);
-	return i < 0 ? NULL : snapshot_dest(snap, cl->nodes.items[i]);
+	usable_ctx u = {.cl = cl, .now = sy_now_ms()};
+	long i = cluster_pick(cl->ids, cl->nnodes, identifier ? identifier : "", node_usable, &u);
+	return i < 0 ? NULL : &cl->nodes[i];
 }
 
 /* Fills *out for target `target` (a destination or cluster id of snap). A
@@ -120,9 +115,9 @@ static void resolve_target(sy_snapshot *snap, const char *target, const char *id
 	memset(out, 0, sizeof(*out));
 	out->routed_to_default = is_default;
 	sy_dest_rt *d = target ? snapshot_dest(snap, target) : NULL;
-	const sy_cluster_config *cl = NULL;
-	if (!d && target && (cl = config_cluster(snap->cfg, target)) != NULL) {
-		d = cluster_node(snap, cl, pick);
+	sy_cluster_rt *cl = NULL;
+	if (!d && target && (cl = snapshot_cluster(snap, target)) != NULL) {
+		d = cluster_node(cl, pick);
 		if (!d) {
 			sy_log(SY_LOG_ERROR, "cluster has no usable node", "cluster", target, NULL);
 			out->status = SY_ROUTE_TEMPFAIL;
@@ -865,9 +860,8 @@ static void explain_answer(sy_snapshot *snap, const char *raw, const char *key,
 		e.error = a->value[0] ? a->value : "mapping lookup failed";
 		break;
 	}
-	const sy_cluster_config *cl =
-	    e.destination ? config_cluster(snap->cfg, e.destination) : NULL;
-	sy_dest_rt *node = cl ? cluster_node(snap, cl, key) : NULL;
+	sy_cluster_rt *cl = snapshot_cluster(snap, e.destination);
+	sy_dest_rt *node = cl ? cluster_node(cl, key) : NULL;
 	e.node = node ? node->cfg->id : NULL;
 	cb(arg, &e);
 }

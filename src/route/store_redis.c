@@ -49,6 +49,7 @@
 
 #include "store_common.h"
 #include "switchyard/log.h"
+#include "switchyard/redis_url.h"
 
 #define BACKOFF_FIRST_MS   100
 #define BACKOFF_MAX_MS     5000
@@ -745,165 +746,29 @@ static const sy_store_ops redis_ops = {
     .writable = redis_writable,
 };
 
-/* ---- URL parsing ---- */
-
-static int hexval(int ch)
-{
-	if (ch >= '0' && ch <= '9')
-		return ch - '0';
-	ch = tolower(ch);
-	if (ch >= 'a' && ch <= 'f')
-		return ch - 'a' + 10;
-	return -1;
-}
-
-/* Percent-decodes [p, p+n) into a new string; NULL on a bad escape or an
- * encoded NUL (either would make the credential mean something else). */
-static char *pct_decode(const char *p, size_t n)
-{
-	char *out = malloc(n + 1), *o = out;
-	if (!out)
-		return NULL;
-	for (size_t i = 0; i < n; i++) {
-		if (p[i] == '%') {
-			int hi = i + 1 < n ? hexval((unsigned char)p[i + 1]) : -1;
-			int lo = i + 2 < n ? hexval((unsigned char)p[i + 2]) : -1;
-			if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-				free(out);
-				return NULL;
-			}
-			*o++ = (char)(hi * 16 + lo);
-			i += 2;
-		} else {
-			*o++ = p[i];
-		}
-	}
-	*o = '\0';
-	return out;
-}
+/* ---- URL ---- */
 
 /* Messages name the problem, never the URL itself: it may hold a password. */
 static int parse_url(redis_store *s, const char *url, const char **error_r)
 {
-	const char *p;
-
-	if (!url || !*url) {
-		*error_r = "mapping.redis.url: is required";
+	sy_redis_url u;
+	if (redis_url_parse(url, &u, error_r) != 0) {
+		redis_url_free(&u);
 		return -1;
 	}
-	if (strncasecmp(url, "rediss://", 9) == 0) {
+	if (u.tls) {
+		redis_url_free(&u);
 		*error_r =
 		    "mapping.redis.url: rediss:// needs hiredis with TLS support, which this "
 		    "build lacks";
 		return -1;
 	}
-	if (strncasecmp(url, "redis://", 8) != 0) {
-		*error_r = "mapping.redis.url: must start with redis://";
-		return -1;
-	}
-	p = url + 8;
-	if (strchr(p, '?') || strchr(p, '#')) {
-		*error_r = "mapping.redis.url: query parameters are not supported (put the "
-		           "database number in the path: redis://host:port/db)";
-		return -1;
-	}
-	/* The user info ends at the last '@', so an unencoded '@' in a password
-	 * still works; a '/' in it must be written %2F. */
-	const char *at = strrchr(p, '@');
-	const char *slash = strchr(at ? at : p, '/');
-	if (at) {
-		const char *colon = memchr(p, ':', (size_t)(at - p));
-		if (!colon) {
-			*error_r = "mapping.redis.url: a user name needs a password "
-			           "(redis://user:password@host or redis://:password@host)";
-			return -1;
-		}
-		if (colon > p) {
-			s->user = pct_decode(p, (size_t)(colon - p));
-			if (!s->user) {
-				*error_r =
-				    "mapping.redis.url: bad percent-encoding in the user name";
-				return -1;
-			}
-		}
-		s->password = pct_decode(colon + 1, (size_t)(at - colon - 1));
-		if (!s->password) {
-			*error_r = "mapping.redis.url: bad percent-encoding in the password";
-			return -1;
-		}
-		if (!*s->password) {
-			*error_r = "mapping.redis.url: the password is empty";
-			return -1;
-		}
-		p = at + 1;
-	}
-	const char *hostend = slash ? slash : p + strlen(p);
-	const char *portstr = NULL;
-	size_t hostlen;
-	if (*p == '[') {
-		const char *rb = memchr(p, ']', (size_t)(hostend - p));
-		if (!rb) {
-			*error_r = "mapping.redis.url: unterminated [IPv6 address]";
-			return -1;
-		}
-		hostlen = (size_t)(rb - p - 1);
-		s->host = strndup(p + 1, hostlen);
-		if (rb + 1 < hostend) {
-			if (rb[1] != ':') {
-				*error_r = "mapping.redis.url: junk after the [IPv6 address]";
-				return -1;
-			}
-			portstr = rb + 2;
-		}
-	} else {
-		const char *colon = memchr(p, ':', (size_t)(hostend - p));
-		hostlen = (size_t)((colon ? colon : hostend) - p);
-		s->host = strndup(p, hostlen);
-		if (colon)
-			portstr = colon + 1;
-	}
-	if (!s->host) {
-		*error_r = "mapping.redis.url: out of memory";
-		return -1;
-	}
-	if (!*s->host) {
-		*error_r = "mapping.redis.url: the host is missing";
-		return -1;
-	}
-	s->port = 6379;
-	if (portstr) {
-		long port = 0;
-		const char *q = portstr;
-		if (q == hostend) {
-			*error_r = "mapping.redis.url: the port is empty";
-			return -1;
-		}
-		for (; q < hostend; q++) {
-			if (!isdigit((unsigned char)*q) ||
-			    (port = port * 10 + (*q - '0')) > 65535) {
-				*error_r =
-				    "mapping.redis.url: the port must be a number from 1 to 65535";
-				return -1;
-			}
-		}
-		if (port == 0) {
-			*error_r = "mapping.redis.url: the port must be a number from 1 to 65535";
-			return -1;
-		}
-		s->port = (int)port;
-	}
-	s->db = -1;
-	if (slash && slash[1]) {
-		long db = 0;
-		for (const char *q = slash + 1; *q; q++) {
-			if (!isdigit((unsigned char)*q) || (db = db * 10 + (*q - '0')) > INT_MAX) {
-				*error_r = "mapping.redis.url: the path must be a database number "
-				           "(redis://host:port/2)";
-				return -1;
-			}
-		}
-		s->db = (int)db;
-	}
+	/* The store takes the strings over. */
+	s->host = u.host;
+	s->user = u.user;
+	s->password = u.password;
+	s->port = u.port;
+	s->db = u.db;
 	unsigned char tmp[sizeof(struct in6_addr)];
 	s->host_numeric =
 	    inet_pton(AF_INET, s->host, tmp) == 1 || inet_pton(AF_INET6, s->host, tmp) == 1;

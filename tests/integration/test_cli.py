@@ -101,3 +101,64 @@ def test_unknown_key_is_named():
     finally:
         os.unlink(f.name)
     assert r.returncode == 1 and "server.threds" in r.stderr
+
+
+def test_passthrough_xclient_leg_is_accepted_with_a_warning():
+    """A reference configuration may set forwarding = "xclient" on an lmtp
+    leg (the reference ignores it): --check-config accepts it, exit 0, and
+    warns naming the key."""
+    cfg = """
+[routing]
+default_destination = "relay"
+smtp_passthrough_destination = "relay"
+[destination.relay]
+host = "127.0.0.1"
+[destination.relay.protocol.smtp]
+port = 25
+tls = "plain"
+[destination.relay.protocol.lmtp]
+port = 24
+tls = "plain"
+forwarding = "xclient"
+[listener.lmtp]
+protocol = "lmtp"
+bind = ["127.0.0.1:1024"]
+tls = "plain"
+"""
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(cfg)
+    try:
+        r = run("--check-config", f.name)
+    finally:
+        os.unlink(f.name)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "configuration ok"
+    assert "warning: destination.relay.protocol.lmtp.forwarding:" in r.stderr, r.stderr
+
+
+def test_check_config_refuses_what_startup_would():
+    """--check-config runs the same URL parsers as the stores: a rediss://
+    URL (this build has no Redis TLS) or a URL libpq cannot parse is
+    refused here, naming the key, not only when the process starts."""
+    base = """
+[routing]
+default_destination = "main"
+[destination.main]
+host = "127.0.0.1"
+[destination.main.protocol.imap]
+port = 993
+tls = "implicit"
+[mapping]
+"""
+    for store, want in (('source = "redis"\n[mapping.redis]\nurl = "rediss://:pw@127.0.0.1:6380"\n',
+                         "mapping.redis.url: rediss://"),
+                        ('source = "sql"\n[mapping.sql]\nurl = "postgres://u@h/db?nosuch=1"\n',
+                         "mapping.sql.url: libpq cannot parse it")):
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write(base + store)
+        try:
+            r = run("--check-config", f.name)
+        finally:
+            os.unlink(f.name)
+        assert r.returncode == 1 and want in r.stderr, r.stderr
+        assert "pw@" not in r.stderr  # the URL's password is never echoed

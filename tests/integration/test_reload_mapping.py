@@ -363,11 +363,15 @@ def test_opaque_token_spreads_over_cluster_default(switchyard, make_dovecot):
     (by session id), so such logins reach both nodes instead of one."""
     token = "opaque-bearer-token-7f3a9c"
     users = {"opq@example.com": token}
-    nodes = {"n1": make_dovecot(users=users, listeners={"imap": ("plain", "tls")}),
-             "n2": make_dovecot(users=users, listeners={"imap": ("plain", "tls")})}
+    # The nodes listen alike (same port, own address); they inherit the
+    # template's port and settings and declare only their host.
+    n1 = make_dovecot(users=users, listeners={"imap": ("plain", "tls")}, address="127.0.0.2")
+    n2 = make_dovecot(users=users, listeners={"imap": ("plain", "tls")}, address="127.0.0.3", ports_of=n1)
+    nodes = {"n1": n1, "n2": n2}
     imap_port, admin_port = free_port(), free_port()
-    cfg = make_config(imap_port, admin_port, {n: d.imap for n, d in nodes.items()}, "",
-                      default="pool", extra='[cluster.pool]\ntemplate = "n1"\nnodes = ["n1", "n2"]\n')
+    cfg = make_config(imap_port, admin_port, {"node": n1.imap}, "", default="pool",
+                      extra='[destination.n1]\nhost = "127.0.0.2"\n[destination.n2]\nhost = "127.0.0.3"\n'
+                            '[cluster.pool]\ntemplate = "node"\nnodes = ["n1", "n2"]\n')
     switchyard(cfg)
     marks = {n: d.log_mark() for n, d in nodes.items()}
     ir = base64.b64encode(f"user=opq@example.com\x01auth=Bearer {token}\x01\x01".encode()).decode()

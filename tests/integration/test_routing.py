@@ -415,36 +415,98 @@ def test_normalize_none_is_exact(env, marks, switchyard):
     assert routed(env, ports, "imap", "erin@example.com", login_as="ERIN@example.com") == "legacy"
 
 
-def test_cluster_target_pins_by_rendezvous(env, marks, switchyard):
-    """A mapping may name a cluster: the account lands on the node the
-    rendezvous hash picks (computed here independently: FNV-1a 64 over node,
-    NUL, identifier, then splitmix64's finalizer)."""
-    def score(node, ident):
-        mask = (1 << 64) - 1
-        h = 0xcbf29ce484222325
-        for byte in node.encode() + b"\0" + ident.encode():
-            h = ((h ^ byte) * 0x100000001b3) & mask
-        h = (h + 0x9e3779b97f4a7c15) & mask
-        h = ((h ^ (h >> 30)) * 0xbf58476d1ce4e5b9) & mask
-        h = ((h ^ (h >> 27)) * 0x94d049bb133111eb) & mask
-        return h ^ (h >> 31)
+def rendezvous_score(node, ident):
+    """The rendezvous weight, computed here independently of the proxy:
+    FNV-1a 64 over node, NUL, identifier, then splitmix64's finalizer."""
+    mask = (1 << 64) - 1
+    h = 0xcbf29ce484222325
+    for byte in node.encode() + b"\0" + ident.encode():
+        h = ((h ^ byte) * 0x100000001b3) & mask
+    h = (h + 0x9e3779b97f4a7c15) & mask
+    h = ((h ^ (h >> 30)) * 0xbf58476d1ce4e5b9) & mask
+    h = ((h ^ (h >> 27)) * 0x94d049bb133111eb) & mask
+    return h ^ (h >> 31)
 
-    ports = new_ports()
-    extra = """
+
+@pytest.fixture(scope="module")
+def pods(certs, smtp_sink):
+    """Two Dovecots that listen alike, as the pods behind one Service do:
+    the same ports, on 127.0.0.2 ("node-a") and 127.0.0.3 ("node-b")."""
+    e = Env()
+    e.backends = {}
+    listeners = {"imap": ("plain", "tls"), "pop3": ("plain", "tls"), "submission": ("plain", "tls"),
+                 "sieve": ("plain",), "lmtp": ("plain",)}
+    try:
+        first = None
+        for name, addr in (("node-a", "127.0.0.2"), ("node-b", "127.0.0.3")):
+            d = Dovecot(certs, users=USERS, listeners=listeners, address=addr, ports_of=first,
+                        relay=(smtp_sink.host, smtp_sink.port))
+            first = first or d
+            e.backends[name] = d
+            d.start()
+            with smtplib.LMTP(addr, d.lmtp) as l:
+                for u in USERS:
+                    l.sendmail("setup@example.com", [u],
+                               f"From: setup@example.com\r\nTo: {u}\r\nSubject: {subject_of(name)}\r\n\r\n"
+                               "Hello.\r\n")
+        yield e
+    finally:
+        for d in e.backends.values():
+            d.cleanup()
+
+
+CLUSTER_NAMES = ["frank@example.com", "grace@example.com", "heidi@example.com", "ivan@example.com",
+                 "judy@example.com"]
+
+
+def pod_cluster(pods):
+    """A cluster whose nodes are declared with only their host: the ports,
+    TLS mode, forwarding and plaintext rule come from the template."""
+    d = pods.backends["node-a"]
+    return f"""
+[destination.pod]
+host = "pod.invalid"
+forwarding = "none"
+allow_plaintext_auth = true
+[destination.pod.protocol.imap]
+port = {d.imap}
+tls = "plain"
+[destination.pod.protocol.pop3]
+port = {d.pop3}
+tls = "plain"
+[destination.pod.protocol.managesieve]
+port = {d.sieve}
+tls = "plain"
+[destination.pod.protocol.submission]
+port = {d.submission}
+tls = "plain"
+[destination.node-a]
+host = "127.0.0.2"
+[destination.node-b]
+host = "127.0.0.3"
 [cluster.pool]
-template = "legacy"
-nodes = ["legacy", "new"]
+template = "pod"
+nodes = ["node-a", "node-b"]
 """
-    names = ["frank@example.com", "grace@example.com", "heidi@example.com", "ivan@example.com",
-             "judy@example.com"]
-    switchyard(proxy_config(env, FILE_MAPPING, ports, extra=extra),
-               files={"mappings.tsv": "".join(f"{n} pool\n" for n in names)})
+
+
+def test_cluster_nodes_inherit_the_template(env, pods, marks, switchyard):
+    """A mapping may name a cluster: each account lands on the node the
+    rendezvous hash picks, and nodes declared with only `host` are reached on
+    the template's port with its settings (they declare no protocol)."""
+    ports = new_ports()
+    switchyard(proxy_config(env, FILE_MAPPING, ports, extra=pod_cluster(pods)),
+               files={"mappings.tsv": "".join(f"{n} pool\n" for n in CLUSTER_NAMES)})
     seen = set()
-    for n in names:
-        want = max(("legacy", "new"), key=lambda node: score(node, n))
-        assert routed(env, ports, "imap", n) == want, n
+    for n in CLUSTER_NAMES:
+        want = max(("node-a", "node-b"), key=lambda node: rendezvous_score(node, n))
+        assert routed(pods, ports, "imap", n) == want, n
         seen.add(want)
-    assert seen == {"legacy", "new"}  # the fixed names spread over both nodes
+    assert seen == {"node-a", "node-b"}  # the fixed names spread over both nodes
+    n = CLUSTER_NAMES[0]
+    want = max(("node-a", "node-b"), key=lambda node: rendezvous_score(node, n))
+    for proto in PROTOS:
+        assert routed(pods, ports, proto, n) == want, proto
 
 
 # --- Redis ------------------------------------------------------------------------------------------------

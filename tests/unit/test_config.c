@@ -387,7 +387,7 @@ static void test_explicit_values(void **state)
 	    "[mapping]\nsource = \"redis\"\nnormalize = \"lowercase\"\npositive_ttl = \"1d\"\n"
 	    "negative_ttl = \"0s\"\ncache_max_entries = 10\nlookup_timeout = \"250ms\"\n"
 	    "on_store_error = \"default\"\n"
-	    "[mapping.redis]\nurl = \"rediss://r.example.com:6380\"\nkey_prefix = \"\"\npool_size "
+	    "[mapping.redis]\nurl = \"redis://r.example.com:6380\"\nkey_prefix = \"\"\npool_size "
 	    "= 2\n"
 	    "[capabilities.imap]\nsasl = [\"plain\", \"Login\"]\nallow_plain_auth_without_tls = "
 	    "true\n"
@@ -512,6 +512,32 @@ static void test_forwarding_inference(void **state)
 	                 SY_FWD_XCLIENT);
 	assert_int_equal(sy_destination_forwarding(config_destination(cfg, "c"), SY_PROTO_IMAP),
 	                 SY_FWD_NONE);
+	config_free(cfg);
+}
+
+/* The reference accepts forwarding = "xclient" on a pass-through leg and
+ * ignores it: so does this proxy, with a warning naming the key, and the
+ * leg then forwards nothing (no PROXY header, and never XCLIENT). */
+static void test_passthrough_xclient_is_a_warning(void **state)
+{
+	(void)state;
+	sy_config *cfg = load_ok(
+	    ROUTING
+	    "smtp_passthrough_destination = \"relay\"\n" MAIN RELAY
+	    "[destination.relay.protocol.lmtp]\nport = 24\ntls = \"plain\"\n"
+	    "forwarding = \"xclient\"\n"
+	    "[listener.l]\nprotocol = \"lmtp\"\nbind = [\"127.0.0.1:24\"]\ntls = \"plain\"\n");
+	assert_int_equal(cfg->warnings.len, 1);
+	assert_non_null(strstr(cfg->warnings.msgs[0],
+	                       "destination.relay.protocol.lmtp.forwarding: "
+	                       "\"xclient\" has no effect on a pass-through leg"));
+	assert_int_not_equal(
+	    sy_destination_forwarding(config_destination(cfg, "relay"), SY_PROTO_LMTP),
+	    SY_FWD_PROXY);
+	config_free(cfg);
+	/* A configuration without such a key has no warnings. */
+	cfg = load_ok(BASE);
+	assert_int_equal(cfg->warnings.len, 0);
 	config_free(cfg);
 }
 
@@ -873,10 +899,6 @@ static const bad_case bad_cases[] = {
      "routing.smtp_passthrough_destination: destination \"relay\" does not declare lmtp"},
     {ROUTING "smtp_passthrough_destination = \"ghost\"\n" MAIN,
      "routing.smtp_passthrough_destination: \"ghost\" is not a declared"},
-    {ROUTING
-     "smtp_passthrough_destination = \"relay\"\n" MAIN RELAY
-     "[destination.relay.protocol.lmtp]\nport = 24\ntls = \"plain\"\nforwarding = \"xclient\"\n",
-     "destination.relay.protocol.lmtp.forwarding: \"xclient\" is not possible on a pass-through"},
 
     /* Mapping sources. */
     {BASE "[mapping]\nsource = \"file\"\n", "mapping.file: missing; source = \"file\""},
@@ -897,6 +919,19 @@ static const bad_case bad_cases[] = {
      "mapping.sql.query: does not use $1"},
     {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"http://r:6379\"\n",
      "mapping.redis.url: must start with redis:// or rediss://"},
+    /* What the store would refuse at startup, --check-config refuses too. */
+    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"rediss://r:6380\"\n",
+     "mapping.redis.url: rediss:// (Redis over TLS) is not supported by this build"},
+    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"redis://user@r:6379\"\n",
+     "mapping.redis.url: a user name needs a password"},
+    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"redis://r:99999\"\n",
+     "mapping.redis.url: the port must be a number from 1 to 65535"},
+    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"redis://r:6379/x\"\n",
+     "mapping.redis.url: the path must be a database number"},
+    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"redis://r?db=1\"\n",
+     "mapping.redis.url: query parameters are not supported"},
+    {BASE "[mapping]\nsource = \"sql\"\n[mapping.sql]\nurl = \"postgres://h/db?nosuch=1\"\n",
+     "mapping.sql.url: libpq cannot parse it"},
     {BASE "[mapping]\nsource = \"file\"\n[mapping.file]\npath = \"ghostmap.tsv\"\n",
      "ghostmap.tsv:1: destination \"ghost\" is not declared"},
     {BASE "[mapping]\nsource = \"file\"\n[mapping.file]\npath = \"badmap.tsv\"\n",
@@ -1282,6 +1317,7 @@ int main(void)
 	    cmocka_unit_test(test_listener_and_table_defaults),
 	    cmocka_unit_test(test_explicit_values),
 	    cmocka_unit_test(test_forwarding_inference),
+	    cmocka_unit_test(test_passthrough_xclient_is_a_warning),
 	    cmocka_unit_test(test_durations),
 	    cmocka_unit_test(test_sockaddr_parse),
 	    cmocka_unit_test(test_enum_helpers),

@@ -74,7 +74,7 @@ class Dovecot:
     """
 
     def __init__(self, certs, users=None, masters=None, listeners=None, relay=None, extra_conf="",
-                 ssl_cert=None):
+                 ssl_cert=None, address="127.0.0.1", ports_of=None):
         self.certs = certs
         self.users = dict(DEFAULT_USERS if users is None else users)
         self.masters = dict(DEFAULT_MASTERS if masters is None else masters)
@@ -82,7 +82,11 @@ class Dovecot:
         self.extra_conf = extra_conf
         self.ssl_cert = ssl_cert or certs.localhost
         self._want = listeners if listeners is not None else {s: KINDS for s in SERVICES}
-        self._assign_ports()
+        # `address`: the loopback address every listener binds; `ports_of`:
+        # another Dovecot whose port numbers to reuse (on another address),
+        # as the pods behind one Service all listen on the same ports.
+        self.address = address
+        self._assign_ports(ports_of)
         self.dir = make_tempdir("dovecot")
         track(self)
         self.base_dir = os.path.join(self.dir, "run")
@@ -93,13 +97,14 @@ class Dovecot:
         self.conf_path = os.path.join(self.dir, "dovecot.conf")
         self.pid = None
 
-    def _assign_ports(self):
+    def _assign_ports(self, ports_of=None):
         self.listeners = []
         for service in SERVICES:
             for kind in KINDS:
                 port = None
                 if kind in self._want.get(service, ()):
-                    port = free_port()
+                    port = getattr(ports_of, self._attr(service, kind)) if ports_of else None
+                    port = port or free_port(self.address)
                     self.listeners.append(Listener(service, kind, port))
                 setattr(self, self._attr(service, kind), port)
 
@@ -138,7 +143,7 @@ class Dovecot:
             if l.service != service:
                 continue
             name = {"plain": name_prefix, "tls": name_prefix + "s", "haproxy": name_prefix + "_haproxy"}[l.kind]
-            out.append(f"  inet_listener {name} {{\n    address = 127.0.0.1\n    port = {l.port}\n")
+            out.append(f"  inet_listener {name} {{\n    address = {self.address}\n    port = {l.port}\n")
             if l.kind == "tls":
                 out.append("    ssl = yes\n")
             if l.kind == "haproxy":
@@ -160,7 +165,7 @@ log_path = {self.log_path}
 info_log_path = {self.log_path}
 debug_log_path = {self.log_path}
 protocols = {" ".join(protocols) or "none"}
-listen = 127.0.0.1
+listen = {self.address}
 shutdown_clients = yes
 
 ssl = yes
@@ -269,7 +274,7 @@ service lmtp {{
                 if not b.pause():
                     raise HarnessError(f"dovecot wrote no pid file within {timeout}s; log:\n{self.log_text()}")
         try:
-            wait_ports_listening([l.port for l in self.listeners], timeout, "dovecot")
+            wait_ports_listening([l.port for l in self.listeners], timeout, "dovecot", host=self.address)
         except HarnessError:
             raise HarnessError(f"dovecot listeners not up; log:\n{self.log_text()}")
         return self

@@ -99,10 +99,14 @@ class Backoff:
         return True
 
 
-def listening_ports():
+def listening_ports(host=None):
     """Ports in LISTEN state on this host (from /proc/net/tcp{,6}): lets us see
     that a daemon has bound its sockets without connecting to them (a probe
-    connection would spawn processes and write log lines tests look at)."""
+    connection would spawn processes and write log lines tests look at).
+    With `host` (an IPv4 address), only sockets bound to that address."""
+    want = None
+    if host is not None:
+        want = "%08X" % int.from_bytes(socket.inet_aton(host), "little")
     ports = set()
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -110,18 +114,21 @@ def listening_ports():
                 next(f)
                 for line in f:
                     parts = line.split()
-                    if parts[3] == "0A":  # TCP_LISTEN
-                        ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+                    if parts[3] != "0A":  # TCP_LISTEN
+                        continue
+                    addr, port = parts[1].rsplit(":", 1)
+                    if want is None or addr == want:
+                        ports.add(int(port, 16))
         except FileNotFoundError:
             pass
     return ports
 
 
-def wait_ports_listening(ports, timeout=DEFAULT_TIMEOUT, what="daemon"):
+def wait_ports_listening(ports, timeout=DEFAULT_TIMEOUT, what="daemon", host=None):
     ports = set(ports)
     b = Backoff(timeout)
     while True:
-        missing = ports - listening_ports()
+        missing = ports - listening_ports(host)
         if not missing:
             return
         if not b.pause():
