@@ -51,12 +51,23 @@ class HarnessError(AssertionError):
     """A fixture could not reach the state a test needs (fails the test)."""
 
 
+_handed_out = set()
+
+
 def free_port(host="127.0.0.1"):
-    """A TCP port that was free on `host` a moment ago (bind 0, read, close)."""
+    """A TCP port that was free on `host` a moment ago (bind 0, read, close).
+    The kernel may offer a port again once it is closed, so a port this
+    process already handed out is never returned twice: two listeners of
+    one test would otherwise collide now and then."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    for _ in range(100):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise HarnessError("no fresh free port after 100 tries")
 
 
 def make_tempdir(prefix, mode=0o755):
