@@ -7,8 +7,16 @@
  * The parser is incremental and allocation-free: the listener calls it on the
  * bytes received so far and either gets a complete header, a request for more
  * bytes, or a verdict that the connection does not start with a header. The
- * spec forbids guessing whether a header is present, so a listener configured
- * for the PROXY protocol must reject the connection on -1.
+ * spec forbids guessing whether a header is present, so a listener that
+ * requires the PROXY protocol must reject the connection on -1.
+ *
+ * A listener where the header is optional (the reference system's
+ * `proxy_protocol = "optional"`, for trusted peers only) tells a header from
+ * other bytes with proxy_detect(), by the signature alone: "PROXY " or the
+ * 12-byte v2 signature. Neither can begin a TLS ClientHello (0x16), an HTTP
+ * request or anything a mail client sends, so the guess the spec warns
+ * against never has to be made on ambiguous bytes; once the signature is
+ * there, the header must be valid (proxy_parse) or the connection is refused.
  */
 #ifndef SWITCHYARD_PROXY_PROTOCOL_H
 #define SWITCHYARD_PROXY_PROTOCOL_H
@@ -48,6 +56,17 @@ typedef struct sy_proxy_info {
  * for a local result its addresses are zeroed. buf may be NULL when len is 0.
  */
 int proxy_parse(const uint8_t *buf, size_t len, sy_proxy_info *out);
+
+/*
+ * Looks at the first bytes of a connection, buf[0..len), for a PROXY header
+ * signature: "PROXY " (v1) or the 12-byte v2 signature. Returns 1 when buf
+ * begins with one of them (the peer has committed to a header; proxy_parse
+ * then says whether it is valid), 0 while every byte so far is a strict
+ * prefix of one of them (including len == 0: more bytes are needed, at most
+ * 12 in all), or -1 as soon as the bytes cannot begin either. Never reads
+ * beyond buf[len - 1]; buf may be NULL when len is 0.
+ */
+int proxy_detect(const uint8_t *buf, size_t len);
 
 /* Builds a v2 PROXY header (command PROXY, transport STREAM) describing a
  * connection from src to dst into out[0..cap). IPv4-mapped IPv6 addresses

@@ -46,8 +46,9 @@ struct sy_session {
 	sy_session_state state;
 	uint8_t closes_pending;
 	bool client_eof, backend_eof;
-	bool counted; /* holds a slot of lrt->active */
-	bool splice;  /* bridging splices (both legs plaintext; src/net/bridge.c) */
+	bool counted;           /* holds a slot of lrt->active */
+	bool splice;            /* bridging splices (both legs plaintext; src/net/bridge.c) */
+	bool proxy_header_seen; /* proxy_protocol = "optional": the peer began a header */
 
 	/* Client bytes read ahead of the stage that consumes them (e.g. after a
 	 * PROXY header). A pool block; NULL when empty. */

@@ -76,11 +76,6 @@ static void respond_json(sy_http_req *req, int status, json_t *j)
 	free(text);
 }
 
-static void respond_error_json(sy_http_req *req, int status, const char *msg)
-{
-	respond_json(req, status, json_pack("{s:s}", "error", msg));
-}
-
 static void respond_textf(sy_http_req *req, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -92,6 +87,26 @@ static void respond_textf(sy_http_req *req, int status, const char *fmt, ...)
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
 	http_respond_text(req, status, buf);
+}
+
+/* A text body "<prefix><msg>\n" of any length (msg may hold several lines,
+ * such as every problem of a configuration). */
+static void respond_text_msg(sy_http_req *req, int status, const char *prefix, const char *msg)
+{
+	size_t plen = strlen(prefix), mlen = strlen(msg);
+	while (mlen > 0 && msg[mlen - 1] == '\n')
+		mlen--;
+	char *body = malloc(plen + mlen + 2);
+	if (!body) {
+		http_respond_text(req, 500, "out of memory\n");
+		return;
+	}
+	memcpy(body, prefix, plen);
+	memcpy(body + plen, msg, mlen);
+	body[plen + mlen] = '\n';
+	body[plen + mlen + 1] = '\0';
+	http_respond_text(req, status, body);
+	free(body);
 }
 
 /* The routing identifier an operator means: cut at the master-user
@@ -355,7 +370,9 @@ static void h_destinations(struct sy_admin *a, sy_http_req *req, sy_snapshot *sn
 			                    json_string(cl->kubernetes.service));
 		json_array_append_new(list, o);
 	}
-	respond_json(req, 200, list);
+	/* The reference system's shape: the list under "destinations", so a
+	 * script reading .destinations[] works against either. */
+	respond_json(req, 200, json_pack("{s:o}", "destinations", list));
 }
 
 static void h_destinations_reset(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
@@ -383,7 +400,7 @@ static void h_destinations_reset(struct sy_admin *a, sy_http_req *req, sy_snapsh
 				health_reset(n->health);
 		}
 	sy_log(SY_LOG_INFO, "admin: destination health reset", "destination", id, NULL);
-	respond_textf(req, 200, "reset %s\n", id);
+	http_respond_text(req, 200, "ok\n");
 	free(id);
 }
 
@@ -444,22 +461,21 @@ static void on_put(void *arg, sy_route_admin_status st, const char *error)
 	case SY_ROUTE_ADMIN_OK:
 		sy_log(SY_LOG_INFO, "admin: mapping set", "identifier", op->identifier,
 		       "destination", op->destination, NULL);
-		respond_json(op->req, 200,
-		             json_pack("{s:s,s:s}", "identifier", op->identifier, "destination",
-		                       op->destination));
+		http_respond_text(op->req, 200, "ok\n");
 		break;
 	case SY_ROUTE_ADMIN_READONLY:
-		respond_error_json(op->req, 501, error ? error : "the mapping source is read-only");
+		respond_text_msg(op->req, 501, "", error ? error : "mapping store is read-only");
 		break;
 	case SY_ROUTE_ADMIN_UNKNOWN_DEST:
-		respond_error_json(op->req, 400,
-		                   error ? error : "not a declared destination or cluster");
+		respond_text_msg(op->req, 400, "unknown destination: ", op->destination);
 		break;
 	case SY_ROUTE_ADMIN_INVALID:
-		respond_error_json(op->req, 400, error ? error : "invalid identifier");
+		respond_text_msg(op->req, 400, "", error ? error : "invalid identifier");
 		break;
 	default:
-		respond_error_json(op->req, 503, error ? error : "mapping store error");
+		sy_log(SY_LOG_WARN, "admin: mapping upsert failed", "identifier", op->identifier,
+		       "error", error ? error : "?", NULL);
+		respond_text_msg(op->req, 500, "upsert failed: ", error ? error : "store error");
 		break;
 	}
 	map_op_free(op);
@@ -477,13 +493,15 @@ static void on_deleted(void *arg, sy_route_admin_status st, const char *error)
 		http_respond_text(op->req, 200, "absent\n");
 		break;
 	case SY_ROUTE_ADMIN_READONLY:
-		respond_error_json(op->req, 501, error ? error : "the mapping source is read-only");
+		respond_text_msg(op->req, 501, "", error ? error : "mapping store is read-only");
 		break;
 	case SY_ROUTE_ADMIN_INVALID:
-		respond_error_json(op->req, 400, error ? error : "invalid identifier");
+		respond_text_msg(op->req, 400, "", error ? error : "invalid identifier");
 		break;
 	default:
-		respond_error_json(op->req, 503, error ? error : "mapping store error");
+		sy_log(SY_LOG_WARN, "admin: mapping remove failed", "identifier", op->identifier,
+		       "error", error ? error : "?", NULL);
+		respond_text_msg(op->req, 500, "remove failed: ", error ? error : "store error");
 		break;
 	}
 	map_op_free(op);
@@ -551,17 +569,18 @@ static void h_mappings_reload(struct sy_admin *a, sy_http_req *req, sy_snapshot 
 	if (route_reload_file(a->srv->router, snap, &err) != 0) {
 		sy_log(SY_LOG_ERROR, "admin: mapping file reload failed: keeping the old table",
 		       "error", err ? err : "?", NULL);
-		respond_json(req, 400,
-		             json_pack("{s:b,s:s}", "reloaded", 0, "error", err ? err : "error"));
+		respond_text_msg(req, 500, "reload failed: ", err ? err : "error");
 		free(err);
 		return;
 	}
-	bool file = snap->cfg->mapping.source == SY_MAP_FILE;
-	if (file)
+	/* Redis and SQL are read on every lookup: nothing to re-read, and the
+	 * reference answers the same for them. */
+	if (snap->cfg->mapping.source == SY_MAP_FILE)
 		sy_log(SY_LOG_INFO, "admin: mapping file reloaded", NULL);
-	respond_json(req, 200,
-	             json_pack("{s:b,s:s}", "reloaded", file, "source",
-	                       source_name(snap->cfg->mapping.source)));
+	else if (log_enabled(SY_LOG_DEBUG))
+		sy_log(SY_LOG_DEBUG, "admin: mapping reload is a no-op for this source", "source",
+		       source_name(snap->cfg->mapping.source), NULL);
+	http_respond_text(req, 200, "reloaded\n");
 }
 
 static void h_cache_invalidate(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
@@ -578,10 +597,10 @@ static void h_cache_invalidate(struct sy_admin *a, sy_http_req *req, sy_snapshot
 		return;
 	}
 	route_invalidate(a->srv->router, snap, id);
-	if (id)
-		respond_textf(req, 200, "invalidated %s\n", id);
-	else
-		http_respond_text(req, 200, "cache cleared\n");
+	if (log_enabled(SY_LOG_DEBUG))
+		sy_log(SY_LOG_DEBUG, "admin: cache invalidated", "identifier", id ? id : "(all)",
+		       NULL);
+	http_respond_text(req, 200, "ok\n");
 	free(id);
 }
 
@@ -683,10 +702,7 @@ static void h_delay(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 	char n[24];
 	snprintf(n, sizeof(n), "%lu", s);
 	sy_log(SY_LOG_INFO, "admin: logins delayed", "identifier", id, "seconds", n, NULL);
-	if (s == 0)
-		respond_textf(req, 200, "delay lifted for %s\n", id);
-	else
-		respond_textf(req, 200, "delayed %s for %lu s\n", id, s);
+	http_respond_text(req, 200, "ok\n");
 	free(id);
 out:
 	free(raw);
@@ -698,8 +714,9 @@ static void h_config_reload(struct sy_admin *a, sy_http_req *req, sy_snapshot *s
 	(void)snap;
 	char *err = NULL;
 	if (server_reload(a->srv, "api", &err) != 0) {
-		respond_json(req, atomic_load(&a->srv->draining) ? 503 : 400,
-		             json_pack("{s:b,s:s}", "reloaded", 0, "error", err ? err : "error"));
+		/* Text, as the reference answers a failed reload. */
+		respond_text_msg(req, atomic_load(&a->srv->draining) ? 503 : 400,
+		                 "reload failed: ", err ? err : "error");
 		free(err);
 		return;
 	}
@@ -745,10 +762,20 @@ static const struct endpoint {
     {"/config/reload", M_POST, true, h_config_reload, "POST"},
 };
 
+/* "/stats/" is "/stats" (any number of trailing slashes, as the reference
+ * system treats them); "/" itself stays "/". Trims req->path in place. */
+static void trim_trailing_slashes(char *path)
+{
+	size_t n = strlen(path);
+	while (n > 1 && path[n - 1] == '/')
+		path[--n] = '\0';
+}
+
 static void on_request(void *arg, sy_http_req *req)
 {
 	struct sy_admin *a = arg;
 	const struct endpoint *ep = NULL;
+	trim_trailing_slashes(req->path);
 	for (size_t i = 0; i < sizeof(endpoints) / sizeof(endpoints[0]); i++)
 		if (strcmp(endpoints[i].path, req->path) == 0) {
 			ep = &endpoints[i];

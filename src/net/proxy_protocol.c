@@ -360,6 +360,17 @@ int proxy_parse(const uint8_t *buf, size_t len, sy_proxy_info *out)
 	return -1;
 }
 
+int proxy_detect(const uint8_t *buf, size_t len)
+{
+	size_t n1 = len < V1_PREFIX_LEN ? len : V1_PREFIX_LEN;
+	size_t n2 = len < sizeof(v2_sig) ? len : sizeof(v2_sig);
+	bool v1 = n1 == 0 || memcmp(buf, v1_prefix, n1) == 0;
+	bool v2 = n2 == 0 || memcmp(buf, v2_sig, n2) == 0;
+	if ((v1 && len >= V1_PREFIX_LEN) || (v2 && len >= sizeof(v2_sig)))
+		return 1;
+	return v1 || v2 ? 0 : -1;
+}
+
 /*
  * Copies an AF_INET or AF_INET6 address into *ss, turning IPv4-mapped IPv6
  * into plain AF_INET. Returns false for NULL or any other family.

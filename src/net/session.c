@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "switchyard/interactive.h"
@@ -206,6 +207,111 @@ static void start_client_leg(sy_session *s)
 	}
 }
 
+/* ---- the PROXY header -------------------------------------------------------------- */
+
+/*
+ * With proxy_protocol = "optional" a trusted peer may or may not send a
+ * header, and which it does is told by the first bytes (proxy_detect). On a
+ * listener whose client speaks first (implicit TLS: the ClientHello; http)
+ * those bytes always come. On one whose server speaks first (plain and
+ * STARTTLS mail listeners, and the pass-through protocols, whose backend
+ * greets) a client without a load balancer in front sends nothing until it
+ * is greeted, so waiting for bytes would wait for the pre-auth timeout. A load
+ * balancer writes its header as soon as its connection to us is established,
+ * before any byte of the client's, so it is in our socket when we accept or
+ * one round trip later: the session waits at most PROXY_OPTIONAL_WAIT_MS for
+ * a first byte and, when none has come, goes on without a header.
+ *
+ * Greeting at once and looking for the header among the client's first bytes
+ * instead would not do: a pass-through session dials its backend, PROXY v2
+ * header with the client's address first, before the client says anything,
+ * and a submission greeting without server.hostname names the address the
+ * client connected to, which the header replaces.
+ */
+#define PROXY_OPTIONAL_WAIT_MS 200
+
+static bool client_speaks_first(const sy_session *s)
+{
+	return s->lcfg->tls == SY_TLS_IMPLICIT || s->lcfg->protocol == SY_PROTO_HTTP;
+}
+
+/* Milliseconds left of the pre-authentication deadline (absolute from
+ * accept). */
+static uint64_t preauth_left(const sy_session *s)
+{
+	uint64_t now = uv_now(&s->w->loop);
+	uint64_t deadline = s->start_ms + s->lcfg->preauth_timeout_ms;
+	return deadline > now ? deadline - now : 0;
+}
+
+/* The header stage is over (with or without a header): what s->pending holds
+ * belongs to the client leg. */
+static void end_proxy_stage(sy_session *s)
+{
+	if (s->pending && s->pending_len == 0) {
+		pool_put(&s->w->pool, s->pending);
+		s->pending = NULL;
+	}
+	sy_stream_read_stop(&s->client);
+	start_client_leg(s);
+}
+
+/* Optional mode, and the connection does not start with a header: the bytes
+ * read so far (s->pending, then data[0..n)) are the client's own, and go to
+ * the TLS handshake or the protocol's line reader unchanged. */
+static void no_proxy_header(sy_session *s, const char *data, size_t n)
+{
+	/* What precedes data is at most an 11-byte signature prefix, so only a
+	 * client that sent such a prefix and then a whole block before being
+	 * greeted has more than the next stage takes in one piece. */
+	if (s->pending_len + n > SY_BLOCK_SIZE) {
+		char peer[64];
+		session_peer_str(s, peer, sizeof(peer));
+		sy_log(SY_LOG_INFO, "too many bytes before the greeting", "listener", s->lcfg->name,
+		       "client", peer, NULL);
+		session_close(s, "too many bytes before the greeting");
+		return;
+	}
+	if (n > 0) {
+		memcpy(s->pending + s->pending_len, data, n);
+		s->pending_len += n;
+	}
+	if (log_enabled(SY_LOG_DEBUG)) {
+		char peer[64];
+		session_peer_str(s, peer, sizeof(peer));
+		sy_log(SY_LOG_DEBUG, "no PROXY header from a trusted peer: its own address is used",
+		       "listener", s->lcfg->name, "client", peer, NULL);
+	}
+	end_proxy_stage(s);
+}
+
+static void on_proxy_wait_timeout(uv_timer_t *t)
+{
+	sy_session *s = t->data;
+	if (s->state != SS_PROXY_HEADER)
+		return;
+	/* A loop busy for longer than the wait runs this timer before it polls
+	 * the socket, where a header may already be waiting: look before
+	 * concluding there is none. Unread bytes (or an EOF) mean the read
+	 * callback runs in this same loop iteration and decides. */
+	uv_os_fd_t fd;
+	char b;
+	if (uv_fileno((const uv_handle_t *)&s->client.tcp, &fd) == 0 &&
+	    recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) >= 0) {
+		uint64_t left = preauth_left(s);
+		if (left == 0) {
+			on_preauth_timeout(t);
+			return;
+		}
+		uv_timer_start(&s->timer, on_proxy_wait_timeout,
+		               left < PROXY_OPTIONAL_WAIT_MS ? left : PROXY_OPTIONAL_WAIT_MS, 0);
+		return;
+	}
+	/* Nothing came, or only part of a signature (say a client's stray CR):
+	 * not a header. */
+	no_proxy_header(s, NULL, 0);
+}
+
 static void on_proxy_header_read(sy_stream *st, const char *data, ssize_t n)
 {
 	sy_session *s = st->owner;
@@ -219,6 +325,31 @@ static void on_proxy_header_read(sy_stream *st, const char *data, ssize_t n)
 			session_close(s, "out of memory");
 			return;
 		}
+	}
+	if (s->lcfg->proxy_protocol == SY_PROXY_OPTIONAL && !s->proxy_header_seen) {
+		/* Undecided so far: s->pending holds a strict prefix of a
+		 * signature (fewer than 12 bytes). */
+		uint8_t probe[12];
+		size_t k = s->pending_len;
+		memcpy(probe, s->pending, k);
+		size_t more = sizeof(probe) - k < (size_t)n ? sizeof(probe) - k : (size_t)n;
+		memcpy(probe + k, data, more);
+		int d = proxy_detect(probe, k + more);
+		if (d < 0) {
+			no_proxy_header(s, data, (size_t)n);
+			return;
+		}
+		if (d == 0) {
+			/* All of this read is still a prefix (k + n < 12). */
+			memcpy(s->pending + s->pending_len, data, (size_t)n);
+			s->pending_len += (size_t)n;
+			return;
+		}
+		/* The peer has begun a header: from here on it is parsed as on a
+		 * listener that requires one, within the pre-auth deadline. */
+		s->proxy_header_seen = true;
+		if (!client_speaks_first(s))
+			uv_timer_start(&s->timer, on_preauth_timeout, preauth_left(s), 0);
 	}
 	size_t room = PROXY_HEADER_MAX - s->pending_len;
 	size_t take = (size_t)n < room ? (size_t)n : room;
@@ -243,7 +374,9 @@ static void on_proxy_header_read(sy_stream *st, const char *data, ssize_t n)
 		memcpy(&s->local, &info.dst, sizeof(info.dst));
 	}
 	/* Whatever followed the header belongs to the next stage. Bytes of this
-	 * read that did not fit were never copied: keep them too. */
+	 * read that did not fit were never copied: keep them too. (They fit in
+	 * the block: the header took more of this read than pending held before
+	 * it, and a read is at most one block.) */
 	size_t rest = s->pending_len - (size_t)r;
 	memmove(s->pending, s->pending + r, rest);
 	s->pending_len = rest;
@@ -251,12 +384,18 @@ static void on_proxy_header_read(sy_stream *st, const char *data, ssize_t n)
 		memcpy(s->pending + s->pending_len, data + take, (size_t)n - take);
 		s->pending_len += (size_t)n - take;
 	}
-	if (s->pending_len == 0) {
-		pool_put(&s->w->pool, s->pending);
-		s->pending = NULL;
+	end_proxy_stage(s);
+}
+
+/* Starts the PROXY header stage for a trusted peer. */
+static void start_proxy_stage(sy_session *s)
+{
+	sy_stream_read_start(&s->client, on_proxy_header_read);
+	if (s->lcfg->proxy_protocol == SY_PROXY_OPTIONAL && !client_speaks_first(s)) {
+		uint64_t left = s->lcfg->preauth_timeout_ms;
+		uv_timer_start(&s->timer, on_proxy_wait_timeout,
+		               left < PROXY_OPTIONAL_WAIT_MS ? left : PROXY_OPTIONAL_WAIT_MS, 0);
 	}
-	sy_stream_read_stop(&s->client);
-	start_client_leg(s);
 }
 
 /* The acceptor's listener in `snap`, by name (a reload may have moved it
@@ -351,7 +490,7 @@ void session_accept(sy_worker *w, sy_acceptor *a)
 		bool trusted = cidr_match_any(s->lcfg->proxy_trusted, s->lcfg->nproxy_trusted,
 		                              (struct sockaddr *)&s->peer);
 		if (trusted) {
-			sy_stream_read_start(&s->client, on_proxy_header_read);
+			start_proxy_stage(s);
 			return;
 		}
 		if (s->lcfg->proxy_protocol == SY_PROXY_REQUIRED) {

@@ -379,7 +379,10 @@ def test_probes(proxy):
     assert body.splitlines() == ["[+]config ok", "[+]listeners ok", "[+]discovery ok", "[+]shutdown ok",
                                  "readyz check passed"]
     assert a.get("/nope", token=None)[0] == 404
-    assert a.get("/stats/", token=None)[0] == 404
+    assert a.get("/", token=None)[0] == 404
+    # A trailing slash names the same path (test_trailing_slash_is_the_same_path).
+    assert a.get("/livez/", token=None)[:3:2] == (200, "ok\n")
+    assert a.get("/stats/", token=None)[0] == 401
     st, hdrs, _ = a.post("/livez", token=None)
     assert st == 405 and "GET" in hdrs["allow"]
     st, hdrs, _ = a.get("/config/reload")
@@ -576,7 +579,7 @@ nodes = ["dovecot", "dead"]
         c = Imap(ports["imap"])
         assert b" NO " in c.login(*ALICE)
         c.close()
-    lst = a.json("GET", "/destinations")
+    lst = a.json("GET", "/destinations")["destinations"]
     by = {d["destination"]: d for d in lst}
     assert by["dead"]["down"] is True and by["dead"]["consecutive_failures"] == 2
     assert by["dovecot"]["down"] is False and by["dovecot"]["consecutive_failures"] == 0
@@ -586,8 +589,8 @@ nodes = ["dovecot", "dead"]
     assert pool["down"] is False  # one member is up
 
     st, _, body = a.post("/destinations/reset?destination=dead")
-    assert st == 200, body
-    by = {d["destination"]: d for d in a.json("GET", "/destinations")}
+    assert (st, body) == (200, "ok\n"), body
+    by = {d["destination"]: d for d in a.json("GET", "/destinations")["destinations"]}
     assert by["dead"]["down"] is False and by["dead"]["consecutive_failures"] == 0
     assert a.post("/destinations/reset?destination=nosuch")[0] == 404
     assert a.post("/destinations/reset")[0] == 400
@@ -632,7 +635,7 @@ def test_delay_holds_logins(proxy):
     assert a.post("/connections/delay?seconds=5")[0] == 400
     assert a.post("/connections/delay?identifier=alice@example.com&seconds=x")[0] == 400
     st, _, body = a.post("/connections/delay?identifier=alice@example.com&seconds=2")
-    assert st == 200, body
+    assert (st, body) == (200, "ok\n"), body
 
     c = Imap(port)
     t0 = time.monotonic()
@@ -707,7 +710,7 @@ def test_reload_configmap_keeps_idle_sessions(switchyard, make_dovecot):
     mark = sy.log_mark()
     configmap_publish(cmdir, "switchyard.toml", v2, "..2026_11_21_12_01_00.456")
     sy.wait_log(r'configuration reloaded trigger="file change"', since=mark)
-    assert "second" in {d["destination"] for d in a.json("GET", "/destinations")}
+    assert "second" in {d["destination"] for d in a.json("GET", "/destinations")["destinations"]}
     c = login_ok(ports2["imap2"], ("user00@example.com", "pass00"))
     c.close()
 
@@ -725,12 +728,13 @@ def test_reload_configmap_keeps_idle_sessions(switchyard, make_dovecot):
     configmap_publish(cmdir, "switchyard.toml", bad, "..2026_11_21_12_02_00.789")
     sy.wait_log(r'configuration reload failed.*trigger="file change".*routing\.default_destination',
                 since=mark)
-    body = a.json("POST", "/config/reload", expect=400)
-    assert body["reloaded"] is False and "routing.default_destination" in body["error"]
+    st, hdrs, body = a.post("/config/reload")
+    assert st == 400 and hdrs["content-type"].startswith("text/plain"), (st, body)
+    assert body.startswith("reload failed: ") and "routing.default_destination" in body, body
     assert a.metrics().get("switchyard_config_reloads_total", result="error") == before + 2
     c = login_ok(ports2["imap2"], ("user01@example.com", "pass01"))
     c.close()
-    assert "second" in {d["destination"] for d in a.json("GET", "/destinations")}
+    assert "second" in {d["destination"] for d in a.json("GET", "/destinations")["destinations"]}
 
     # Every IDLE session is still there and answers.
     for c in idlers:
@@ -778,8 +782,7 @@ def test_reload_adds_and_removes_listeners(proxy, dovecot):
     mark = proxy.log_mark()
     st, _, body = a.post("/config/reload")
     assert st == 400, body
-    err = json.loads(body)
-    assert err["reloaded"] is False and "listener.imap.tls" in err["error"]
+    assert body.startswith("reload failed: ") and "listener.imap.tls" in body, body
     proxy.wait_log(r"configuration reload failed.*listener\.imap\.tls", since=mark)
     login_ok(old_ports["imap"]).close()
 
@@ -796,7 +799,7 @@ def test_reload_bind_conflict_keeps_config(proxy, dovecot):
         proxy.write_config(cfg)
         st, _, body = proxy.admin.post("/config/reload")
         assert st == 400 and "listener.extra.bind" in body, body
-        assert "more" not in {d["destination"] for d in proxy.admin.json("GET", "/destinations")}
+        assert "more" not in {d["destination"] for d in proxy.admin.json("GET", "/destinations")["destinations"]}
     finally:
         busy.close()
 
@@ -841,8 +844,8 @@ def test_mapping_cutover(cutover):
     landed_on(sy.old, mark)
 
     # The cutover recipe: PUT the new mapping, then kick.
-    body = a.json("PUT", "/mappings?identifier=alice@example.com&destination=new")
-    assert body["destination"] == "new"
+    st, _, body = a.request("PUT", "/mappings?identifier=alice@example.com&destination=new")
+    assert (st, body) == (200, "ok\n")
     with open(sy.path("mappings.tsv")) as f:
         assert re.search(r"^alice@example\.com\s+new$", f.read(), re.M)
     e = a.json("GET", "/mappings?identifier=alice@example.com")
@@ -856,15 +859,16 @@ def test_mapping_cutover(cutover):
     again.close()
 
     # Errors and the other verbs.
-    assert a.request("PUT", "/mappings?identifier=alice@example.com&destination=nosuch")[0] == 400
+    st, _, body = a.request("PUT", "/mappings?identifier=alice@example.com&destination=nosuch")
+    assert (st, body) == (400, "unknown destination: nosuch\n")
     assert a.request("PUT", "/mappings?identifier=alice@example.com")[0] == 400
     assert a.get("/mappings")[0] == 400
     st, _, body = a.request("DELETE", "/mappings?identifier=alice@example.com")
     assert (st, body) == (200, "removed\n")
     st, _, body = a.request("DELETE", "/mappings?identifier=alice@example.com")
     assert (st, body) == (200, "absent\n")
-    assert a.post("/cache/invalidate?identifier=alice@example.com")[0] == 200
-    assert a.post("/cache/invalidate")[:3:2] == (200, "cache cleared\n")
+    assert a.post("/cache/invalidate?identifier=alice@example.com")[:3:2] == (200, "ok\n")
+    assert a.post("/cache/invalidate")[:3:2] == (200, "ok\n")
     stats = a.json("GET", "/stats")
     assert stats["cache_misses"] >= 1
 
@@ -872,11 +876,145 @@ def test_mapping_cutover(cutover):
 def test_mappings_reload(cutover):
     sy, a = cutover, cutover.admin
     sy.write_file("mappings.tsv", "alice@example.com new\nbob@example.com new\n")
-    body = a.json("POST", "/mappings/reload")
-    assert body["reloaded"] is True
+    assert a.post("/mappings/reload")[:3:2] == (200, "reloaded\n")
     assert a.json("GET", "/mappings?identifier=bob@example.com")["destination"] == "new"
     # All or nothing: an undeclared destination keeps the old table.
     sy.write_file("mappings.tsv", "alice@example.com old\nbob@example.com nosuch\n")
-    body = a.json("POST", "/mappings/reload", expect=400)
-    assert body["reloaded"] is False and "nosuch" in body["error"]
+    st, _, body = a.post("/mappings/reload")
+    assert st == 500 and body.startswith("reload failed: ") and "nosuch" in body, (st, body)
     assert a.json("GET", "/mappings?identifier=alice@example.com")["destination"] == "new"
+
+
+# --- compatibility with the reference system's management API -----------------------------------------
+
+def curl(port, method, path, token=TOKEN):
+    """A request made with curl, as an operator's script would: (status, content type, body)."""
+    import subprocess
+    cmd = ["curl", "-s", "-g", "-X", method, "-o", "-", "-w", "\n%{http_code} %{content_type}",
+           f"http://127.0.0.1:{port}{path}"]
+    if token:
+        cmd[1:1] = ["-H", f"Authorization: Bearer {token}"]
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=20)
+    assert p.returncode == 0, p.stderr
+    body, _, tail = p.stdout.rpartition("\n")  # -w starts its line with a newline
+    status, _, ctype = tail.partition(" ")
+    return int(status), ctype, body
+
+
+def test_trailing_slash_is_the_same_path(cutover):
+    """Every path answers the same with a trailing slash (or several), as in
+    the reference; `/` itself is not an endpoint."""
+    port = cutover.admin.port
+    cases = [
+        ("GET", "/livez/", None, 200, "ok\n"),
+        ("GET", "/healthz/", None, 200, "ok\n"),
+        ("GET", "/readyz/", None, 200, "ok\n"),
+        ("GET", "/metrics/", None, 200, None),
+        ("GET", "/stats/", TOKEN, 200, None),
+        ("GET", "/stats//", TOKEN, 200, None),
+        ("GET", "/destinations/", TOKEN, 200, None),
+        ("POST", "/destinations/reset/?destination=old", TOKEN, 200, "ok\n"),
+        ("GET", "/mappings/?identifier=alice@example.com", TOKEN, 200, None),
+        ("PUT", "/mappings/?identifier=dave@example.com&destination=new", TOKEN, 200, "ok\n"),
+        ("DELETE", "/mappings/?identifier=dave@example.com", TOKEN, 200, "removed\n"),
+        ("POST", "/mappings/reload/", TOKEN, 200, "reloaded\n"),
+        ("POST", "/cache/invalidate/?identifier=alice@example.com", TOKEN, 200, "ok\n"),
+        ("POST", "/cache/invalidate/", TOKEN, 200, "ok\n"),
+        ("POST", "/connections/kick/?identifier=nobody@example.com", TOKEN, 200, "kicked 0\n"),
+        ("POST", "/connections/delay/?identifier=nobody@example.com&seconds=0", TOKEN, 200, "ok\n"),
+        ("POST", "/config/reload/", TOKEN, 200, None),
+        ("GET", "/cache/invalidate/", TOKEN, 405, None),
+        ("GET", "/stats/", None, 401, None),
+        ("GET", "/", TOKEN, 404, None),
+        ("GET", "/nope/", TOKEN, 404, None),
+    ]
+    for method, path, token, want_status, want_body in cases:
+        st, ctype, body = curl(port, method, path, token)
+        assert st == want_status, (method, path, st, body)
+        if want_body is not None:
+            assert body == want_body, (method, path, body)
+    # The JSON ones are the JSON of the path without the slash.
+    st, _, body = curl(port, "GET", "/destinations/")
+    assert [d["destination"] for d in json.loads(body)["destinations"]] == ["old", "new"]
+    st, _, body = curl(port, "GET", "/mappings/?identifier=alice@example.com")
+    assert json.loads(body)["destination"] == "old"
+
+
+def test_reference_response_shapes(cutover):
+    """The bodies a script written for the reference system parses: JSON
+    objects with the reference's fields (ours may add more), and the short
+    text replies of the write endpoints."""
+    sy, port = cutover, cutover.admin.port
+    st, ctype, body = curl(port, "GET", "/stats")
+    assert st == 200 and ctype.startswith("application/json")
+    stats = json.loads(body)
+    for k in ("cache_hits", "cache_misses", "cache_entries", "active_connections"):
+        assert isinstance(stats[k], int) and not isinstance(stats[k], bool), (k, stats)
+    assert isinstance(stats["hit_rate_pct"], (int, float))
+
+    st, ctype, body = curl(port, "GET", "/destinations")
+    assert st == 200 and ctype.startswith("application/json")
+    top = json.loads(body)
+    assert isinstance(top, dict) and isinstance(top["destinations"], list), top
+    for d in top["destinations"]:
+        assert isinstance(d["destination"], str)
+        assert isinstance(d["consecutive_failures"], int)
+        assert isinstance(d["down"], bool)
+
+    st, ctype, body = curl(port, "GET", "/mappings?identifier=Alice@Example.com")
+    m = json.loads(body)
+    assert {k: m[k] for k in ("identifier", "normalized", "destination", "routed_to_default", "cached")} == {
+        "identifier": "Alice@Example.com", "normalized": "alice@example.com", "destination": "old",
+        "routed_to_default": False, "cached": m["cached"]}
+
+    text = [
+        ("PUT", "/mappings?identifier=erin@example.com&destination=new", 200, "ok\n"),
+        ("DELETE", "/mappings?identifier=erin@example.com", 200, "removed\n"),
+        ("DELETE", "/mappings?identifier=erin@example.com", 200, "absent\n"),
+        ("POST", "/destinations/reset?destination=new", 200, "ok\n"),
+        ("POST", "/cache/invalidate?identifier=alice@example.com", 200, "ok\n"),
+        ("POST", "/cache/invalidate", 200, "ok\n"),
+        ("POST", "/mappings/reload", 200, "reloaded\n"),
+        ("POST", "/connections/delay?identifier=erin@example.com&seconds=1", 200, "ok\n"),
+        ("POST", "/connections/kick?identifier=erin@example.com", 200, "kicked 0\n"),
+        ("GET", "/healthz", 200, "ok\n"),
+    ]
+    for method, path, want_status, want_body in text:
+        st, ctype, body = curl(port, method, path)
+        assert (st, body) == (want_status, want_body), (method, path, st, body)
+        assert ctype.startswith("text/plain"), (method, path, ctype)
+    # Errors keep the reference's status codes, with text bodies.
+    for method, path, want_status in [
+        ("PUT", "/mappings?identifier=erin@example.com&destination=ghost", 400),
+        ("PUT", "/mappings?identifier=erin@example.com", 400),
+        ("DELETE", "/mappings", 400),
+        ("GET", "/mappings", 400),
+        ("POST", "/destinations/reset?destination=ghost", 404),
+        ("POST", "/destinations/reset", 400),
+        ("POST", "/connections/kick", 400),
+        ("POST", "/connections/delay?identifier=erin@example.com&seconds=abc", 400),
+        ("PATCH", "/mappings", 405),
+        ("POST", "/nope", 404),
+    ]:
+        st, ctype, body = curl(port, method, path)
+        assert st == want_status, (method, path, st, body)
+        assert ctype.startswith("text/plain"), (method, path, ctype, body)
+
+    # /config/reload: JSON with "reloaded" on success, text on failure.
+    st, ctype, body = curl(port, "POST", "/config/reload")
+    assert st == 200 and ctype.startswith("application/json") and json.loads(body)["reloaded"] is True
+    good = open(sy.config_path).read()
+    sy.write_config(good.replace('default_destination = "old"', 'default_destination = "nope"'))
+    st, ctype, body = curl(port, "POST", "/config/reload")
+    assert st == 400 and ctype.startswith("text/plain"), (st, body)
+    assert body.startswith("reload failed: ") and "routing.default_destination" in body, body
+    sy.write_config(good)
+
+
+def test_read_only_store_answers_501_text(proxy):
+    """No [mapping]: the writes are not implemented (501), in text."""
+    a = proxy.admin
+    for method in ("PUT", "DELETE"):
+        st, hdrs, body = a.request(method, "/mappings?identifier=alice@example.com&destination=dovecot")
+        assert st == 501 and hdrs["content-type"].startswith("text/plain"), (method, st, body)
+        assert body.endswith("\n") and body.strip(), body

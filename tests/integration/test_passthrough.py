@@ -36,6 +36,7 @@ Dovecot's side (see test_harness.py): LMTP logs `Connect from <ip>`.
 import json
 import re
 import signal
+import smtplib
 import ssl
 import time
 
@@ -337,15 +338,77 @@ def test_preauth_timeout_waiting_for_proxy_header(dovecot, switchyard, sent):
 # --- (g) backend down and the circuit breaker ---------------------------------------------
 
 
-def test_backend_down_closes_client(switchyard):
-    """Nothing listens on the backend port: pass-through has no greeting of
-    its own, so the client is simply closed."""
-    port, dead = free_port(), free_port()
-    sy = switchyard(passthrough_config(port, dead, destination={"proxy_protocol": False},
-                                       server={"backend_connect_retries": 0, "backend_timeout": "2s"}))
+def read_to_clean_eof(sock, timeout=5.0):
+    """Everything the server sends until it closes; the close must be an
+    orderly FIN (a reset raises here: it could have discarded the reply
+    from the client's receive queue)."""
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def greeting_421(name="[127.0.0.1]"):
+    return f"421 4.3.0 {name} Service not available\r\n".encode()
+
+
+def assert_421_then_closed(sock, name="[127.0.0.1]", timeout=5.0):
+    """Pass-through with no usable backend: the proxy's own temporary-failure
+    greeting (RFC 5321 3.8), then a clean close."""
+    assert read_to_clean_eof(sock, timeout) == greeting_421(name)
+
+
+def dead_backend_config(port, protocol="smtp", server=None, **kw):
+    return passthrough_config(port, free_port(), protocol=protocol, destination={"proxy_protocol": False},
+                              server={"backend_connect_retries": 0, "backend_timeout": "2s", **(server or {})},
+                              **kw)
+
+
+@pytest.mark.parametrize("protocol", ["smtp", "lmtp"])
+@pytest.mark.parametrize("hostname", [None, "mx.example.test"])
+def test_backend_down_greets_421(switchyard, protocol, hostname):
+    """Nothing listens on the backend port: smtplib gets the proxy's 421
+    greeting (server.hostname, else the address literal of the listener)
+    instead of an empty connection, and the failure is logged."""
+    port = free_port()
+    sy = switchyard(dead_backend_config(port, protocol, server={"hostname": hostname}))
+    name = hostname or "[127.0.0.1]"
     mark = sy.log_mark()
-    assert_closed_without_banner(connect(port, source="127.0.0.5"), timeout=5)
+    cls = smtplib.LMTP if protocol == "lmtp" else smtplib.SMTP
+    with pytest.raises(smtplib.SMTPConnectError) as e:
+        cls("127.0.0.1", port, local_hostname="client.test", source_address=("127.0.0.5", 0), timeout=10)
+    assert e.value.smtp_code == 421
+    assert e.value.smtp_error == f"4.3.0 {name} Service not available".encode()
     sy.wait_log(RE_BACKEND_FAIL, since=mark)
+    # Raw: exactly the one line, then an orderly close (no reset), even for
+    # a client that spoke before the greeting.
+    sock = connect(port, source="127.0.0.5")
+    sock.sendall(b"EHLO early.client.test\r\n")
+    assert_421_then_closed(sock, name)
+
+
+def test_backend_down_421_on_implicit_tls(switchyard, certs):
+    """An implicit-TLS smtp listener says 421 inside the TLS session."""
+    port = free_port()
+    switchyard(dead_backend_config(port, listener_tls="implicit", tail=cert_table("local", certs.localhost)))
+    tls = certs.client_context().wrap_socket(connect(port, source="127.0.0.5"), server_hostname="localhost")
+    assert recv_line(tls) == greeting_421()
+    # close_notify then FIN: an orderly end of the TLS session.
+    assert tls.recv(4096) == b""
+    tls.close()
+
+
+def test_loop_guard_greets_421(switchyard):
+    """A pass-through destination that is one of our own listeners is
+    refused by the loop guard: the client hears 421, not silence."""
+    port = free_port()
+    sy = switchyard(passthrough_config(port, port, protocol="smtp", destination={"proxy_protocol": False}))
+    mark = sy.log_mark()
+    assert_421_then_closed(connect(port, source="127.0.0.5"))
+    sy.wait_log(r"routing loop", since=mark)
 
 
 def test_circuit_breaker(switchyard, banner_server):
@@ -357,14 +420,17 @@ def test_circuit_breaker(switchyard, banner_server):
                 "host_down_cooldown": f"{int(cooldown)}s"}))
     mark = sy.log_mark()
     for _ in range(2):
-        assert_closed_without_banner(connect(port, source="127.0.0.5"), timeout=5)
+        assert_421_then_closed(connect(port, source="127.0.0.5"))
     sy.wait_log(RE_DOWN, since=mark)
     marked_down_at = time.monotonic()
 
     # The backend comes back, but the destination stays down for the
-    # cooldown: new connections fail fast without being dialled.
+    # cooldown: new connections get the 421 at once without being dialled.
     backend = banner_server(port=dead)
-    assert_closed_without_banner(connect(port, source="127.0.0.5"), timeout=5)
+    with pytest.raises(smtplib.SMTPConnectError) as e:
+        smtplib.LMTP("127.0.0.1", port, source_address=("127.0.0.5", 0), timeout=10)
+    assert e.value.smtp_code == 421
+    assert_421_then_closed(connect(port, source="127.0.0.5"))
     assert backend.connection_count() == 0
 
     # After the cooldown the next connection is let through as a probe; it
@@ -451,8 +517,8 @@ def test_backend_tls_pinned(dovecot, dovecot_log, switchyard, certs, pin_form):
     ["pin-mismatch", "untrusted-no-pin", "name-mismatch"],
 )
 def test_backend_tls_verification_failure(dovecot, dovecot_log, switchyard, certs, case):
-    """The backend's certificate does not verify: no bridge, the client is
-    closed without a banner, and the proxy logs why."""
+    """The backend's certificate does not verify: no bridge, the client
+    gets the 421 greeting and a close, and the proxy logs why."""
     port = free_port()
     if case == "pin-mismatch":  # a pin of another certificate
         cfg, env = tls_backend_config(port, dovecot.lmtps, {"tls_pinned_cert_sha256": certs.mail.sha256}), None
@@ -463,7 +529,7 @@ def test_backend_tls_verification_failure(dovecot, dovecot_log, switchyard, cert
         env = {"SSL_CERT_FILE": certs.ca_cert}
     sy = switchyard(cfg, env=env)
     mark = sy.log_mark()
-    assert_closed_without_banner(connect(port, source="127.0.0.5"), timeout=10)
+    assert_421_then_closed(connect(port, source="127.0.0.5"), timeout=10)
     sy.wait_log(RE_TLS_VERIFY_FAIL, since=mark)
 
 
@@ -509,7 +575,11 @@ def test_backend_mutual_tls(switchyard, banner_server, certs, with_client_cert):
         sock.sendall(b"QUIT\r\n")
         sock.close()
     else:
-        assert_closed_without_banner(sock, timeout=10)
+        # With TLS 1.3 the proxy's side of the handshake usually completes
+        # before the backend refuses (then the bridged session just ends);
+        # if the refusal comes first, the dial fails and the client gets 421.
+        data, _ = expect_closed(sock, timeout=10)
+        assert data in (b"", greeting_421()), data
         backend.handshake_failures.wait(lambda f: True, 10, "backend handshake failure")
         assert backend.connection_count() == 0
         # No log expectation: with TLS 1.3 the client side of the handshake

@@ -259,8 +259,7 @@ def test_reload_switches_mapping_source(env, redis_server):
     # The admin port uses the new router: explain asks Redis, PUT writes it.
     e = a.explain("Alice@Example.com")
     assert e["destination"] == "new" and e["routed_to_default"] is False, e
-    body = a.json("PUT", "/mappings?identifier=carol@example.com&destination=new")
-    assert body["destination"] == "new"
+    assert a.request("PUT", "/mappings?identifier=carol@example.com&destination=new") == (200, "ok\n")
     assert r.command("GET", "route:carol@example.com") == "new"
     assert lands_on(env, "carol@example.com") == "new"
     stats = a.json("GET", "/stats")
@@ -279,7 +278,7 @@ def test_reload_switches_mapping_source(env, redis_server):
     e = a.explain("alice@example.com")
     assert e["destination"] == "legacy" and e["routed_to_default"] is False, e
     # Management writes go to the file now.
-    a.json("PUT", "/mappings?identifier=carol@example.com&destination=new")
+    assert a.request("PUT", "/mappings?identifier=carol@example.com&destination=new") == (200, "ok\n")
     with open(sy.path("mappings.tsv")) as f:
         assert re.search(r"^carol@example\.com\s+new$", f.read(), re.M)
     assert lands_on(env, "carol@example.com") == "new"
@@ -290,7 +289,7 @@ def test_reload_switches_mapping_source(env, redis_server):
     sy.write_config(bad)
     st, body = a.request("POST", "/config/reload")
     assert st == 400, body
-    assert json.loads(body)["reloaded"] is False and "mapping.redis.url" in body, body
+    assert body.startswith("reload failed: ") and "mapping.redis.url" in body, body
     sy.wait_log(r"configuration reload failed.*mapping\.redis\.url", since=mark)
     assert lands_on(env, "alice@example.com") == "legacy"
     assert lands_on(env, "carol@example.com") == "new"

@@ -484,12 +484,65 @@ static void test_sockaddr_str(void **state)
 	assert_string_equal(out, "unknown");
 }
 
+/* proxy_detect: the signature alone decides, as early as the bytes allow. */
+static void test_detect(void **state)
+{
+	(void)state;
+	static const uint8_t sig2[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
+	                                 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
+	static const struct {
+		const char *bytes;
+		size_t len;
+		int want;
+	} dcases[] = {
+	    {"", 0, 0},
+	    {"P", 1, 0},
+	    {"PROXY", 5, 0},
+	    {"PROXY ", 6, 1},
+	    {"PROXY TCP4 1.2.3.4", 18, 1},
+	    {"PROXY\r\n", 7, -1},
+	    {"PROXYZ", 6, -1},
+	    {"POST / HTTP/1.1", 15, -1}, /* decided at the second byte */
+	    {"PO", 2, -1},
+	    {"\r", 1, 0},
+	    {"\r\n\r\n", 4, 0},
+	    {"\r\n\r\n\0\r\nQUI", 10, 0},
+	    {"\r\nQUIT", 6, -1},
+	    {"\r\n", 2, 0},          /* a stray empty line: undecided until more comes */
+	    {"a1 LOGIN", 8, -1},     /* IMAP */
+	    {"EHLO x", 6, -1},       /* SMTP */
+	    {"\x16\x03\x01", 3, -1}, /* TLS ClientHello */
+	    {"\x16", 1, -1},
+	};
+	for (size_t i = 0; i < sizeof(dcases) / sizeof(dcases[0]); i++) {
+		int got = proxy_detect((const uint8_t *)dcases[i].bytes, dcases[i].len);
+		if (got != dcases[i].want)
+			fail_msg("case %zu: got %d, want %d", i, got, dcases[i].want);
+	}
+	assert_int_equal(proxy_detect(NULL, 0), 0);
+	assert_int_equal(proxy_detect(sig2, 12), 1);
+	uint8_t longer[40] = {0};
+	memcpy(longer, sig2, 12);
+	longer[12] = 0x21;
+	assert_int_equal(proxy_detect(longer, sizeof(longer)), 1);
+	/* Every strict prefix of the v2 signature is undecided. */
+	for (size_t n = 0; n < 12; n++)
+		assert_int_equal(proxy_detect(sig2, n), 0);
+	/* One wrong byte anywhere in it decides. */
+	for (size_t n = 0; n < 12; n++) {
+		uint8_t bad[12];
+		memcpy(bad, sig2, 12);
+		bad[n] ^= 0x40;
+		assert_int_equal(proxy_detect(bad, n + 1), -1);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_parse_table),     cmocka_unit_test(test_parse_incremental),
 	    cmocka_unit_test(test_build_roundtrip), cmocka_unit_test(test_build_other_families),
-	    cmocka_unit_test(test_sockaddr_str),
+	    cmocka_unit_test(test_sockaddr_str),    cmocka_unit_test(test_detect),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
