@@ -20,6 +20,8 @@
 #include <sys/socket.h>
 
 #include "switchyard/cidr.h"
+#include "switchyard/errors.h"
+#include "switchyard/log.h"
 
 /* Protocols, in the order used for per-protocol arrays. */
 typedef enum sy_proto {
@@ -54,18 +56,6 @@ typedef enum sy_forwarding {
 	SY_FWD_NONE
 } sy_forwarding;
 const char *sy_forwarding_name(sy_forwarding f);
-
-typedef enum sy_log_format { SY_LOG_TEXT, SY_LOG_JSON } sy_log_format;
-
-/* Log levels, most severe first; a configured level lets through itself and
- * everything more severe. */
-typedef enum sy_log_level {
-	SY_LOG_ERROR,
-	SY_LOG_WARN,
-	SY_LOG_INFO,
-	SY_LOG_DEBUG,
-	SY_LOG_TRACE
-} sy_log_level;
 
 typedef struct sy_strlist {
 	char **items;
@@ -281,12 +271,6 @@ typedef struct sy_cluster_config {
 	} kubernetes;
 } sy_cluster_config;
 
-/* A growable list of error messages; each names the key it is about. */
-typedef struct sy_errors {
-	char **msgs;
-	size_t len;
-} sy_errors;
-
 typedef struct sy_config {
 	char *path;    /* file it was loaded from (NULL for strings) */
 	char *basedir; /* directory relative paths are resolved against */
@@ -309,10 +293,6 @@ typedef struct sy_config {
 	sy_errors warnings; /* accepted settings worth telling about, each naming its key */
 } sy_config;
 
-/* Appends a printf-formatted message. */
-void sy_errors_add(sy_errors *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void sy_errors_free(sy_errors *e);
-
 /*
  * Loads and fully validates a configuration file (including reading the
  * certificates, keys and the mapping file it names). On success returns 0 and
@@ -333,6 +313,9 @@ const sy_cluster_config *config_cluster(const sy_config *cfg, const char *id);
 
 /* True if `id` names a destination or a cluster. */
 bool config_is_target(const sy_config *cfg, const char *id);
+/* config_is_target in the shape of a callback (mapfile.h): arg is the
+ * const sy_config *. */
+bool config_target_cb(void *cfg, const char *id);
 
 /* Does the destination or cluster `id` declare protocol p? (A cluster declares
  * what its template declares.) */

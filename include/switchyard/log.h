@@ -18,7 +18,17 @@
 
 #include <stdbool.h>
 
-#include "switchyard/config.h"
+typedef enum sy_log_format { SY_LOG_TEXT, SY_LOG_JSON } sy_log_format;
+
+/* Log levels, most severe first; a configured level lets through itself and
+ * everything more severe. */
+typedef enum sy_log_level {
+	SY_LOG_ERROR,
+	SY_LOG_WARN,
+	SY_LOG_INFO,
+	SY_LOG_DEBUG,
+	SY_LOG_TRACE
+} sy_log_level;
 
 void log_set_level(sy_log_level level);
 void log_set_format(sy_log_format format);

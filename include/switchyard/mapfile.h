@@ -2,6 +2,10 @@
  * The mapping file format: one `<identifier> <destination>` per line,
  * whitespace separated, `#` starts a comment, blank lines are ignored.
  * Keys are normalized on load.
+ *
+ * A pure parser and writer (no knowledge of the configuration): what a
+ * destination must be is the caller's question, asked through a callback,
+ * so configuration validation and the file store read the file the same way.
  */
 #ifndef SWITCHYARD_MAPFILE_H
 #define SWITCHYARD_MAPFILE_H
@@ -9,7 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "switchyard/config.h"
+#include "switchyard/errors.h"
 
 typedef struct sy_mapentry {
 	char *identifier; /* normalized */
@@ -21,15 +25,20 @@ typedef struct sy_mapfile {
 	size_t len;
 } sy_mapfile;
 
+/* Whether `destination` may appear in the file (a declared destination or
+ * cluster, for the configuration that reads it). */
+typedef bool (*sy_mapfile_target_fn)(void *arg, const char *destination);
+
 /*
- * Reads and checks a mapping file. Every destination must satisfy
- * config_is_target(cfg, ...). On success returns 0 and fills *out (free with
+ * Reads and checks a mapping file. Identifiers are lowercased (ASCII) when
+ * `lowercase` is set. Every destination must satisfy is_target(arg, ...)
+ * (is_target NULL: any). On success returns 0 and fills *out (free with
  * mapfile_free). On failure returns -1 and adds one message per bad line to
  * errs, each naming `mapping.file.path`, the file and the line number.
  * A later duplicate of an identifier replaces the earlier one.
  */
-int mapfile_load(const char *path, sy_normalize norm, const sy_config *cfg, sy_mapfile *out,
-                 sy_errors *errs);
+int mapfile_load(const char *path, bool lowercase, sy_mapfile_target_fn is_target, void *arg,
+                 sy_mapfile *out, sy_errors *errs);
 
 void mapfile_free(sy_mapfile *m);
 

@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "switchyard/clock.h"
 #include "switchyard/config.h"
 #include "switchyard/health.h"
 #include "switchyard/pool.h"
@@ -205,8 +206,5 @@ int server_reload(sy_server *srv, const char *trigger, char **error_r);
 
 /* The config file the process was started with. */
 const char *server_config_path(sy_server *srv);
-
-/* Milliseconds on a monotonic clock (for health, shared across threads). */
-uint64_t sy_now_ms(void);
 
 #endif

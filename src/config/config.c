@@ -135,41 +135,6 @@ sy_forwarding sy_destination_forwarding(const sy_destination_config *d, sy_proto
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                   */
 
-void sy_errors_add(sy_errors *e, const char *fmt, ...)
-{
-	va_list ap;
-	char *msg = NULL;
-
-	if (e == NULL)
-		return;
-	va_start(ap, fmt);
-	int n = vasprintf(&msg, fmt, ap);
-	va_end(ap);
-	if (n < 0) {
-		/* Losing a message is better than losing the whole process
-		 * while reporting a configuration problem. */
-		return;
-	}
-	char **grown = realloc(e->msgs, (e->len + 1) * sizeof(*grown));
-	if (grown == NULL) {
-		free(msg);
-		return;
-	}
-	e->msgs = grown;
-	e->msgs[e->len++] = msg;
-}
-
-void sy_errors_free(sy_errors *e)
-{
-	if (e == NULL)
-		return;
-	for (size_t i = 0; i < e->len; i++)
-		free(e->msgs[i]);
-	free(e->msgs);
-	e->msgs = NULL;
-	e->len = 0;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Durations and socket addresses                                           */
 
@@ -2015,6 +1980,11 @@ const sy_cluster_config *config_cluster(const sy_config *cfg, const char *id)
 bool config_is_target(const sy_config *cfg, const char *id)
 {
 	return config_destination(cfg, id) != NULL || config_cluster(cfg, id) != NULL;
+}
+
+bool config_target_cb(void *cfg, const char *id)
+{
+	return config_is_target(cfg, id);
 }
 
 bool config_target_has_proto(const sy_config *cfg, const char *id, sy_proto p)

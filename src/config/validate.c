@@ -761,7 +761,8 @@ static void check_mapping(vctx *v)
 	if (m->source == SY_MAP_FILE && m->file.path != NULL &&
 	    !already_reported(v, "mapping.file.path")) {
 		sy_mapfile mf = {0};
-		if (mapfile_load(m->file.path, m->normalize, cfg, &mf, v->errs) != 0)
+		if (mapfile_load(m->file.path, m->normalize == SY_NORMALIZE_LOWERCASE,
+		                 config_target_cb, (void *)cfg, &mf, v->errs) != 0)
 			v->failed = true;
 		else
 			check_mapped_targets(v, &mf);

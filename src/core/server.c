@@ -31,13 +31,6 @@
 #define LISTEN_BACKLOG 511
 #define POOL_MAX_FREE  64
 
-uint64_t sy_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* ---- snapshots ------------------------------------------------------------------ */
 
 static void clusters_free(sy_cluster_rt *cl, size_t n)

@@ -328,7 +328,8 @@ int route_reload_file(sy_router *r, sy_snapshot *snap, char **error_r)
 	sy_errors errs = {0};
 	sy_mapfile nm = {0};
 	pthread_mutex_lock(&r->write_lock);
-	if (mapfile_load(r->m->file.path, r->m->normalize, snap->cfg, &nm, &errs) != 0) {
+	if (mapfile_load(r->m->file.path, r->m->normalize == SY_NORMALIZE_LOWERCASE,
+	                 config_target_cb, snap->cfg, &nm, &errs) != 0) {
 		pthread_mutex_unlock(&r->write_lock);
 		size_t len = 1;
 		for (size_t i = 0; i < errs.len; i++)
@@ -691,8 +692,8 @@ sy_router *router_create(sy_snapshot *snap, unsigned nworkers, const char **erro
 	}
 	if (r->m->source == SY_MAP_FILE) {
 		sy_errors errs = {0};
-		if (mapfile_load(r->m->file.path, r->m->normalize, snap->cfg, &r->map, &errs) !=
-		    0) {
+		if (mapfile_load(r->m->file.path, r->m->normalize == SY_NORMALIZE_LOWERCASE,
+		                 config_target_cb, snap->cfg, &r->map, &errs) != 0) {
 			for (size_t i = 0; i < errs.len; i++)
 				sy_log(SY_LOG_ERROR, "invalid mapping file", "error", errs.msgs[i],
 				       NULL);

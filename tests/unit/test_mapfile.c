@@ -112,7 +112,8 @@ static void test_format(void **state)
 	                    "   # indented comment\n"
 	                    "a#b@example.com new\n"
 	                    "dave@example.com new"); /* no final newline */
-	assert_int_equal(mapfile_load(path_of("a.tsv"), SY_NORMALIZE_NONE, cfg, &m, &errs), 0);
+	assert_int_equal(mapfile_load(path_of("a.tsv"), false, config_target_cb, cfg, &m, &errs),
+	                 0);
 	assert_int_equal(errs.len, 0);
 	assert_int_equal(m.len, 5);
 	/* Sorted by identifier (bytewise). */
@@ -140,14 +141,15 @@ static void test_normalize_and_duplicates(void **state)
 	write_file("d.tsv", "ALICE@example.com old\n"
 	                    "bob@example.com new\n"
 	                    "Alice@Example.com new\n"); /* later duplicate wins */
-	assert_int_equal(mapfile_load(path_of("d.tsv"), SY_NORMALIZE_LOWERCASE, cfg, &m, &errs), 0);
+	assert_int_equal(mapfile_load(path_of("d.tsv"), true, config_target_cb, cfg, &m, &errs), 0);
 	assert_int_equal(m.len, 2);
 	assert_string_equal(m.entries[0].identifier, "alice@example.com");
 	assert_string_equal(mapfile_lookup(&m, "alice@example.com"), "new");
 	mapfile_free(&m);
 
 	/* Without normalization the two spellings are different keys. */
-	assert_int_equal(mapfile_load(path_of("d.tsv"), SY_NORMALIZE_NONE, cfg, &m, &errs), 0);
+	assert_int_equal(mapfile_load(path_of("d.tsv"), false, config_target_cb, cfg, &m, &errs),
+	                 0);
 	assert_int_equal(m.len, 3);
 	mapfile_free(&m);
 	assert_int_equal(errs.len, 0);
@@ -164,7 +166,8 @@ static void test_errors(void **state)
 	                      "bob@example.com ghost\n"
 	                      "carol@example.com # no destination\n"
 	                      "dave@example.com old\n");
-	assert_int_equal(mapfile_load(path_of("bad.tsv"), SY_NORMALIZE_NONE, cfg, &m, &errs), -1);
+	assert_int_equal(mapfile_load(path_of("bad.tsv"), false, config_target_cb, cfg, &m, &errs),
+	                 -1);
 	assert_null(m.entries);
 	assert_int_equal(m.len, 0);
 	/* One message per bad line, each naming the key, file and line. */
@@ -180,19 +183,21 @@ static void test_errors(void **state)
 	sy_errors_free(&errs);
 
 	/* A missing file. */
-	assert_int_equal(mapfile_load(path_of("none.tsv"), SY_NORMALIZE_NONE, cfg, &m, &errs), -1);
+	assert_int_equal(mapfile_load(path_of("none.tsv"), false, config_target_cb, cfg, &m, &errs),
+	                 -1);
 	assert_int_equal(errs.len, 1);
 	assert_true(has_msg(&errs, "mapping.file.path: cannot read"));
 	sy_errors_free(&errs);
 
 	/* Without a config, any destination is accepted (tools, tests). */
-	assert_int_equal(mapfile_load(path_of("bad.tsv"), SY_NORMALIZE_NONE, NULL, &m, &errs), -1);
+	assert_int_equal(mapfile_load(path_of("bad.tsv"), false, NULL, NULL, &m, &errs), -1);
 	assert_int_equal(errs.len, 2); /* only the two short lines */
 	sy_errors_free(&errs);
 
 	/* An empty file is a valid, empty mapping. */
 	write_file("empty.tsv", "");
-	assert_int_equal(mapfile_load(path_of("empty.tsv"), SY_NORMALIZE_NONE, cfg, &m, &errs), 0);
+	assert_int_equal(
+	    mapfile_load(path_of("empty.tsv"), false, config_target_cb, cfg, &m, &errs), 0);
 	assert_int_equal(m.len, 0);
 	assert_null(mapfile_lookup(&m, "x"));
 	mapfile_free(&m);
@@ -247,7 +252,8 @@ static void test_write_roundtrip(void **state)
 	assert_int_equal(stat(path_of("w.tsv"), &st), 0);
 	assert_int_equal(st.st_mode & 0777, 0640);
 
-	assert_int_equal(mapfile_load(path_of("w.tsv"), SY_NORMALIZE_NONE, cfg, &back, &errs), 0);
+	assert_int_equal(mapfile_load(path_of("w.tsv"), false, config_target_cb, cfg, &back, &errs),
+	                 0);
 	assert_int_equal(back.len, 3);
 	for (size_t i = 0; i < 3; i++) {
 		assert_string_equal(back.entries[i].identifier, m.entries[i].identifier);

@@ -43,9 +43,9 @@ static int cmp_entry_ptr(const void *a, const void *b)
 /* Lowercasing is ASCII-only, byte for byte: it must agree exactly with the
  * normalization applied to identifiers at login time, and ASCII folding is
  * the one both sides can do identically without a Unicode table. */
-static void normalize(char *s, sy_normalize norm)
+static void normalize(char *s, bool lowercase)
 {
-	if (norm != SY_NORMALIZE_LOWERCASE)
+	if (!lowercase)
 		return;
 	for (; *s != '\0'; s++) {
 		if (*s >= 'A' && *s <= 'Z')
@@ -83,8 +83,8 @@ static char *xstrdup(const char *s)
 	return p;
 }
 
-int mapfile_load(const char *path, sy_normalize norm, const sy_config *cfg, sy_mapfile *out,
-                 sy_errors *errs)
+int mapfile_load(const char *path, bool lowercase, sy_mapfile_target_fn is_target, void *arg,
+                 sy_mapfile *out, sy_errors *errs)
 {
 	FILE *f;
 	char *line = NULL;
@@ -115,7 +115,7 @@ int mapfile_load(const char *path, sy_normalize norm, const sy_config *cfg, sy_m
 			bad = true;
 			continue;
 		}
-		if (cfg != NULL && !config_is_target(cfg, dest)) {
+		if (is_target != NULL && !is_target(arg, dest)) {
 			sy_errors_add(
 			    errs,
 			    "mapping.file.path: %s:%zu: destination \"%s\" is not declared; "
@@ -137,7 +137,7 @@ int mapfile_load(const char *path, sy_normalize norm, const sy_config *cfg, sy_m
 		items[n].identifier = xstrdup(id);
 		items[n].destination = xstrdup(dest);
 		items[n].line = lineno;
-		normalize(items[n].identifier, norm);
+		normalize(items[n].identifier, lowercase);
 		n++;
 	}
 	if (ferror(f)) {
