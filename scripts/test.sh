@@ -16,6 +16,10 @@ if [ "$bad" != "0" ]; then
 	exit 1
 fi
 
+# The layers stay one-way (docs/ARCHITECTURE.md): no file includes a header
+# from a layer above its own.
+/usr/bin/python3 scripts/check-layers.py
+
 jobs=$(nproc)
 # The release build is what the demo and benchmarks use.
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

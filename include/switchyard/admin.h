@@ -12,33 +12,69 @@
 #ifndef SWITCHYARD_ADMIN_H
 #define SWITCHYARD_ADMIN_H
 
-#include "switchyard/runtime.h"
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
 
-/* Starts the port when [admin] is configured (a no-op returning 0
- * otherwise). Call on the main thread before its loop runs. Returns 0, or -1
- * with *error_r (static text) when the port cannot be bound. */
-int admin_start(sy_server *srv, const char **error_r);
+#include "switchyard/snapshot.h"
+#include "switchyard/worker.h"
+
+struct sy_router;
+struct sy_route_ctx;
+
+/* /readyz and /stats figures the runtime owns. */
+typedef struct sy_admin_state {
+	bool listeners_bound; /* every listener is bound */
+	bool draining;        /* shutting down */
+	size_t nworkers;
+	uint64_t active_connections;
+} sy_admin_state;
+
+/*
+ * What the side port needs from the runtime, which fills this table in: the
+ * admin layer sits below the runtime and reaches it only through these
+ * functions, all called on the main loop with `arg`.
+ */
+typedef struct sy_admin_host {
+	void *arg;
+	uv_loop_t *loop; /* the main loop */
+	/* A new reference to the snapshot new connections use. */
+	sy_snapshot *(*snapshot)(void *arg);
+	/* The current router, or NULL (no [mapping] table). */
+	struct sy_router *(*router)(void *arg);
+	void (*state)(void *arg, sy_admin_state *out);
+	/* Liveness: 0 when every event loop ticked within stale_ms, else -1
+	 * with why (a sentence) written into buf. */
+	int (*liveness)(void *arg, uint64_t stale_ms, char *buf, size_t len);
+	/* The Prometheus text (malloc'd, length in *len), NULL when out of
+	 * memory. */
+	char *(*metrics)(void *arg, size_t *len);
+	/* Runs fn(w, fn_arg) on every worker loop, then done(done_arg, sum of
+	 * the results) on the main loop; 0, or -1 (done is not called). */
+	int (*broadcast)(void *arg, long (*fn)(sy_worker *w, void *fn_arg), void *fn_arg,
+	                 void (*done)(void *done_arg, long total), void *done_arg);
+	/* A configuration reload (POST /config/reload); see server_reload. */
+	int (*reload)(void *arg, const char *trigger, char **error_r);
+} sy_admin_host;
+
+typedef struct sy_admin sy_admin;
+
+/* Starts the port when [admin] is configured in the host's current snapshot
+ * (*out stays NULL and 0 is returned otherwise). `host` is copied. Call on
+ * the main thread before its loop runs. Returns 0, or -1 with *error_r
+ * (static text) when the port cannot be bound. */
+int admin_start(const sy_admin_host *host, sy_admin **out, const char **error_r);
 
 /* Closes the port and its connections (main thread; NULL-safe). Requests
  * waiting for a store or the workers are answered into the void. The loop
  * must run afterwards to release the memory. */
-void admin_stop(sy_server *srv);
+void admin_stop(sy_admin *a);
 
-struct sy_route_ctx;
 /* A reload switched routers (route.h): `ctx`, a context of the new router
  * on the main loop, is owned by the port from now on and serves /mappings;
- * the previous one drains and closes. Without a port, ctx is closed. Main
+ * the previous one drains and closes. With a = NULL, ctx is closed. Main
  * thread. */
-void admin_route_ctx_set(sy_server *srv, struct sy_route_ctx *ctx);
-
-/* Config file watch (src/core/reload.c): reloads when the file's content
- * changes, noticed through a directory watch (in-place edits and the
- * Kubernetes ConfigMap `..data` symlink swap), debounced, compared by
- * SHA-256, with a periodic check as the fallback. A watch that cannot be set
- * up is logged and left to the periodic check. */
-void reload_watch_start(sy_server *srv);
-void reload_watch_stop(sy_server *srv);
-/* A reload succeeded: remember the file's current content as loaded. */
-void reload_watch_loaded(sy_server *srv);
+void admin_route_ctx_set(sy_admin *a, struct sy_route_ctx *ctx);
 
 #endif

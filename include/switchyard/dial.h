@@ -9,7 +9,9 @@
 #include <stdbool.h>
 #include <sys/socket.h>
 
-#include "switchyard/runtime.h"
+#include "switchyard/snapshot.h"
+#include "switchyard/stream.h"
+#include "switchyard/worker.h"
 
 typedef struct sy_dial sy_dial;
 

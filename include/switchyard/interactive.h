@@ -219,8 +219,6 @@ void ictx_close_after_flush(sy_ictx *c);
 
 /* ---- for the session ----------------------------------------------------------- */
 
-/* Starts the interactive protocol of the session's listener. */
-void interactive_start(sy_session *s);
 /* The process is shutting down: a session still before login gets the
  * protocol's notice (IMAP BYE, submission 421, ...) and is closed; logins
  * with the backend and bridged sessions carry on and drain. */

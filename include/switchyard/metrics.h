@@ -7,7 +7,8 @@
  * never an account, so the number of series is bounded by the configuration.
  *
  * Hot-path recording is per worker thread: each worker (and the main thread,
- * through its own slot) owns a block of counters that only it writes. A
+ * through its own slot) owns a block of counters that only it writes; a
+ * worker thread names its slot once with metrics_thread_attach(). A
  * write is a relaxed load plus a relaxed store of the same thread's slot,
  * which compiles to a plain add on the targets we build for: no lock, no
  * locked instruction, no shared cache line between workers. A scrape sums the
@@ -15,7 +16,9 @@
  * never a torn or lost one.
  *
  * Gauges that mirror state owned elsewhere (active connections, destination
- * health, cache size, reload time) are read at scrape time from their owner.
+ * health, cache size) are gathered at scrape time by the runtime, which owns
+ * that state, and handed to metrics_render() as a plain view: this module
+ * knows the label sets, not the runtime.
  */
 #ifndef SWITCHYARD_METRICS_H
 #define SWITCHYARD_METRICS_H
@@ -26,9 +29,6 @@
 
 #include "switchyard/config.h"
 #include "switchyard/sasl.h"
-
-typedef struct sy_worker sy_worker;
-typedef struct sy_server sy_server;
 
 /* Listener slots: listeners are numbered in the order they first appear
  * (startup, then reloads); a removed listener keeps its slot. */
@@ -70,25 +70,27 @@ typedef enum sy_connect_failure {
 int metrics_init(unsigned nworkers);
 /* Frees the blocks; call after the worker threads have been joined. */
 void metrics_shutdown(void);
+/* Called once on each worker thread before it records anything: its
+ * recordings go to block `worker_index` (0 .. nworkers-1). Threads that
+ * never call it record into the main thread's block. */
+void metrics_thread_attach(int worker_index);
 
-/* ---- recording (from the thread that owns `w`; NULL = the main thread) ---- */
+/* ---- recording (into the calling thread's block) ---- */
 
-void metrics_conn_accepted(sy_worker *w, size_t listener);
-void metrics_conn_rejected(sy_worker *w, size_t listener, sy_reject_reason why);
-void metrics_login(sy_worker *w, sy_proto p, sy_mech mech, sy_login_result r);
+void metrics_conn_accepted(size_t listener);
+void metrics_conn_rejected(size_t listener, sy_reject_reason why);
+void metrics_login(sy_proto p, sy_mech mech, sy_login_result r);
 /* A backend connection (TCP, PROXY header and implicit TLS) succeeded after
  * `seconds`. */
-void metrics_backend_connect(sy_worker *w, sy_proto p, double seconds);
-void metrics_backend_failure(sy_worker *w, sy_connect_failure why);
-/* Classifies a dial status (a libuv error, SY_ETLS, UV_ELOOP, ...). */
-sy_connect_failure metrics_classify_failure(int status);
+void metrics_backend_connect(sy_proto p, double seconds);
+void metrics_backend_failure(sy_connect_failure why);
 /* One mapping store lookup took `seconds`; ok = false for an error or a
  * timeout. Called by the router on the loop that made the lookup. */
-void metrics_store_lookup(sy_worker *w, double seconds, bool ok);
+void metrics_store_lookup(double seconds, bool ok);
 /* Bytes pumped by the bridge: from_client = client -> backend. */
-void metrics_bridged(sy_worker *w, sy_proto p, bool from_client, size_t n);
+void metrics_bridged(sy_proto p, bool from_client, size_t n);
 /* A session ended after `seconds` (accept to close). */
-void metrics_session_closed(sy_worker *w, sy_proto p, double seconds);
+void metrics_session_closed(sy_proto p, double seconds);
 /* Main thread only: a configuration reload finished. */
 void metrics_config_reload(bool ok);
 /* Main thread only: an admin request failed authentication. */
@@ -96,13 +98,33 @@ void metrics_admin_auth_failure(void);
 
 /* ---- exposition ---------------------------------------------------------- */
 
-/* Values the caller gathers for the scrape from modules metrics does not
- * know about. has_cache = false when no router is running (then the cache
- * series read 0). */
-typedef struct sy_metrics_extra {
+/* What the runtime gathers for a scrape: the state it owns, as plain
+ * values (borrowed for the duration of metrics_render). */
+typedef struct sy_metrics_listener {
+	const char *name;
+	sy_proto protocol;
+	uint32_t active;
+} sy_metrics_listener;
+
+typedef struct sy_metrics_destination {
+	const char *id;
+	bool down;
+	uint32_t consecutive_failures;
+} sy_metrics_destination;
+
+typedef struct sy_metrics_view {
+	size_t nworkers;
+	bool draining;
+	/* In listener-slot order (slot i = listeners[i]). */
+	const sy_metrics_listener *listeners;
+	size_t nlisteners;
+	const sy_metrics_destination *destinations;
+	size_t ndestinations;
+	bool protocol_in_use[SY_PROTO_COUNT]; /* some listener serves it */
+	/* has_cache = false when no router is running (the cache series read 0). */
 	bool has_cache;
 	uint64_t cache_hits, cache_misses, cache_entries;
-} sy_metrics_extra;
+} sy_metrics_view;
 
 /*
  * Renders every metric in the Prometheus text exposition format 0.0.4
@@ -110,6 +132,6 @@ typedef struct sy_metrics_extra {
  * Returns a malloc'd NUL-terminated text (length in *len), or NULL when out
  * of memory.
  */
-char *metrics_render(sy_server *srv, const sy_metrics_extra *extra, size_t *len);
+char *metrics_render(const sy_metrics_view *v, size_t *len);
 
 #endif

@@ -29,7 +29,8 @@
 
 #include <stdint.h>
 
-#include "switchyard/runtime.h"
+#include "switchyard/snapshot.h"
+#include "switchyard/worker.h"
 
 typedef enum sy_route_status {
 	SY_ROUTE_OK,

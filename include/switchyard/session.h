@@ -13,7 +13,9 @@
 #define SWITCHYARD_SESSION_H
 
 #include "switchyard/dial.h"
-#include "switchyard/runtime.h"
+#include "switchyard/snapshot.h"
+#include "switchyard/stream.h"
+#include "switchyard/worker.h"
 
 typedef enum sy_session_state {
 	SS_PROXY_HEADER,
@@ -56,6 +58,11 @@ struct sy_session {
 	size_t pending_len;
 
 	void *proto; /* protocol module state */
+	/* Set by the module with `proto`: frees it when the session is freed,
+	 * and (optional) tells a client still before login that the process
+	 * is shutting down. This layer calls them without knowing the module. */
+	void (*proto_release)(sy_session *s);
+	void (*proto_shutdown)(sy_session *s);
 	/* The routing identifier of the login that was bridged (malloc'd,
 	 * set when bridging starts; NULL before, and for pass-through). The
 	 * admin port's /connections/kick matches on it. */
@@ -68,10 +75,6 @@ void session_accept(sy_worker *w, sy_acceptor *a);
 /* Closes the session (idempotent, safe from its own callbacks). `why` is
  * logged at debug level when not NULL. */
 void session_close(sy_session *s, const char *why);
-
-/* Called by protocol modules once the client leg is ready (PROXY header read
- * and TLS established as configured). Implemented per protocol family. */
-void passthrough_start(sy_session *s);
 
 /* Splices client and backend until either side ends or bridge_idle passes. */
 void bridge_start(sy_session *s);

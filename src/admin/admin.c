@@ -2,7 +2,7 @@
  * The management side port (admin.h): routing of requests to endpoints,
  * bearer-token authentication with a per-client-IP lockout, and the
  * endpoints themselves. Everything runs on the main thread's loop; work on
- * sessions goes to the workers through server_broadcast(), work on mappings
+ * sessions goes to the workers through the host's broadcast, work on mappings
  * through a main-loop context of the current router (replaced when a reload
  * switches routers).
  *
@@ -23,8 +23,9 @@
 #include <string.h>
 #include <strings.h>
 
-#include "http.h"
+#include "switchyard/clock.h"
 #include "switchyard/hold.h"
+#include "switchyard/http.h"
 #include "switchyard/log.h"
 #include "switchyard/metrics.h"
 #include "switchyard/proxy_protocol.h"
@@ -47,7 +48,7 @@ typedef struct lockout_entry {
 } lockout_entry;
 
 struct sy_admin {
-	sy_server *srv;
+	sy_admin_host host; /* the runtime (admin.h) */
 	sy_http_server *http;
 	sy_route_ctx *route_ctx; /* NULL without a router */
 	bool tls;
@@ -244,32 +245,35 @@ static bool authorize(struct sy_admin *a, sy_http_req *req, const sy_config *cfg
 static void h_livez(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 {
 	(void)snap;
-	sy_server *srv = a->srv;
-	uint64_t now = sy_now_ms();
-	for (size_t i = 0; i < srv->nworkers; i++) {
-		uint64_t hb = atomic_load(&srv->workers[i].heartbeat_ms);
-		if (hb != 0 && now > hb && now - hb > LIVENESS_STALE_MS) {
-			respond_textf(req, 503, "worker %zu event loop unresponsive for %llu ms\n",
-			              i, (unsigned long long)(now - hb));
-			return;
-		}
+	char why[160];
+	if (a->host.liveness(a->host.arg, LIVENESS_STALE_MS, why, sizeof(why)) != 0) {
+		respond_textf(req, 503, "%s\n", why);
+		return;
 	}
 	http_respond_text(req, 200, "ok\n");
+}
+
+static void host_state(struct sy_admin *a, sy_admin_state *st)
+{
+	memset(st, 0, sizeof(*st));
+	a->host.state(a->host.arg, st);
 }
 
 static void h_readyz(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 {
 	bool verbose = false;
 	free(http_query_param(req, "verbose", &verbose));
+	sy_admin_state st;
+	host_state(a, &st);
 	struct {
 		const char *name;
 		bool ok;
 	} checks[] = {
 	    {"config", snap != NULL},
-	    {"listeners", atomic_load(&a->srv->listeners_bound)},
+	    {"listeners", st.listeners_bound},
 	    /* No Kubernetes discovery in this build: nothing to wait for. */
 	    {"discovery", true},
-	    {"shutdown", !atomic_load(&a->srv->draining)},
+	    {"shutdown", !st.draining},
 	};
 	bool all = true;
 	for (size_t i = 0; i < sizeof(checks) / sizeof(checks[0]); i++)
@@ -291,17 +295,8 @@ static void h_readyz(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 static void h_metrics(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 {
 	(void)snap;
-	sy_metrics_extra x = {0};
-	if (a->srv->router) {
-		sy_route_stats st = {0};
-		route_stats(a->srv->router, &st);
-		x.has_cache = true;
-		x.cache_hits = st.hits;
-		x.cache_misses = st.misses;
-		x.cache_entries = st.entries;
-	}
 	size_t len = 0;
-	char *text = metrics_render(a->srv, &x, &len);
+	char *text = a->host.metrics(a->host.arg, &len);
 	if (!text) {
 		http_respond_text(req, 500, "out of memory\n");
 		return;
@@ -316,18 +311,17 @@ static void h_stats(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 {
 	(void)snap;
 	sy_route_stats st = {0};
-	if (a->srv->router)
-		route_stats(a->srv->router, &st);
-	uint64_t active = 0;
-	for (size_t i = 0; i < a->srv->nlisteners; i++)
-		active += atomic_load(&a->srv->listeners[i].active);
+	struct sy_router *router = a->host.router(a->host.arg);
+	if (router)
+		route_stats(router, &st);
+	sy_admin_state hs;
+	host_state(a, &hs);
 	respond_json(req, 200,
 	             json_pack("{s:I,s:I,s:f,s:I,s:I,s:I,s:b}", "cache_hits", (json_int_t)st.hits,
 	                       "cache_misses", (json_int_t)st.misses, "hit_rate_pct",
 	                       st.hit_rate_pct, "cache_entries", (json_int_t)st.entries,
-	                       "active_connections", (json_int_t)active, "workers",
-	                       (json_int_t)a->srv->nworkers, "draining",
-	                       atomic_load(&a->srv->draining)));
+	                       "active_connections", (json_int_t)hs.active_connections, "workers",
+	                       (json_int_t)hs.nworkers, "draining", hs.draining));
 }
 
 static json_t *dest_json(sy_dest_rt *d, uint64_t now)
@@ -561,12 +555,12 @@ static const char *source_name(sy_mapping_source s)
 
 static void h_mappings_reload(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 {
-	if (!a->srv->router) {
+	if (!a->host.router(a->host.arg)) {
 		http_respond_text(req, 501, "no router\n");
 		return;
 	}
 	char *err = NULL;
-	if (route_reload_file(a->srv->router, snap, &err) != 0) {
+	if (route_reload_file(a->host.router(a->host.arg), snap, &err) != 0) {
 		sy_log(SY_LOG_ERROR, "admin: mapping file reload failed: keeping the old table",
 		       "error", err ? err : "?", NULL);
 		respond_text_msg(req, 500, "reload failed: ", err ? err : "error");
@@ -585,7 +579,7 @@ static void h_mappings_reload(struct sy_admin *a, sy_http_req *req, sy_snapshot 
 
 static void h_cache_invalidate(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 {
-	if (!a->srv->router) {
+	if (!a->host.router(a->host.arg)) {
 		http_respond_text(req, 501, "no router\n");
 		return;
 	}
@@ -596,7 +590,7 @@ static void h_cache_invalidate(struct sy_admin *a, sy_http_req *req, sy_snapshot
 		http_respond_text(req, 400, "empty parameter: identifier\n");
 		return;
 	}
-	route_invalidate(a->srv->router, snap, id);
+	route_invalidate(a->host.router(a->host.arg), snap, id);
 	if (log_enabled(SY_LOG_DEBUG))
 		sy_log(SY_LOG_DEBUG, "admin: cache invalidated", "identifier", id ? id : "(all)",
 		       NULL);
@@ -664,7 +658,7 @@ static void h_kick(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 	}
 	op->req = req;
 	op->identifier = id;
-	if (server_broadcast(a->srv, kick_on_worker, op, kick_done, op) != 0) {
+	if (a->host.broadcast(a->host.arg, kick_on_worker, op, kick_done, op) != 0) {
 		free(id);
 		free(op);
 		http_respond_text(req, 503, "shutting down\n");
@@ -713,14 +707,16 @@ static void h_config_reload(struct sy_admin *a, sy_http_req *req, sy_snapshot *s
 {
 	(void)snap;
 	char *err = NULL;
-	if (server_reload(a->srv, "api", &err) != 0) {
+	if (a->host.reload(a->host.arg, "api", &err) != 0) {
 		/* Text, as the reference answers a failed reload. */
-		respond_text_msg(req, atomic_load(&a->srv->draining) ? 503 : 400,
+		sy_admin_state st;
+		host_state(a, &st);
+		respond_text_msg(req, st.draining ? 503 : 400,
 		                 "reload failed: ", err ? err : "error");
 		free(err);
 		return;
 	}
-	sy_snapshot *now = server_snapshot(a->srv);
+	sy_snapshot *now = a->host.snapshot(a->host.arg);
 	respond_json(req, 200,
 	             json_pack("{s:b,s:I,s:I,s:I}", "reloaded", 1, "listeners",
 	                       (json_int_t)now->cfg->nlisteners, "destinations",
@@ -792,7 +788,7 @@ static void on_request(void *arg, sy_http_req *req)
 		http_respond(req, 405, NULL, body, strlen(body), hdr);
 		return;
 	}
-	sy_snapshot *snap = server_snapshot(a->srv);
+	sy_snapshot *snap = a->host.snapshot(a->host.arg);
 	if (!ep->auth || authorize(a, req, snap->cfg)) {
 		if (ep->auth && log_enabled(SY_LOG_DEBUG)) {
 			char peer[64];
@@ -812,16 +808,17 @@ static void on_request(void *arg, sy_http_req *req)
 static SSL *new_ssl(void *arg)
 {
 	struct sy_admin *a = arg;
-	sy_snapshot *snap = server_snapshot(a->srv);
+	sy_snapshot *snap = a->host.snapshot(a->host.arg);
 	SSL *ssl = tls_server_new_ssl(snap->tls_server);
 	snapshot_unref(snap);
 	return ssl;
 }
 
-int admin_start(sy_server *srv, const char **error_r)
+int admin_start(const sy_admin_host *host, sy_admin **out, const char **error_r)
 {
 	*error_r = NULL;
-	sy_snapshot *snap = server_snapshot(srv);
+	*out = NULL;
+	sy_snapshot *snap = host->snapshot(host->arg);
 	const sy_admin_config *ac = &snap->cfg->admin;
 	if (!ac->enabled) {
 		snapshot_unref(snap);
@@ -833,32 +830,32 @@ int admin_start(sy_server *srv, const char **error_r)
 		*error_r = "out of memory";
 		return -1;
 	}
-	a->srv = srv;
+	a->host = *host;
 	a->tls = ac->tls;
-	a->http = http_server_start(srv->main_loop, &ac->bind, ac->tls ? new_ssl : NULL, a,
-	                            on_request, a, error_r);
+	a->http = http_server_start(host->loop, &ac->bind, ac->tls ? new_ssl : NULL, a, on_request,
+	                            a, error_r);
 	if (!a->http) {
 		free(a);
 		snapshot_unref(snap);
 		return -1;
 	}
-	if (srv->router) {
+	struct sy_router *router = host->router(host->arg);
+	if (router) {
 		const char *err = NULL;
-		a->route_ctx = router_ctx_create(srv->router, srv->main_loop, 1, &err);
+		a->route_ctx = router_ctx_create(router, host->loop, 1, &err);
 		if (!a->route_ctx)
 			sy_log(SY_LOG_WARN, "admin: no routing context; /mappings answers 501",
 			       "error", err ? err : "?", NULL);
 	}
-	srv->admin = a;
+	*out = a;
 	sy_log(SY_LOG_INFO, "admin port listening", "address", ac->bind.text, "tls",
 	       ac->tls ? "implicit" : "plain", NULL);
 	snapshot_unref(snap);
 	return 0;
 }
 
-void admin_route_ctx_set(sy_server *srv, sy_route_ctx *ctx)
+void admin_route_ctx_set(sy_admin *a, sy_route_ctx *ctx)
 {
-	struct sy_admin *a = srv->admin;
 	if (!a) {
 		router_ctx_close(ctx);
 		return;
@@ -868,12 +865,10 @@ void admin_route_ctx_set(sy_server *srv, sy_route_ctx *ctx)
 	a->route_ctx = ctx;
 }
 
-void admin_stop(sy_server *srv)
+void admin_stop(sy_admin *a)
 {
-	struct sy_admin *a = srv->admin;
 	if (!a)
 		return;
-	srv->admin = NULL;
 	http_server_stop(a->http);
 	router_ctx_close(a->route_ctx);
 	/* Responses still pending (a store call) hold only their request and

@@ -14,6 +14,7 @@
  * circuit breaker.
  */
 #include "switchyard/dial.h"
+#include "switchyard/clock.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -120,7 +121,7 @@ static void finish_ok(sy_dial *d)
 	d->stream = NULL;
 	d->pending--; /* the stream is the caller's now */
 	health_success(d->p.dest->health);
-	metrics_backend_connect(d->p.w, d->p.proto,
+	metrics_backend_connect(d->p.proto,
 	                        (double)(uv_hrtime() - d->started_ns) / 1e9); /* metrics */
 	s->owner = d->p.stream_owner;
 	s->read_cb = NULL;
@@ -131,13 +132,43 @@ static void finish_ok(sy_dial *d)
 	cb(arg, s, 0, NULL);
 }
 
+/* The metrics class of a dial status (a libuv error, SY_ETLS, UV_ELOOP). */
+static sy_connect_failure failure_class(int status)
+{
+	switch (status) {
+	case UV_ECONNREFUSED:
+		return SY_CONNFAIL_REFUSED;
+	case UV_ETIMEDOUT:
+		return SY_CONNFAIL_TIMEOUT;
+	case SY_ETLS:
+		return SY_CONNFAIL_TLS;
+	case UV_ELOOP:
+		return SY_CONNFAIL_LOOP;
+	case UV_EAI_ADDRFAMILY:
+	case UV_EAI_AGAIN:
+	case UV_EAI_BADFLAGS:
+	case UV_EAI_BADHINTS:
+	case UV_EAI_FAIL:
+	case UV_EAI_FAMILY:
+	case UV_EAI_NODATA:
+	case UV_EAI_NONAME:
+	case UV_EAI_OVERFLOW:
+	case UV_EAI_PROTOCOL:
+	case UV_EAI_SERVICE:
+	case UV_EAI_SOCKTYPE:
+		return SY_CONNFAIL_DNS;
+	default:
+		return SY_CONNFAIL_OTHER;
+	}
+}
+
 /* Final failure. `count` says whether it is the backend's fault (counted by
  * the breaker) rather than ours (a loop, a bad address). */
 static void finish_fail(sy_dial *d, int status, bool count)
 {
 	if (d->finished)
 		return;
-	metrics_backend_failure(d->p.w, metrics_classify_failure(status)); /* metrics */
+	metrics_backend_failure(failure_class(status)); /* metrics */
 	if (count) {
 		if (health_failure(d->p.dest->health, sy_now_ms())) {
 			char n[16];
@@ -407,7 +438,7 @@ sy_dial *dial_start(const sy_dial_params *p)
 	 * proxy_ttl - 1. A budget of 0 means this chain of proxies is out of
 	 * hops, which in practice is a cycle: refuse rather than pass it on. */
 	if (p->xclient && p->snap->cfg->server.proxy_ttl <= 1) {
-		metrics_backend_failure(p->w, SY_CONNFAIL_LOOP); /* metrics */
+		metrics_backend_failure(SY_CONNFAIL_LOOP); /* metrics */
 		char reason[96];
 		snprintf(reason, sizeof(reason),
 		         "routing loop: the forwarded time-to-live would reach 0 (server.proxy_ttl "
@@ -420,7 +451,7 @@ sy_dial *dial_start(const sy_dial_params *p)
 		return NULL;
 	}
 	if (!health_allow(p->dest->health, sy_now_ms(), &d->probe)) {
-		metrics_backend_failure(p->w, SY_CONNFAIL_DOWN); /* metrics */
+		metrics_backend_failure(SY_CONNFAIL_DOWN); /* metrics */
 		free(d);
 		p->cb(p->arg, NULL, UV_ECONNREFUSED, "destination is marked down");
 		return NULL;

@@ -18,6 +18,7 @@
 #include "switchyard/hold.h"
 #include "switchyard/log.h"
 #include "switchyard/metrics.h"
+#include "switchyard/protocols.h"
 #include "switchyard/proxy_protocol.h"
 #include "switchyard/route.h"
 
@@ -348,7 +349,7 @@ static void log_login(sy_ictx *c, const char *result, const char *reason)
 	sy_login_result r = strcmp(result, "ok") == 0       ? SY_LOGIN_OK
 	                    : strcmp(result, "failed") == 0 ? SY_LOGIN_FAILED
 	                                                    : SY_LOGIN_TEMPFAIL;
-	metrics_login(W(c), c->ops->proto, c->creds.mech, r);
+	metrics_login(c->ops->proto, c->creds.mech, r);
 }
 
 void ictx_tempfail(sy_ictx *c, const char *reason)
@@ -785,6 +786,8 @@ void interactive_start(sy_session *s)
 	c->state = IC_PREAUTH;
 	c->preauth_deadline = s->start_ms + s->lcfg->preauth_timeout_ms;
 	s->proto = c;
+	s->proto_release = interactive_release;
+	s->proto_shutdown = interactive_shutdown;
 	if (ops->init(c) != 0) {
 		session_close(s, "out of memory");
 		return;

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "switchyard/log.h"
+#include "switchyard/protocols.h"
 #include "switchyard/proxy_protocol.h"
 #include "switchyard/session.h"
 

@@ -25,6 +25,7 @@
  * management API, serialized by write_lock) build the new table beside the
  * old one, sharing the unchanged strings, write the file, and swap.
  */
+#include "switchyard/clock.h"
 #include "switchyard/route.h"
 
 #include <pthread.h>

@@ -28,6 +28,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "pem.h"
 #include "switchyard/tls.h"
 
 /* Sessions kept per destination. TLS 1.3 servers send two tickets per
@@ -220,39 +221,6 @@ static int pin_verify_cb(int ok, X509_STORE_CTX *xs)
 	return 0;
 }
 
-static bool readable(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	if (f == NULL)
-		return false;
-	fclose(f);
-	return true;
-}
-
-/* Never prompt on the terminal for a passphrase (OpenSSL's default for an
- * encrypted key): such a key simply fails to load. */
-static int no_passphrase(char *buf, int size, int rwflag, void *u)
-{
-	(void)buf;
-	(void)size;
-	(void)rwflag;
-	(void)u;
-	return 0;
-}
-
-/* Reads a PEM private key; NULL with errno set when the file cannot be
- * opened, NULL with errno 0 when it holds no usable key. */
-static EVP_PKEY *read_key(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	if (f == NULL)
-		return NULL;
-	EVP_PKEY *key = PEM_read_PrivateKey(f, NULL, no_passphrase, NULL);
-	fclose(f);
-	errno = 0;
-	return key;
-}
-
 static int load_client_cert(sy_tls_client *c, const sy_destination_config *d, const char **error_r)
 {
 	if (d->tls_client_cert == NULL && d->tls_client_key == NULL)
@@ -261,14 +229,14 @@ static int load_client_cert(sy_tls_client *c, const sy_destination_config *d, co
 		return fail(error_r, false, "destination.%s.%s: required when %s is set", d->id,
 		            d->tls_client_cert == NULL ? "tls_client_cert" : "tls_client_key",
 		            d->tls_client_cert == NULL ? "tls_client_key" : "tls_client_cert");
-	if (!readable(d->tls_client_cert))
+	if (!tls_file_readable(d->tls_client_cert))
 		return fail(error_r, false, "destination.%s.tls_client_cert: cannot read %s: %s",
 		            d->id, d->tls_client_cert, strerror(errno));
 	if (!SSL_CTX_use_certificate_chain_file(c->ctx, d->tls_client_cert))
 		return fail(error_r, true,
 		            "destination.%s.tls_client_cert: %s is not a PEM certificate chain",
 		            d->id, d->tls_client_cert);
-	EVP_PKEY *key = read_key(d->tls_client_key);
+	EVP_PKEY *key = tls_read_key(d->tls_client_key);
 	if (key == NULL && errno != 0)
 		return fail(error_r, false, "destination.%s.tls_client_key: cannot read %s: %s",
 		            d->id, d->tls_client_key, strerror(errno));

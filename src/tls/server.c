@@ -23,6 +23,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
+#include "pem.h"
 #include "switchyard/tls.h"
 
 /* The same on every context, so a session made on one certificate's context
@@ -302,41 +303,6 @@ static SSL_CTX *new_policy_ctx(const sy_tls_policy *p, const char **error_r)
 	return ctx;
 }
 
-/* Checked first so an unreadable file is reported with errno's text rather
- * than OpenSSL's less helpful "system lib". */
-static bool readable(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	if (f == NULL)
-		return false;
-	fclose(f);
-	return true;
-}
-
-/* Never prompt on the terminal for a passphrase (OpenSSL's default for an
- * encrypted key): such a key simply fails to load. */
-static int no_passphrase(char *buf, int size, int rwflag, void *u)
-{
-	(void)buf;
-	(void)size;
-	(void)rwflag;
-	(void)u;
-	return 0;
-}
-
-/* Reads a PEM private key; NULL with errno set when the file cannot be
- * opened, NULL with errno 0 when it holds no usable key. */
-static EVP_PKEY *read_key(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	if (f == NULL)
-		return NULL;
-	EVP_PKEY *key = PEM_read_PrivateKey(f, NULL, no_passphrase, NULL);
-	fclose(f);
-	errno = 0;
-	return key;
-}
-
 static int load_entry(cert_entry *e, const sy_cert_config *cc, const sy_tls_policy *p,
                       const char **error_r)
 {
@@ -350,14 +316,14 @@ static int load_entry(cert_entry *e, const sy_cert_config *cc, const sy_tls_poli
 	if (cc->cert_path == NULL || cc->key_path == NULL)
 		return fail(error_r, false, "tls.certificate.%s.%s: required", cc->name,
 		            cc->cert_path == NULL ? "cert" : "key");
-	if (!readable(cc->cert_path))
+	if (!tls_file_readable(cc->cert_path))
 		return fail(error_r, false, "tls.certificate.%s.cert: cannot read %s: %s", cc->name,
 		            cc->cert_path, strerror(errno));
 	if (!SSL_CTX_use_certificate_chain_file(e->ctx, cc->cert_path))
 		return fail(error_r, true,
 		            "tls.certificate.%s.cert: %s is not a PEM certificate chain", cc->name,
 		            cc->cert_path);
-	EVP_PKEY *key = read_key(cc->key_path);
+	EVP_PKEY *key = tls_read_key(cc->key_path);
 	if (key == NULL && errno != 0)
 		return fail(error_r, false, "tls.certificate.%s.key: cannot read %s: %s", cc->name,
 		            cc->key_path, strerror(errno));

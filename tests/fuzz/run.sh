@@ -27,10 +27,10 @@ build() {
 	toml) srcs=(src/config/toml.c); libs=(-lm) ;;
 	sasl) srcs=(src/auth/sasl.c); libs=(-lcrypto) ;;
 	identifier) srcs=(src/auth/sasl.c src/auth/token.c src/auth/identifier.c); libs=(-lcrypto -ljansson) ;;
-	proxy_protocol) srcs=(src/net/proxy_protocol.c); libs=() ;;
+	proxy_protocol) srcs=(src/core/proxy_protocol.c); libs=() ;;
 	config)
 		# The typed configuration reaches most of the core: link all of it.
-		mapfile -t srcs < <(ls src/*/*.c)
+		mapfile -t srcs < <(ls src/*/*.c | grep -v "^src/main.c$")
 		read -r -a pc <<<"$(pkg-config --cflags --libs "${deps[@]}")"
 		libs=("${pc[@]}" -lhttp_parser -lm -lpthread)
 		;;

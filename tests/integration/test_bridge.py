@@ -1,5 +1,5 @@
 """The bridge's byte pump under bulk traffic and backpressure
-(src/net/bridge.c, src/net/stream.c).
+(src/session/bridge.c, src/net/stream.c).
 
 Between two plaintext legs the bridge splices in the kernel
 (sy_stream_read_start_splice); with TLS on a leg, or with the environment

@@ -61,8 +61,8 @@ PREAUTH = 2.0
 # Scheduling slack on top of a server deadline: ASan build, two CPUs, dozens
 # of concurrent connections.
 SLACK = 3.0
-ADMIN_READ_TIMEOUT = 10.0  # HTTP_READ_TIMEOUT_MS in src/admin/http.h
-# HALF_CLOSE_LINGER_MS in src/net/bridge.c: after the client's FIN the backend
+ADMIN_READ_TIMEOUT = 10.0  # HTTP_READ_TIMEOUT_MS in include/switchyard/http.h
+# HALF_CLOSE_LINGER_MS in src/session/bridge.c: after the client's FIN the backend
 # gets this long for its last words. Dovecot's LMTP does not close on EOF
 # while it holds an unterminated line, so the proxy's linger ends those.
 HALF_CLOSE_LINGER = 5.0

@@ -6,7 +6,7 @@ Without a header the first bytes of the connection are the client's own: a
 TLS ClientHello on an implicit-TLS listener (it must reach the handshake
 whole), or nothing at all on a listener whose server speaks first (plain
 IMAP, LMTP pass-through), where the greeting must still come (the proxy
-waits a short, bounded time for a header, src/net/session.c).
+waits a short, bounded time for a header, src/session/session.c).
 
 Clients are real ones (Python's ssl, imaplib, smtplib.LMTP), bound to
 127.0.0.5 so that the address Dovecot logs tells the socket address (no

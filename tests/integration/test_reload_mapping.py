@@ -1,5 +1,5 @@
 """Reloading a configuration that changes [mapping] (server_reload in
-src/core/server.c, the router lifecycle in src/route/router.c): a new router
+src/server/server.c, the router lifecycle in src/route/router.c): a new router
 is built from the new configuration, the admin port and every worker switch
 to it, and the old one drains (lookups in flight finish there) before it is
 freed. Established sessions are not touched.

@@ -1,5 +1,5 @@
 /*
- * Unit tests for src/net/cidr.c: parsing (accepted forms, host bits cleared,
+ * Unit tests for src/core/cidr.c: parsing (accepted forms, host bits cleared,
  * malformed text rejected) and matching of IPv4, IPv6 and IPv4-mapped peers.
  */
 #include <setjmp.h>

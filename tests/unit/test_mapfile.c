@@ -1,5 +1,5 @@
 /*
- * Unit tests for src/route/mapfile.c: the line format (comments, blank
+ * Unit tests for src/core/mapfile.c: the line format (comments, blank
  * lines, whitespace, trailing fields), normalization, duplicates, errors
  * that name the file and line, look-ups, edits, and the atomic rewrite.
  * The destinations a file may name come from a small loaded config.

@@ -1,5 +1,5 @@
 /*
- * Unit tests for src/net/proxy_protocol.c: table-driven parse cases (each
+ * Unit tests for src/core/proxy_protocol.c: table-driven parse cases (each
  * also fed byte by byte, since the listener calls the parser after every
  * read), v2 emission round trips, and the log formatter.
  *

@@ -20,10 +20,13 @@
 #include <unistd.h>
 
 #include "switchyard/admin.h"
+#include "switchyard/clock.h"
 #include "switchyard/interactive.h"
 #include "switchyard/log.h"
 #include "switchyard/metrics.h"
+#include "switchyard/protocols.h"
 #include "switchyard/proxy_protocol.h"
+#include "switchyard/reload.h"
 #include "switchyard/route.h"
 #include "switchyard/runtime.h"
 #include "switchyard/session.h"
@@ -32,70 +35,6 @@
 #define POOL_MAX_FREE  64
 
 /* ---- snapshots ------------------------------------------------------------------ */
-
-static void clusters_free(sy_cluster_rt *cl, size_t n)
-{
-	if (!cl)
-		return;
-	for (size_t i = 0; i < n; i++) {
-		for (size_t k = 0; k < cl[i].nnodes; k++)
-			tls_client_free(cl[i].nodes[k].tls);
-		free(cl[i].nodes);
-		free(cl[i].node_cfgs);
-		free(cl[i].ids);
-	}
-	free(cl);
-}
-
-sy_snapshot *snapshot_ref(sy_snapshot *s)
-{
-	atomic_fetch_add(&s->refs, 1);
-	return s;
-}
-
-void snapshot_unref(sy_snapshot *s)
-{
-	if (!s || atomic_fetch_sub(&s->refs, 1) != 1)
-		return;
-	for (size_t i = 0; i < s->cfg->ndestinations; i++)
-		tls_client_free(s->dests[i].tls);
-	free(s->dests);
-	clusters_free(s->clusters, s->cfg->nclusters);
-	tls_server_unref(s->tls_server);
-	config_free(s->cfg);
-	free(s);
-}
-
-sy_dest_rt *snapshot_dest(sy_snapshot *s, const char *id)
-{
-	if (!id)
-		return NULL;
-	for (size_t i = 0; i < s->cfg->ndestinations; i++)
-		if (strcmp(s->cfg->destinations[i].id, id) == 0)
-			return &s->dests[i];
-	return NULL;
-}
-
-sy_cluster_rt *snapshot_cluster(sy_snapshot *s, const char *id)
-{
-	if (!id || !s->clusters)
-		return NULL;
-	for (size_t i = 0; i < s->cfg->nclusters; i++)
-		if (strcmp(s->cfg->clusters[i].id, id) == 0)
-			return &s->clusters[i];
-	return NULL;
-}
-
-void cluster_node_config(const sy_destination_config *tmpl, const char *id, const char *host,
-                         bool host_is_ip, const char *tls_server_name, sy_destination_config *out)
-{
-	*out = *tmpl;
-	out->id = (char *)id;
-	out->host = (char *)host;
-	out->host_is_ip = host_is_ip;
-	if (tls_server_name)
-		out->tls_server_name = (char *)tls_server_name;
-}
 
 sy_snapshot *server_snapshot(sy_server *srv)
 {
@@ -249,7 +188,7 @@ fail:
 		for (size_t i = 0; i < cfg->ndestinations; i++)
 			tls_client_free(s->dests[i].tls);
 	free(s->dests);
-	clusters_free(s->clusters, cfg->nclusters);
+	snapshot_clusters_free(s->clusters, cfg->nclusters);
 	tls_server_unref(s->tls_server);
 	free(s);
 fail_early:
@@ -317,6 +256,7 @@ static sy_listener_rt *listener_rt(sy_server *srv, const sy_listener_config *l)
 	sy_listener_rt *rt = &srv->listeners[srv->nlisteners];
 	if (!(rt->name = strdup(l->name)))
 		return NULL;
+	rt->slot = srv->nlisteners;
 	rt->protocol = l->protocol;
 	srv->nlisteners++;
 	return rt;
@@ -545,9 +485,132 @@ static void maybe_stop_worker(sy_worker *w)
 	uv_close((uv_handle_t *)&w->wake, NULL);
 }
 
-void worker_session_gone(sy_worker *w)
+/* ---- what the layers below reach the runtime through -------------------------- */
+
+static void hook_session_gone(sy_worker *w)
 {
 	maybe_stop_worker(w);
+}
+
+static sy_snapshot *hook_snapshot(sy_worker *w)
+{
+	return server_snapshot(w->server);
+}
+
+/* The protocol table: the one place that knows every protocol module. */
+static const sy_worker_hooks worker_hooks = {
+    .snapshot = hook_snapshot,
+    .session_gone = hook_session_gone,
+    .start =
+        {
+            [SY_PROTO_IMAP] = interactive_start,
+            [SY_PROTO_POP3] = interactive_start,
+            [SY_PROTO_MANAGESIEVE] = interactive_start,
+            [SY_PROTO_SUBMISSION] = interactive_start,
+            [SY_PROTO_SMTP] = passthrough_start,
+            [SY_PROTO_LMTP] = passthrough_start,
+        },
+};
+
+static sy_snapshot *host_snapshot(void *arg)
+{
+	return server_snapshot(arg);
+}
+
+static struct sy_router *host_router(void *arg)
+{
+	sy_server *srv = arg;
+	return srv->router;
+}
+
+static void host_state(void *arg, sy_admin_state *out)
+{
+	sy_server *srv = arg;
+	out->listeners_bound = atomic_load(&srv->listeners_bound);
+	out->draining = atomic_load(&srv->draining);
+	out->nworkers = srv->nworkers;
+	out->active_connections = 0;
+	for (size_t i = 0; i < srv->nlisteners; i++)
+		out->active_connections += atomic_load(&srv->listeners[i].active);
+}
+
+static int host_liveness(void *arg, uint64_t stale_ms, char *buf, size_t len)
+{
+	sy_server *srv = arg;
+	uint64_t now = sy_now_ms();
+	for (size_t i = 0; i < srv->nworkers; i++) {
+		uint64_t hb = atomic_load(&srv->workers[i].heartbeat_ms);
+		if (hb != 0 && now > hb && now - hb > stale_ms) {
+			snprintf(buf, len, "worker %zu event loop unresponsive for %llu ms", i,
+			         (unsigned long long)(now - hb));
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* The scrape: the state this layer owns, handed to the metrics module as
+ * plain values (metrics.h, sy_metrics_view). */
+static char *host_metrics(void *arg, size_t *len)
+{
+	sy_server *srv = arg;
+	sy_snapshot *snap = server_snapshot(srv);
+	const sy_config *cfg = snap->cfg;
+	sy_metrics_listener *ls = calloc(srv->nlisteners ? srv->nlisteners : 1, sizeof(*ls));
+	sy_metrics_destination *ds =
+	    calloc(cfg->ndestinations ? cfg->ndestinations : 1, sizeof(*ds));
+	char *text = NULL;
+	if (ls && ds) {
+		sy_metrics_view v = {
+		    .nworkers = srv->nworkers,
+		    .draining = atomic_load(&srv->draining),
+		    .listeners = ls,
+		    .nlisteners = srv->nlisteners,
+		    .destinations = ds,
+		    .ndestinations = cfg->ndestinations,
+		};
+		for (size_t i = 0; i < srv->nlisteners; i++)
+			ls[i] =
+			    (sy_metrics_listener){.name = srv->listeners[i].name,
+			                          .protocol = srv->listeners[i].protocol,
+			                          .active = atomic_load(&srv->listeners[i].active)};
+		uint64_t now = sy_now_ms();
+		for (size_t i = 0; i < cfg->ndestinations; i++) {
+			sy_dest_rt *d = &snap->dests[i];
+			sy_health_state st =
+			    d->health ? health_get(d->health, now) : (sy_health_state){0};
+			ds[i] = (sy_metrics_destination){.id = d->cfg->id,
+			                                 .down = st.down,
+			                                 .consecutive_failures =
+			                                     st.consecutive_failures};
+		}
+		for (size_t i = 0; i < cfg->nlisteners; i++)
+			v.protocol_in_use[cfg->listeners[i].protocol] = true;
+		if (srv->router) {
+			sy_route_stats st = {0};
+			route_stats(srv->router, &st);
+			v.has_cache = true;
+			v.cache_hits = st.hits;
+			v.cache_misses = st.misses;
+			v.cache_entries = st.entries;
+		}
+		text = metrics_render(&v, len);
+	}
+	free(ls);
+	free(ds);
+	snapshot_unref(snap);
+	return text;
+}
+
+static int host_broadcast(void *arg, long (*fn)(sy_worker *w, void *fn_arg), void *fn_arg,
+                          void (*done)(void *done_arg, long total), void *done_arg)
+{
+	return server_broadcast(arg, fn, fn_arg, done, done_arg);
+}
+
+static int host_reload(void *arg, const char *trigger, char **error_r)
+{
+	return server_reload(arg, trigger, error_r);
 }
 
 static void on_wake(uv_async_t *h)
@@ -562,8 +625,8 @@ static void on_wake(uv_async_t *h)
 		sy_session *next;
 		for (sy_session *s = w->sessions; s; s = next) {
 			next = s->next;
-			if (s->state == SS_PROTOCOL && s->proto)
-				interactive_shutdown(s);
+			if (s->state == SS_PROTOCOL && s->proto_shutdown)
+				s->proto_shutdown(s);
 			else if (s->state < SS_PROTOCOL)
 				session_close(s, "shutting down");
 		}
@@ -578,6 +641,7 @@ static void on_wake(uv_async_t *h)
 static void worker_main(void *arg)
 {
 	sy_worker *w = arg;
+	metrics_thread_attach(w->index);
 	uv_run(&w->loop, UV_RUN_DEFAULT);
 	/* Under done_mu: the main loop closes worker_done only after setting
 	 * main_closing under it, which it does once it has seen the count
@@ -642,7 +706,8 @@ static void on_sighup(uv_signal_t *h, int signum)
 /* Closes the main loop's handles (the loop then ends). */
 static void close_main(sy_server *srv)
 {
-	admin_stop(srv);
+	admin_stop(srv->admin);
+	srv->admin = NULL;
 	reload_watch_stop(srv);
 	pthread_mutex_lock(&srv->done_mu);
 	srv->main_closing = true;
@@ -731,6 +796,7 @@ int server_run(sy_config *cfg)
 		sy_worker *w = &srv->workers[i];
 		w->index = (int)i;
 		w->server = srv;
+		w->hooks = &worker_hooks;
 		uv_loop_init(&w->loop);
 		pool_init(&w->pool, POOL_MAX_FREE);
 		uv_async_init(&w->loop, &w->wake, on_wake);
@@ -751,7 +817,18 @@ int server_run(sy_config *cfg)
 	/* The side port and the config watch run on the main loop; a port
 	 * that cannot be bound fails the startup like a listener. */
 	const char *aerr = NULL;
-	if (ok && admin_start(srv, &aerr) != 0) {
+	sy_admin_host host = {
+	    .arg = srv,
+	    .loop = srv->main_loop,
+	    .snapshot = host_snapshot,
+	    .router = host_router,
+	    .state = host_state,
+	    .liveness = host_liveness,
+	    .metrics = host_metrics,
+	    .broadcast = host_broadcast,
+	    .reload = host_reload,
+	};
+	if (ok && admin_start(&host, &srv->admin, &aerr) != 0) {
 		sy_log(SY_LOG_ERROR, "cannot start the admin port", "error", aerr ? aerr : "?",
 		       NULL);
 		ok = false;
@@ -1092,7 +1169,7 @@ static void switch_router(sy_server *srv, sy_router *nr, sy_route_ctx *nmain)
 {
 	sy_router *prev = srv->router;
 	srv->router = nr;
-	admin_route_ctx_set(srv, nmain);
+	admin_route_ctx_set(srv->admin, nmain);
 	/* The broadcast holds its own reference until every worker has
 	 * run its part (a later reload may replace nr meanwhile). */
 	if (server_broadcast(srv, router_attach_on_worker, nr, router_attach_done,

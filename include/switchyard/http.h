@@ -1,5 +1,6 @@
 /*
- * A small HTTP/1.1 server for the admin side port (private to src/admin).
+ * A small HTTP/1.1 server (src/net/http.c), today the admin side port's, and
+ * the status texts, query decoding and response framing an HTTP module shares.
  *
  * One request per connection: the head is bounded (HTTP_HEAD_MAX), a body
  * is read and discarded (HTTP_BODY_MAX), the whole request must arrive
@@ -12,8 +13,8 @@
  * or a broadcast to the workers). The request object stays valid until
  * http_respond() is called, even if the client goes away meanwhile.
  */
-#ifndef SWITCHYARD_ADMIN_HTTP_H
-#define SWITCHYARD_ADMIN_HTTP_H
+#ifndef SWITCHYARD_HTTP_H
+#define SWITCHYARD_HTTP_H
 
 #include <stdbool.h>
 #include <stddef.h>

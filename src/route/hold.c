@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "switchyard/runtime.h"
+#include "switchyard/clock.h"
 
 typedef struct hold {
 	char *id; /* NULL: free slot */

@@ -67,7 +67,7 @@ static void on_bridge_read(sy_stream *st, const char *data, ssize_t n)
 	sy_stream *to = other(s, st);
 	if (n > 0) {
 		s->last_activity_ms = uv_now(&s->w->loop);
-		metrics_bridged(s->w, s->lcfg->protocol, st == &s->client, (size_t)n);
+		metrics_bridged(s->lcfg->protocol, st == &s->client, (size_t)n);
 		/* data == NULL: the bytes were spliced to `to` already. */
 		if (data && sy_stream_write(to, data, (size_t)n) != 0) {
 			session_close(s, "write failed");

@@ -19,8 +19,6 @@
 #include <time.h>
 #include <uv.h>
 
-#include "switchyard/runtime.h"
-
 #ifndef SWITCHYARD_VERSION
 #define SWITCHYARD_VERSION "0.0.0"
 #endif
@@ -115,14 +113,23 @@ void metrics_shutdown(void)
 
 /* ---- recording ------------------------------------------------------------------------ */
 
-static block *blk(sy_worker *w)
+/* The calling thread's slot: set by metrics_thread_attach (-1: the main
+ * thread's block). */
+static _Thread_local int thread_slot = -1;
+
+void metrics_thread_attach(int worker_index)
+{
+	thread_slot = worker_index;
+}
+
+static block *blk(void)
 {
 	if (!M.blocks)
 		return NULL;
 	unsigned main_index = M.nblocks - 1;
-	if (!w || w->index < 0 || (unsigned)w->index >= main_index)
+	if (thread_slot < 0 || (unsigned)thread_slot >= main_index)
 		return M.blocks[main_index];
-	return M.blocks[w->index];
+	return M.blocks[thread_slot];
 }
 
 /* Single-writer increment: see the file comment. */
@@ -151,23 +158,23 @@ static void observe(hist *h, const double *bounds, size_t nbounds, double second
 	add(&h->sum_ns, ns < 1.8e19 ? (uint64_t)ns : UINT64_MAX / 2);
 }
 
-void metrics_conn_accepted(sy_worker *w, size_t listener)
+void metrics_conn_accepted(size_t listener)
 {
-	block *b = blk(w);
+	block *b = blk();
 	if (b && listener < SY_METRICS_MAX_LISTENERS)
 		add(&b->accepted[listener], 1);
 }
 
-void metrics_conn_rejected(sy_worker *w, size_t listener, sy_reject_reason why)
+void metrics_conn_rejected(size_t listener, sy_reject_reason why)
 {
-	block *b = blk(w);
+	block *b = blk();
 	if (b && listener < SY_METRICS_MAX_LISTENERS && why < SY_REJECT_REASON_COUNT)
 		add(&b->rejected[listener][why], 1);
 }
 
-void metrics_login(sy_worker *w, sy_proto p, sy_mech mech, sy_login_result r)
+void metrics_login(sy_proto p, sy_mech mech, sy_login_result r)
 {
-	block *b = blk(w);
+	block *b = blk();
 	if (!b || p >= SY_PROTO_COUNT || r >= SY_LOGIN_RESULT_COUNT)
 		return;
 	if (mech > SY_MECH_UNKNOWN)
@@ -175,52 +182,23 @@ void metrics_login(sy_worker *w, sy_proto p, sy_mech mech, sy_login_result r)
 	add(&b->logins[p][mech][r], 1);
 }
 
-void metrics_backend_connect(sy_worker *w, sy_proto p, double seconds)
+void metrics_backend_connect(sy_proto p, double seconds)
 {
-	block *b = blk(w);
+	block *b = blk();
 	if (b && p < SY_PROTO_COUNT)
 		observe(&b->connect[p], connect_bounds, NBOUNDS(connect_bounds), seconds);
 }
 
-void metrics_backend_failure(sy_worker *w, sy_connect_failure why)
+void metrics_backend_failure(sy_connect_failure why)
 {
-	block *b = blk(w);
+	block *b = blk();
 	if (b && why < SY_CONNFAIL_COUNT)
 		add(&b->connect_failures[why], 1);
 }
 
-sy_connect_failure metrics_classify_failure(int status)
+void metrics_store_lookup(double seconds, bool ok)
 {
-	switch (status) {
-	case UV_ECONNREFUSED:
-		return SY_CONNFAIL_REFUSED;
-	case UV_ETIMEDOUT:
-		return SY_CONNFAIL_TIMEOUT;
-	case SY_ETLS:
-		return SY_CONNFAIL_TLS;
-	case UV_ELOOP:
-		return SY_CONNFAIL_LOOP;
-	case UV_EAI_ADDRFAMILY:
-	case UV_EAI_AGAIN:
-	case UV_EAI_BADFLAGS:
-	case UV_EAI_BADHINTS:
-	case UV_EAI_FAIL:
-	case UV_EAI_FAMILY:
-	case UV_EAI_NODATA:
-	case UV_EAI_NONAME:
-	case UV_EAI_OVERFLOW:
-	case UV_EAI_PROTOCOL:
-	case UV_EAI_SERVICE:
-	case UV_EAI_SOCKTYPE:
-		return SY_CONNFAIL_DNS;
-	default:
-		return SY_CONNFAIL_OTHER;
-	}
-}
-
-void metrics_store_lookup(sy_worker *w, double seconds, bool ok)
-{
-	block *b = blk(w);
+	block *b = blk();
 	if (!b)
 		return;
 	observe(&b->store, store_bounds, NBOUNDS(store_bounds), seconds);
@@ -228,16 +206,16 @@ void metrics_store_lookup(sy_worker *w, double seconds, bool ok)
 		add(&b->store_errors, 1);
 }
 
-void metrics_bridged(sy_worker *w, sy_proto p, bool from_client, size_t n)
+void metrics_bridged(sy_proto p, bool from_client, size_t n)
 {
-	block *b = blk(w);
+	block *b = blk();
 	if (b && p < SY_PROTO_COUNT)
 		add(&b->bytes[p][from_client ? 0 : 1], n);
 }
 
-void metrics_session_closed(sy_worker *w, sy_proto p, double seconds)
+void metrics_session_closed(sy_proto p, double seconds)
 {
-	block *b = blk(w);
+	block *b = blk();
 	if (b && p < SY_PROTO_COUNT)
 		observe(&b->duration[p], duration_bounds, NBOUNDS(duration_bounds), seconds);
 }
@@ -392,16 +370,7 @@ static uint64_t sum_counter(size_t offset)
 
 #define SUM(field) sum_counter(offsetof(block, field))
 
-/* Protocols served by at least one listener of the snapshot: per-protocol
- * series are always emitted for these (at 0) so dashboards see them from
- * the first scrape; other protocols appear once they have data. */
-static void protocols_in_use(const sy_config *cfg, bool *used)
-{
-	for (size_t i = 0; i < cfg->nlisteners; i++)
-		used[cfg->listeners[i].protocol] = true;
-}
-
-char *metrics_render(sy_server *srv, const sy_metrics_extra *extra, size_t *len)
+char *metrics_render(const sy_metrics_view *v, size_t *len)
 {
 	out o = {0};
 	o.cap = 16384;
@@ -411,11 +380,12 @@ char *metrics_render(sy_server *srv, const sy_metrics_extra *extra, size_t *len)
 	o.buf[0] = '\0';
 	if (!M.blocks) {
 		/* Nothing recorded yet: only the build info. */
-		metrics_init(srv ? (unsigned)srv->nworkers : 0);
+		metrics_init((unsigned)v->nworkers);
 	}
-	sy_snapshot *snap = server_snapshot(srv);
-	bool used[SY_PROTO_COUNT] = {0};
-	protocols_in_use(snap->cfg, used);
+	/* Per-protocol series are always emitted for the protocols some
+	 * listener serves (at 0), so dashboards see them from the first
+	 * scrape; other protocols appear once they have data. */
+	const bool *used = v->protocol_in_use;
 
 	family(&o, "build_info", "gauge",
 	       "Build information: version and the OpenSSL and libuv versions in use.");
@@ -432,33 +402,33 @@ char *metrics_render(sy_server *srv, const sy_metrics_extra *extra, size_t *len)
 	put_double(&o, floor(M.start_time));
 	put(&o, "\n");
 	family(&o, "workers", "gauge", "Event-loop worker threads.");
-	put(&o, "switchyard_workers %zu\n", srv->nworkers);
+	put(&o, "switchyard_workers %zu\n", v->nworkers);
 	family(&o, "draining", "gauge", "1 while shutting down (readiness fails), else 0.");
-	put(&o, "switchyard_draining %d\n", atomic_load(&srv->draining) ? 1 : 0);
+	put(&o, "switchyard_draining %d\n", v->draining ? 1 : 0);
 
 	/* ---- connections, per listener ---- */
 	family(&o, "connections_accepted_total", "counter", "Client connections accepted.");
-	for (size_t l = 0; l < srv->nlisteners && l < SY_METRICS_MAX_LISTENERS; l++) {
+	for (size_t l = 0; l < v->nlisteners && l < SY_METRICS_MAX_LISTENERS; l++) {
 		put(&o, "switchyard_connections_accepted_total{listener=\"");
-		put_label(&o, srv->listeners[l].name);
-		put(&o, "\",protocol=\"%s\"} %llu\n", sy_proto_name(srv->listeners[l].protocol),
+		put_label(&o, v->listeners[l].name);
+		put(&o, "\",protocol=\"%s\"} %llu\n", sy_proto_name(v->listeners[l].protocol),
 		    (unsigned long long)SUM(accepted[l]));
 	}
 	family(&o, "connections_rejected_total", "counter",
 	       "Client connections closed right after accept, by reason.");
-	for (size_t l = 0; l < srv->nlisteners && l < SY_METRICS_MAX_LISTENERS; l++)
+	for (size_t l = 0; l < v->nlisteners && l < SY_METRICS_MAX_LISTENERS; l++)
 		for (int r = 0; r < SY_REJECT_REASON_COUNT; r++) {
 			put(&o, "switchyard_connections_rejected_total{listener=\"");
-			put_label(&o, srv->listeners[l].name);
+			put_label(&o, v->listeners[l].name);
 			put(&o, "\",reason=\"%s\"} %llu\n", reject_names[r],
 			    (unsigned long long)SUM(rejected[l][r]));
 		}
 	family(&o, "connections_active", "gauge", "Client connections open now.");
-	for (size_t l = 0; l < srv->nlisteners; l++) {
+	for (size_t l = 0; l < v->nlisteners; l++) {
 		put(&o, "switchyard_connections_active{listener=\"");
-		put_label(&o, srv->listeners[l].name);
-		put(&o, "\",protocol=\"%s\"} %u\n", sy_proto_name(srv->listeners[l].protocol),
-		    (unsigned)atomic_load(&srv->listeners[l].active));
+		put_label(&o, v->listeners[l].name);
+		put(&o, "\",protocol=\"%s\"} %u\n", sy_proto_name(v->listeners[l].protocol),
+		    (unsigned)v->listeners[l].active);
 	}
 
 	/* ---- logins ---- */
@@ -467,17 +437,17 @@ char *metrics_render(sy_server *srv, const sy_metrics_extra *extra, size_t *len)
 	for (int p = 0; p < SY_PROTO_COUNT; p++)
 		for (int m = 0; m <= SY_MECH_UNKNOWN; m++)
 			for (int r = 0; r < SY_LOGIN_RESULT_COUNT; r++) {
-				uint64_t v = SUM(logins[p][m][r]);
+				uint64_t n = SUM(logins[p][m][r]);
 				/* Zero series only for the common case, so the
 				 * output stays small. */
-				if (v == 0 && !(used[p] && sy_proto_carries_credentials(p) &&
+				if (n == 0 && !(used[p] && sy_proto_carries_credentials(p) &&
 				                m == SY_MECH_PLAIN))
 					continue;
 				put(&o,
 				    "switchyard_logins_total{protocol=\"%s\",mechanism=\"%s\","
 				    "result=\"%s\"} %llu\n",
 				    sy_proto_name(p), sasl_mech_name(m), result_names[r],
-				    (unsigned long long)v);
+				    (unsigned long long)n);
 			}
 
 	/* ---- backends ---- */
@@ -499,40 +469,30 @@ char *metrics_render(sy_server *srv, const sy_metrics_extra *extra, size_t *len)
 		put(&o, "switchyard_backend_connect_failures_total{reason=\"%s\"} %llu\n",
 		    connfail_names[r], (unsigned long long)SUM(connect_failures[r]));
 
-	uint64_t now = sy_now_ms();
 	family(&o, "destination_up", "gauge",
 	       "1 when the destination's circuit breaker is closed, 0 while it is marked down.");
-	for (size_t i = 0; i < snap->cfg->ndestinations; i++) {
-		sy_dest_rt *d = &snap->dests[i];
-		sy_health_state st = d->health ? health_get(d->health, now) : (sy_health_state){0};
+	for (size_t i = 0; i < v->ndestinations; i++) {
 		put(&o, "switchyard_destination_up{destination=\"");
-		put_label(&o, d->cfg->id);
-		put(&o, "\"} %d\n", st.down ? 0 : 1);
+		put_label(&o, v->destinations[i].id);
+		put(&o, "\"} %d\n", v->destinations[i].down ? 0 : 1);
 	}
 	family(&o, "destination_consecutive_failures", "gauge",
 	       "Consecutive failed connections to the destination.");
-	for (size_t i = 0; i < snap->cfg->ndestinations; i++) {
-		sy_dest_rt *d = &snap->dests[i];
-		sy_health_state st = d->health ? health_get(d->health, now) : (sy_health_state){0};
+	for (size_t i = 0; i < v->ndestinations; i++) {
 		put(&o, "switchyard_destination_consecutive_failures{destination=\"");
-		put_label(&o, d->cfg->id);
-		put(&o, "\"} %u\n", st.consecutive_failures);
+		put_label(&o, v->destinations[i].id);
+		put(&o, "\"} %u\n", v->destinations[i].consecutive_failures);
 	}
 
 	/* ---- mappings ---- */
-	sy_metrics_extra none = {0};
-	if (!extra)
-		extra = &none;
 	family(&o, "mapping_cache_hits_total", "counter", "Mapping cache lookups answered.");
-	put(&o, "switchyard_mapping_cache_hits_total %llu\n",
-	    (unsigned long long)extra->cache_hits);
+	put(&o, "switchyard_mapping_cache_hits_total %llu\n", (unsigned long long)v->cache_hits);
 	family(&o, "mapping_cache_misses_total", "counter",
 	       "Mapping cache lookups that went to the store.");
 	put(&o, "switchyard_mapping_cache_misses_total %llu\n",
-	    (unsigned long long)extra->cache_misses);
+	    (unsigned long long)v->cache_misses);
 	family(&o, "mapping_cache_entries", "gauge", "Entries in the mapping cache.");
-	put(&o, "switchyard_mapping_cache_entries %llu\n",
-	    (unsigned long long)extra->cache_entries);
+	put(&o, "switchyard_mapping_cache_entries %llu\n", (unsigned long long)v->cache_entries);
 	{
 		hist_sum s;
 		sum_hist(&s, pick_store, 0);
@@ -599,7 +559,6 @@ char *metrics_render(sy_server *srv, const sy_metrics_extra *extra, size_t *len)
 	put(&o, "switchyard_admin_auth_failures_total %llu\n",
 	    (unsigned long long)M.admin_auth_failures);
 
-	snapshot_unref(snap);
 	if (o.oom) {
 		free(o.buf);
 		return NULL;

@@ -11,7 +11,6 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include "switchyard/interactive.h"
 #include "switchyard/log.h"
 #include "switchyard/metrics.h"
 #include "switchyard/proxy_protocol.h"
@@ -37,7 +36,7 @@ void session_peer_str(const sy_session *s, char *out, size_t len)
 /* The listener's metrics slot: its index in the server's listener table. */
 static size_t listener_slot(const sy_session *s)
 {
-	return (size_t)(s->lrt - s->w->server->listeners);
+	return s->lrt->slot;
 }
 
 /* ---- close ------------------------------------------------------------------ */
@@ -56,12 +55,12 @@ static void free_session(sy_session *s)
 		atomic_fetch_sub(&s->lrt->active, 1);
 	if (s->pending)
 		pool_put(&w->pool, s->pending);
-	if (s->proto)
-		interactive_release(s);
+	if (s->proto && s->proto_release)
+		s->proto_release(s);
 	free(s->identifier);
 	snapshot_unref(s->snap);
 	free(s);
-	worker_session_gone(w);
+	w->hooks->session_gone(w);
 }
 
 static void on_part_closed(sy_session *s)
@@ -114,7 +113,7 @@ void session_close(sy_session *s, const char *why)
 	}
 	/* Metrics: every session's duration, accept to close (recorded before
 	 * the log line, so a reader of the log finds it counted). */
-	metrics_session_closed(s->w, s->lcfg->protocol,
+	metrics_session_closed(s->lcfg->protocol,
 	                       (double)(uv_now(&s->w->loop) - s->start_ms) / 1000.0);
 	if (s->state == SS_BRIDGING)
 		log_closed(s);
@@ -144,16 +143,14 @@ static void on_preauth_timeout(uv_timer_t *t)
 	session_close(s, "preauth_timeout");
 }
 
-/* The client leg is ready: hand the session to its protocol. */
+/* The client leg is ready: hand the session to its protocol, through the
+ * table the runtime installed (this layer knows no protocol module). */
 static void client_ready(sy_session *s)
 {
 	s->state = SS_PROTOCOL;
-	if (sy_proto_is_passthrough(s->lcfg->protocol)) {
-		passthrough_start(s);
-		return;
-	}
-	if (s->lcfg->protocol != SY_PROTO_HTTP) {
-		interactive_start(s);
+	void (*start)(sy_session *) = s->w->hooks->start[s->lcfg->protocol];
+	if (start) {
+		start(s);
 		return;
 	}
 	sy_log(SY_LOG_ERROR, "protocol not served by this build", "listener", s->lcfg->name,
@@ -365,7 +362,7 @@ static void on_proxy_header_read(sy_stream *st, const char *data, ssize_t n)
 		session_peer_str(s, peer, sizeof(peer));
 		sy_log(SY_LOG_WARN, "invalid PROXY protocol header", "listener", s->lcfg->name,
 		       "client", peer, NULL);
-		metrics_conn_rejected(s->w, listener_slot(s), SY_REJECT_INVALID_PROXY);
+		metrics_conn_rejected(listener_slot(s), SY_REJECT_INVALID_PROXY);
 		session_close(s, "invalid PROXY header");
 		return;
 	}
@@ -419,7 +416,7 @@ static void free_handle(uv_handle_t *h)
 
 void session_accept(sy_worker *w, sy_acceptor *a)
 {
-	sy_snapshot *snap = server_snapshot(w->server);
+	sy_snapshot *snap = w->hooks->snapshot(w);
 	const sy_listener_config *lcfg = find_listener(snap, a);
 	if (!lcfg) {
 		/* A reload removed this listener and its acceptor is about to
@@ -460,7 +457,7 @@ void session_accept(sy_worker *w, sy_acceptor *a)
 		return;
 	}
 	atomic_fetch_add(&a->rt->accepted, 1);
-	metrics_conn_accepted(w, listener_slot(s)); /* metrics */
+	metrics_conn_accepted(listener_slot(s)); /* metrics */
 	sy_stream_peer(&s->client, &s->peer);
 	sy_stream_local(&s->client, &s->local);
 	uv_tcp_nodelay(&s->client.tcp, 1);
@@ -470,7 +467,7 @@ void session_accept(sy_worker *w, sy_acceptor *a)
 	if (atomic_fetch_add(&a->rt->active, 1) >= s->lcfg->max_connections) {
 		atomic_fetch_sub(&a->rt->active, 1);
 		atomic_fetch_add(&a->rt->rejected, 1);
-		metrics_conn_rejected(w, listener_slot(s), SY_REJECT_MAX_CONNECTIONS);
+		metrics_conn_rejected(listener_slot(s), SY_REJECT_MAX_CONNECTIONS);
 		char peer[64];
 		session_peer_str(s, peer, sizeof(peer));
 		sy_log(SY_LOG_WARN, "connection rejected: max_connections reached", "listener",
@@ -500,7 +497,7 @@ void session_accept(sy_worker *w, sy_acceptor *a)
 			       "connection rejected: PROXY header required from an "
 			       "untrusted peer",
 			       "listener", s->lcfg->name, "client", peer, NULL);
-			metrics_conn_rejected(w, listener_slot(s), SY_REJECT_UNTRUSTED_PROXY);
+			metrics_conn_rejected(listener_slot(s), SY_REJECT_UNTRUSTED_PROXY);
 			session_close(s, "untrusted PROXY peer");
 			return;
 		}

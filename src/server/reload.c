@@ -20,8 +20,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "switchyard/admin.h"
 #include "switchyard/log.h"
+#include "switchyard/reload.h"
 
 #define DEBOUNCE_MS    200
 #define PERIODIC_MS    10000

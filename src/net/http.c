@@ -9,7 +9,7 @@
  * answering after the client left, or after the server stopped, writes
  * nowhere and frees the request.
  */
-#include "http.h"
+#include "switchyard/http.h"
 
 #include <ctype.h>
 #include <http_parser.h>

@@ -1,0 +1,20 @@
+/*
+ * The protocol modules' entry points. The runtime puts them in every
+ * worker's protocol table (worker.h, sy_worker_hooks.start), through which
+ * a session reaches its protocol once its client leg is ready; nothing below
+ * the protocol layer names them.
+ */
+#ifndef SWITCHYARD_PROTOCOLS_H
+#define SWITCHYARD_PROTOCOLS_H
+
+#include "switchyard/session.h"
+
+/* Starts the interactive protocol (imap, pop3, managesieve, submission) of
+ * the session's listener: its pre-authentication dialogue. */
+void interactive_start(sy_session *s);
+
+/* Starts a pass-through session (smtp, lmtp): dials the pass-through
+ * destination and bridges, or greets with a 421 when it cannot. */
+void passthrough_start(sy_session *s);
+
+#endif
