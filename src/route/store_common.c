@@ -137,3 +137,65 @@ void completions_close(sy_completions *q, void (*closed)(void *arg), void *arg)
 	q->closed_arg = arg;
 	uv_close((uv_handle_t *)&q->idle, idle_closed);
 }
+
+/* ---- life cycle ---- */
+
+int store_life_init(sy_store_life *l, uv_loop_t *loop, void *store, void (*free_store)(void *),
+                    unsigned nslots)
+{
+	memset(l, 0, sizeof(*l));
+	l->store = store;
+	l->free_store = free_store;
+	l->starting = nslots;
+	return completions_init(&l->completions, loop);
+}
+
+bool store_life_begin_close(sy_store_life *l, void (*done)(void *arg), void *arg)
+{
+	if (l->closing)
+		return false;
+	l->closing = true;
+	l->done = done;
+	l->done_arg = arg;
+	return true;
+}
+
+static void life_closed(void *arg)
+{
+	sy_store_life *l = arg;
+	void (*done)(void *) = l->done;
+	void *done_arg = l->done_arg;
+	l->free_store(l->store); /* frees l too: it lives in the store */
+	if (done)
+		done(done_arg);
+}
+
+void store_life_maybe_finish(sy_store_life *l)
+{
+	if (!l->closing || l->finishing || l->open > 0)
+		return;
+	l->finishing = true;
+	completions_close(&l->completions, life_closed, l);
+}
+
+void store_life_handle_closed(sy_store_life *l)
+{
+	l->open--;
+	store_life_maybe_finish(l);
+}
+
+bool store_life_first_attempt_over(sy_store_life *l, bool *first_attempt)
+{
+	if (!*first_attempt)
+		return false;
+	*first_attempt = false;
+	l->starting--;
+	return l->starting == 0;
+}
+
+uint64_t store_backoff_next(uint64_t *backoff_ms, uint64_t max_ms)
+{
+	uint64_t now = *backoff_ms;
+	*backoff_ms = now * 2 > max_ms ? max_ms : now * 2;
+	return now;
+}

@@ -13,6 +13,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "switchyard/store.h"
@@ -73,5 +74,45 @@ void completions_add(sy_completions *q, sy_store_req *r);
 void completions_fail(sy_completions *q, sy_store_req *r, const char *error);
 /* Closes the idle handle; completions still queued run before `closed`. */
 void completions_close(sy_completions *q, void (*closed)(void *arg), void *arg);
+
+/*
+ * The life cycle both stores share: a pool of connection slots that start
+ * together, back off alike, and close in one sequence. close() marks the
+ * store closing, fails what waits, and closes every handle; each close
+ * callback calls store_life_handle_closed(); once the last handle is gone
+ * the completions still queued run, then free_store(store) and done(done_arg).
+ */
+typedef struct sy_store_life {
+	void *store;
+	void (*free_store)(void *store);
+	sy_completions completions;
+	sy_req_list startup; /* requests waiting for the first connection */
+	unsigned starting;   /* slots whose first attempt is under way */
+	bool closing;
+	bool finishing;
+	unsigned open; /* timers, polls, getaddrinfo requests still open */
+	void (*done)(void *arg);
+	void *done_arg;
+} sy_store_life;
+
+/* Initialises `l` for `store` with `nslots` slots starting. Returns 0 or -1. */
+int store_life_init(sy_store_life *l, uv_loop_t *loop, void *store, void (*free_store)(void *),
+                    unsigned nslots);
+/* Starts the close sequence; false when it had already started (then
+ * nothing changes). */
+bool store_life_begin_close(sy_store_life *l, void (*done)(void *arg), void *arg);
+/* Finishes the close once nothing is open any more (safe to call often). */
+void store_life_maybe_finish(sy_store_life *l);
+/* One handle's close callback ran. */
+void store_life_handle_closed(sy_store_life *l);
+/*
+ * A slot's first connection attempt is over, one way or the other. Returns
+ * true when it was the last one to end; the caller then dispatches the
+ * requests parked in `startup` if some slot is up, or fails them.
+ */
+bool store_life_first_attempt_over(sy_store_life *l, bool *first_attempt);
+/* The next reconnect delay: doubles *backoff_ms up to max_ms and returns the
+ * delay to wait now. */
+uint64_t store_backoff_next(uint64_t *backoff_ms, uint64_t max_ms);
 
 #endif

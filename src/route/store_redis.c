@@ -108,27 +108,17 @@ struct redis_store {
 
 	conn *conns;
 	unsigned nconns;
-	unsigned rr;                /* round-robin cursor */
-	unsigned starting;          /* slots whose first attempt is under way */
-	sy_req_list startup;        /* requests waiting for the first connection */
-	sy_completions completions; /* errors found on the spot, delivered later */
-
-	/* close() */
-	bool closing;
-	bool finishing;
-	unsigned open; /* timers, polls and getaddrinfo requests still open */
-	void (*done)(void *arg);
-	void *done_arg;
+	unsigned rr;        /* round-robin cursor */
+	sy_store_life life; /* startup queue, completions, the close sequence */
 };
 
 static void start_attempt(conn *c);
 static void connect_addr(conn *c);
-static void maybe_finish(redis_store *s);
 
 /* Completes `r` with an error from the idle callback. */
 static void fail_later(redis_store *s, sy_store_req *r, const char *error)
 {
-	completions_fail(&s->completions, r, error);
+	completions_fail(&s->life.completions, r, error);
 }
 
 /* ---- the event adapter ---- */
@@ -185,8 +175,7 @@ static void ev_closed(uv_handle_t *h)
 	redis_ev *ev = h->data;
 	redis_store *s = ev->s;
 	free(ev);
-	s->open--;
-	maybe_finish(s);
+	store_life_handle_closed(&s->life);
 }
 
 /* hiredis calls this while freeing the context, before it closes the
@@ -210,7 +199,7 @@ static int ev_attach(redis_store *s, redisAsyncContext *ac)
 	ev->poll.data = ev;
 	ev->ac = ac;
 	ev->s = s;
-	s->open++;
+	s->life.open++;
 	ac->ev.data = ev;
 	ac->ev.addRead = ev_add_read;
 	ac->ev.delRead = ev_del_read;
@@ -239,13 +228,9 @@ static bool any_ready(const redis_store *s)
 static void first_attempt_over(conn *c)
 {
 	redis_store *s = c->s;
-	if (!c->first_attempt)
-		return;
-	c->first_attempt = false;
-	s->starting--;
-	if (s->starting == 0 && !any_ready(s)) {
+	if (store_life_first_attempt_over(&s->life, &c->first_attempt) && !any_ready(s)) {
 		sy_store_req *r;
-		while ((r = req_list_pop(&s->startup)) != NULL)
+		while ((r = req_list_pop(&s->life.startup)) != NULL)
 			fail_later(s, r, "redis: not connected");
 	}
 }
@@ -263,7 +248,7 @@ static void free_addrs(conn *c)
 static void on_retry_timer(uv_timer_t *t)
 {
 	conn *c = t->data;
-	if (c->s->closing)
+	if (c->s->life.closing)
 		return;
 	if (c->state == CONN_CONNECTING && c->addr_i < c->naddrs)
 		connect_addr(c);
@@ -277,11 +262,11 @@ static void went_down(conn *c)
 	c->state = CONN_DOWN;
 	c->ac = NULL;
 	free_addrs(c);
-	if (c->s->closing)
+	if (c->s->life.closing)
 		return;
 	first_attempt_over(c);
-	uv_timer_start(&c->timer, on_retry_timer, c->backoff_ms, 0);
-	c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+	uv_timer_start(&c->timer, on_retry_timer,
+	               store_backoff_next(&c->backoff_ms, BACKOFF_MAX_MS), 0);
 }
 
 /* A connection attempt failed: the first failure of an outage is logged as
@@ -290,7 +275,7 @@ static void went_down(conn *c)
 static void attempt_failed(conn *c, const char *why)
 {
 	redis_store *s = c->s;
-	if (!s->closing) {
+	if (!s->life.closing) {
 		sy_log(c->logged_down ? SY_LOG_DEBUG : SY_LOG_WARN, "redis: cannot connect",
 		       "server", s->server, "error", why, NULL);
 		c->logged_down = true;
@@ -304,7 +289,7 @@ static void attempt_failed(conn *c, const char *why)
 static void address_failed(conn *c, const char *why)
 {
 	c->ac = NULL;
-	if (c->s->closing)
+	if (c->s->life.closing)
 		return;
 	if (c->addr_i + 1 < c->naddrs) {
 		c->addr_i++;
@@ -388,7 +373,7 @@ static void on_connect_timeout(uv_timer_t *t)
 {
 	conn *c = t->data;
 	redisAsyncContext *ac = c->ac;
-	if (c->s->closing || c->state != CONN_CONNECTING)
+	if (c->s->life.closing || c->state != CONN_CONNECTING)
 		return;
 	/* Clearing c->ac first makes the callbacks redisAsyncFree runs
 	 * (pending setup replies, the disconnect notice) ignore this context. */
@@ -453,10 +438,10 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 
 	free(req);
 	c->gai = NULL;
-	s->open--;
-	if (s->closing) {
+	s->life.open--;
+	if (s->life.closing) {
 		uv_freeaddrinfo(res);
-		maybe_finish(s);
+		store_life_maybe_finish(&s->life);
 		return;
 	}
 	if (status != 0) {
@@ -518,7 +503,7 @@ static void start_attempt(conn *c)
 		return;
 	}
 	c->gai = req;
-	s->open++;
+	s->life.open++;
 }
 
 /* ---- requests ---- */
@@ -532,7 +517,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
 	if (r == NULL) {
 		/* The context is being freed: the connection broke, or close(). */
-		fail_later(s, rq, s->closing ? "redis: store closed" : "redis: connection lost");
+		fail_later(s, rq,
+		           s->life.closing ? "redis: store closed" : "redis: connection lost");
 		return;
 	}
 	sy_store_status st = SY_STORE_ERROR;
@@ -609,8 +595,8 @@ static void dispatch(redis_store *s, sy_store_req *r)
 			fail_later(s, r, "redis: connection is closing");
 		return;
 	}
-	if (s->starting > 0 && s->startup.len < STARTUP_QUEUE_MAX) {
-		req_list_push(&s->startup, r);
+	if (s->life.starting > 0 && s->life.startup.len < STARTUP_QUEUE_MAX) {
+		req_list_push(&s->life.startup, r);
 		return;
 	}
 	fail_later(s, r, "redis: not connected");
@@ -618,8 +604,8 @@ static void dispatch(redis_store *s, sy_store_req *r)
 
 static void flush_startup(redis_store *s)
 {
-	sy_req_list l = s->startup;
-	s->startup = (sy_req_list){0};
+	sy_req_list l = s->life.startup;
+	s->life.startup = (sy_req_list){0};
 	sy_store_req *r;
 	while ((r = req_list_pop(&l)) != NULL)
 		dispatch(s, r);
@@ -629,7 +615,7 @@ static int submit(sy_store *base, sy_store_op o, const char *key, const char *va
                   void *arg)
 {
 	redis_store *s = (redis_store *)base;
-	if (s->closing || !key || !cb || (o == SY_STORE_OP_PUT && !value))
+	if (s->life.closing || !key || !cb || (o == SY_STORE_OP_PUT && !value))
 		return -1;
 	sy_store_req *r = store_req_new(o, s->prefix, key, value, cb, arg, s);
 	if (!r)
@@ -661,6 +647,13 @@ static bool redis_writable(sy_store *s)
 
 /* ---- teardown ---- */
 
+static void free_store(redis_store *s);
+
+static void free_store_cb(void *s)
+{
+	free_store(s);
+}
+
 static void free_store(redis_store *s)
 {
 	if (s->conns) {
@@ -683,41 +676,19 @@ static void free_store(redis_store *s)
 	free(s);
 }
 
-static void store_closed(void *arg)
-{
-	redis_store *s = arg;
-	void (*done)(void *) = s->done;
-	void *done_arg = s->done_arg;
-	free_store(s);
-	if (done)
-		done(done_arg);
-}
-
-static void maybe_finish(redis_store *s)
-{
-	if (!s->closing || s->finishing || s->open > 0)
-		return;
-	s->finishing = true;
-	completions_close(&s->completions, store_closed, s);
-}
-
 static void timer_closed(uv_handle_t *h)
 {
 	conn *c = h->data;
-	c->s->open--;
-	maybe_finish(c->s);
+	store_life_handle_closed(&c->s->life);
 }
 
 static void redis_close(sy_store *base, void (*done)(void *arg), void *arg)
 {
 	redis_store *s = (redis_store *)base;
-	if (s->closing)
+	if (!store_life_begin_close(&s->life, done, arg))
 		return;
-	s->closing = true;
-	s->done = done;
-	s->done_arg = arg;
 	sy_store_req *r;
-	while ((r = req_list_pop(&s->startup)) != NULL)
+	while ((r = req_list_pop(&s->life.startup)) != NULL)
 		fail_later(s, r, "redis: store closed");
 	for (unsigned i = 0; i < s->nconns; i++) {
 		conn *c = &s->conns[i];
@@ -734,7 +705,7 @@ static void redis_close(sy_store *base, void (*done)(void *arg), void *arg)
 		if (ac)
 			redisAsyncFree(ac);
 	}
-	maybe_finish(s);
+	store_life_maybe_finish(&s->life);
 }
 
 static const sy_store_ops redis_ops = {
@@ -799,7 +770,8 @@ sy_store *store_redis_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsi
 	s->prefix = strdup(cfg->redis.key_prefix ? cfg->redis.key_prefix : "");
 	s->nconns = conns ? conns : 1;
 	s->conns = calloc(s->nconns, sizeof(*s->conns));
-	if (!s->prefix || !s->conns || completions_init(&s->completions, loop) != 0) {
+	if (!s->prefix || !s->conns ||
+	    store_life_init(&s->life, loop, s, free_store_cb, s->nconns) != 0) {
 		*error_r = "mapping.redis: out of memory";
 		free_store(s);
 		return NULL;
@@ -808,7 +780,6 @@ sy_store *store_redis_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsi
 	    cfg->lookup_timeout_ms ? cfg->lookup_timeout_ms : CONNECT_TIMEOUT_MS;
 	/* From here on the idle handle exists, so teardown goes through
 	 * close(); nothing below fails. */
-	s->starting = s->nconns;
 	for (unsigned i = 0; i < s->nconns; i++) {
 		conn *c = &s->conns[i];
 		c->s = s;
@@ -816,7 +787,7 @@ sy_store *store_redis_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsi
 		c->backoff_ms = BACKOFF_FIRST_MS;
 		uv_timer_init(loop, &c->timer);
 		c->timer.data = c;
-		s->open++;
+		s->life.open++;
 	}
 	for (unsigned i = 0; i < s->nconns; i++)
 		start_attempt(&s->conns[i]);

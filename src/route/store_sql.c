@@ -93,33 +93,24 @@ struct sql_store {
 	conn *conns;
 	unsigned nconns;
 	unsigned rr;
-	unsigned starting;
-	sy_req_list startup;
-	sy_completions completions;
-
-	bool closing;
-	bool finishing;
-	unsigned open; /* timers, polls and getaddrinfo requests still open */
-	void (*done)(void *arg);
-	void *done_arg;
+	sy_store_life life; /* startup queue, completions, the close sequence */
 };
 
 static void start_attempt(conn *c);
 static void dispatch(sql_store *s, sy_store_req *r);
 static void send_next(conn *c);
-static void maybe_finish(sql_store *s);
 static void flush_startup(sql_store *s);
 
 /* ---- completion ---- */
 
 static void complete(sql_store *s, sy_store_req *r)
 {
-	completions_add(&s->completions, r);
+	completions_add(&s->life.completions, r);
 }
 
 static void fail(sql_store *s, sy_store_req *r, const char *error)
 {
-	completions_fail(&s->completions, r, error);
+	completions_fail(&s->life.completions, r, error);
 }
 
 /* libpq messages end with a newline and may span lines; log and report
@@ -139,8 +130,7 @@ static void poll_closed(uv_handle_t *h)
 	sql_poll *p = h->data;
 	sql_store *s = p->s;
 	free(p);
-	s->open--;
-	maybe_finish(s);
+	store_life_handle_closed(&s->life);
 }
 
 /* Detaches and closes the slot's poll handle. Must run before PQfinish
@@ -167,7 +157,7 @@ static int poll_open(conn *c, int fd)
 	p->c = c;
 	p->s = c->s;
 	p->fd = fd;
-	c->s->open++;
+	c->s->life.open++;
 	c->poll = p;
 	return 0;
 }
@@ -200,25 +190,21 @@ static bool any_ready(const sql_store *s)
 static void first_attempt_over(conn *c)
 {
 	sql_store *s = c->s;
-	if (!c->first_attempt)
-		return;
-	c->first_attempt = false;
-	s->starting--;
-	if (s->starting > 0)
+	if (!store_life_first_attempt_over(&s->life, &c->first_attempt))
 		return;
 	if (any_ready(s)) {
 		flush_startup(s);
 		return;
 	}
 	sy_store_req *r;
-	while ((r = req_list_pop(&s->startup)) != NULL)
+	while ((r = req_list_pop(&s->life.startup)) != NULL)
 		fail(s, r, "sql: not connected");
 }
 
 static void flush_startup(sql_store *s)
 {
-	sy_req_list l = s->startup;
-	s->startup = (sy_req_list){0};
+	sy_req_list l = s->life.startup;
+	s->life.startup = (sy_req_list){0};
 	sy_store_req *r;
 	while ((r = req_list_pop(&l)) != NULL)
 		dispatch(s, r);
@@ -237,14 +223,14 @@ static void drop_pg(conn *c)
 static void on_retry_timer(uv_timer_t *t)
 {
 	conn *c = t->data;
-	if (!c->s->closing)
+	if (!c->s->life.closing)
 		start_attempt(c);
 }
 
 static void schedule_retry(conn *c)
 {
-	uv_timer_start(&c->timer, on_retry_timer, c->backoff_ms, 0);
-	c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+	uv_timer_start(&c->timer, on_retry_timer,
+	               store_backoff_next(&c->backoff_ms, BACKOFF_MAX_MS), 0);
 }
 
 /* A connection attempt failed. The first failure of an outage is a
@@ -258,7 +244,7 @@ static void attempt_failed(conn *c, const char *why)
 	first_line(msg, sizeof(msg), "", why);
 	drop_pg(c);
 	c->state = CONN_DOWN;
-	if (s->closing)
+	if (s->life.closing)
 		return;
 	sy_log(c->logged_down ? SY_LOG_DEBUG : SY_LOG_WARN, "sql: cannot connect", "server",
 	       s->server, "error", msg, NULL);
@@ -349,7 +335,7 @@ static void on_notice(void *arg, const char *message)
 static void on_connect_timeout(uv_timer_t *t)
 {
 	conn *c = t->data;
-	if (!c->s->closing && c->state == CONN_CONNECTING)
+	if (!c->s->life.closing && c->state == CONN_CONNECTING)
 		attempt_failed(c, "connect timed out");
 }
 
@@ -422,10 +408,10 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 
 	free(req);
 	c->gai = NULL;
-	s->open--;
-	if (s->closing) {
+	s->life.open--;
+	if (s->life.closing) {
 		uv_freeaddrinfo(res);
-		maybe_finish(s);
+		store_life_maybe_finish(&s->life);
 		return;
 	}
 	if (status != 0) {
@@ -480,7 +466,7 @@ static void start_attempt(conn *c)
 		return;
 	}
 	c->gai = req;
-	s->open++;
+	s->life.open++;
 }
 
 /* ---- queries ---- */
@@ -579,7 +565,7 @@ static void collect(conn *c)
 		c->inflight = NULL;
 		complete(c->s, r);
 		send_next(c);
-		if (!c->inflight && c->s->startup.head)
+		if (!c->inflight && c->s->life.startup.head)
 			flush_startup(c->s); /* this slot is free now */
 		if (!c->inflight)
 			break;
@@ -657,8 +643,9 @@ static void dispatch(sql_store *s, sy_store_req *r)
 	}
 	/* While other slots are still making their first connection, wait for
 	 * one of them rather than queueing behind a busy one. */
-	if (best && best_load > 0 && s->starting > 0 && s->startup.len < STARTUP_QUEUE_MAX) {
-		req_list_push(&s->startup, r);
+	if (best && best_load > 0 && s->life.starting > 0 &&
+	    s->life.startup.len < STARTUP_QUEUE_MAX) {
+		req_list_push(&s->life.startup, r);
 		return;
 	}
 	if (best) {
@@ -671,8 +658,8 @@ static void dispatch(sql_store *s, sy_store_req *r)
 		send_next(best);
 		return;
 	}
-	if (s->starting > 0 && s->startup.len < STARTUP_QUEUE_MAX) {
-		req_list_push(&s->startup, r);
+	if (s->life.starting > 0 && s->life.startup.len < STARTUP_QUEUE_MAX) {
+		req_list_push(&s->life.startup, r);
 		return;
 	}
 	fail(s, r, "sql: not connected");
@@ -688,7 +675,7 @@ static int submit(sy_store *base, sy_store_op o, const char *key, const char *va
                   void *arg)
 {
 	sql_store *s = (sql_store *)base;
-	if (s->closing || !key || !cb || (o == SY_STORE_OP_PUT && !value))
+	if (s->life.closing || !key || !cb || (o == SY_STORE_OP_PUT && !value))
 		return -1;
 	if (o != SY_STORE_OP_GET && !sql_writable(base))
 		return -1;
@@ -716,6 +703,13 @@ static int sql_del(sy_store *s, const char *key, sy_store_cb cb, void *arg)
 
 /* ---- teardown ---- */
 
+static void free_store(sql_store *s);
+
+static void free_store_cb(void *s)
+{
+	free_store(s);
+}
+
 static void free_store(sql_store *s)
 {
 	if (s->opts)
@@ -729,41 +723,19 @@ static void free_store(sql_store *s)
 	free(s);
 }
 
-static void store_closed(void *arg)
-{
-	sql_store *s = arg;
-	void (*done)(void *) = s->done;
-	void *done_arg = s->done_arg;
-	free_store(s);
-	if (done)
-		done(done_arg);
-}
-
-static void maybe_finish(sql_store *s)
-{
-	if (!s->closing || s->finishing || s->open > 0)
-		return;
-	s->finishing = true;
-	completions_close(&s->completions, store_closed, s);
-}
-
 static void timer_closed(uv_handle_t *h)
 {
 	conn *c = h->data;
-	c->s->open--;
-	maybe_finish(c->s);
+	store_life_handle_closed(&c->s->life);
 }
 
 static void sql_close(sy_store *base, void (*done)(void *arg), void *arg)
 {
 	sql_store *s = (sql_store *)base;
-	if (s->closing)
+	if (!store_life_begin_close(&s->life, done, arg))
 		return;
-	s->closing = true;
-	s->done = done;
-	s->done_arg = arg;
 	sy_store_req *r;
-	while ((r = req_list_pop(&s->startup)) != NULL)
+	while ((r = req_list_pop(&s->life.startup)) != NULL)
 		fail(s, r, "sql: store closed");
 	for (unsigned i = 0; i < s->nconns; i++) {
 		conn *c = &s->conns[i];
@@ -779,7 +751,7 @@ static void sql_close(sy_store *base, void (*done)(void *arg), void *arg)
 		drop_pg(c);
 		c->state = CONN_DOWN;
 	}
-	maybe_finish(s);
+	store_life_maybe_finish(&s->life);
 }
 
 static const sy_store_ops sql_ops = {
@@ -861,14 +833,13 @@ sy_store *store_sql_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsign
 	if (!s->query || !s->server || !s->conns || (resolve && !s->resolve_host) ||
 	    (cfg->sql.upsert_query && *cfg->sql.upsert_query && !s->upsert) ||
 	    (cfg->sql.delete_query && *cfg->sql.delete_query && !s->del_query) ||
-	    completions_init(&s->completions, loop) != 0) {
+	    store_life_init(&s->life, loop, s, free_store_cb, s->nconns) != 0) {
 		*error_r = "mapping.sql: out of memory";
 		free_store(s);
 		return NULL;
 	}
 	s->connect_timeout_ms =
 	    cfg->lookup_timeout_ms ? cfg->lookup_timeout_ms : CONNECT_TIMEOUT_MS;
-	s->starting = s->nconns;
 	for (unsigned i = 0; i < s->nconns; i++) {
 		conn *c = &s->conns[i];
 		c->s = s;
@@ -876,7 +847,7 @@ sy_store *store_sql_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsign
 		c->backoff_ms = BACKOFF_FIRST_MS;
 		uv_timer_init(loop, &c->timer);
 		c->timer.data = c;
-		s->open++;
+		s->life.open++;
 	}
 	for (unsigned i = 0; i < s->nconns; i++)
 		start_attempt(&s->conns[i]);
