@@ -35,3 +35,14 @@ ctest --test-dir build-san --output-on-failure -j"$jobs"
 if [ -d tests/integration ] && ls tests/integration/test_*.py >/dev/null 2>&1; then
 	SWITCHYARD_BIN="$PWD/build-san/switchyard" /usr/bin/python3 -m pytest -q tests/integration
 fi
+
+# ThreadSanitizer: the unit tests (the shared cache hammered by threads) and
+# the integration tests that run several workers at once (cache coalescing
+# across loops, reloads while sessions run, metrics scrapes during load).
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DSWITCHYARD_SANITIZE=thread >/dev/null
+cmake --build build-tsan -j"$jobs"
+export TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1"
+ctest --test-dir build-tsan --output-on-failure -j"$jobs"
+SWITCHYARD_BIN="$PWD/build-tsan/switchyard" /usr/bin/python3 -m pytest -q \
+	tests/integration/test_routing.py tests/integration/test_reload_mapping.py \
+	tests/integration/test_admin.py

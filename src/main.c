@@ -9,9 +9,11 @@
  * RUST_LOG (a level or a target=level list, for compatibility with the
  * reference system), else server.log_level.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 
 #include "switchyard/config.h"
@@ -149,6 +151,12 @@ int main(int argc, char **argv)
 		config_free(cfg);
 		return 0;
 	}
+
+	/* The process holds clients' passwords and tokens between a login
+	 * and its replay: no core file may contain them, and no other process
+	 * of the same user may ptrace it. */
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+		fprintf(stderr, "switchyard: cannot disable core dumps: %s\n", strerror(errno));
 
 	log_set_level(cfg->server.log_level);
 	log_set_format(cfg->server.log_format);

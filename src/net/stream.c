@@ -19,6 +19,7 @@
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -407,14 +408,19 @@ static void splice_pump(sy_stream *s)
 		report_error(s, err);
 }
 
+/* SWITCHYARD_NO_SPLICE, read once. Every worker thread asks, so the lazy
+ * initialisation is an atomic (a plain static was a data race, found by
+ * ThreadSanitizer: harmless in practice, undefined in C). */
 static bool splice_disabled(void)
 {
-	static int disabled = -1;
-	if (disabled < 0) {
+	static _Atomic int disabled = -1;
+	int d = atomic_load_explicit(&disabled, memory_order_relaxed);
+	if (d < 0) {
 		const char *v = getenv("SWITCHYARD_NO_SPLICE");
-		disabled = v != NULL && *v != '\0' && strcmp(v, "0") != 0;
+		d = v != NULL && *v != '\0' && strcmp(v, "0") != 0;
+		atomic_store_explicit(&disabled, d, memory_order_relaxed);
 	}
-	return disabled;
+	return d;
 }
 #endif
 

@@ -162,3 +162,53 @@ tls = "implicit"
             os.unlink(f.name)
         assert r.returncode == 1 and want in r.stderr, r.stderr
         assert "pw@" not in r.stderr  # the URL's password is never echoed
+
+
+def test_running_proxy_is_not_dumpable():
+    """The running proxy holds credentials between a login and its replay,
+    so it sets PR_SET_DUMPABLE to 0: no core file can hold them, and its
+    /proc files belong to root. Shown without root's privileges: the proxy
+    runs as nobody, and another process of nobody cannot read its
+    /proc/PID/environ (it could if the proxy were dumpable)."""
+    import shutil
+    import time
+    from harness.util import free_port, make_tempdir, remove_tree, wait_ports_listening
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        import pytest
+        pytest.skip("needs root and setpriv to run the proxy as another user")
+    port = free_port()
+    d = make_tempdir("dumpable")  # 0755 below /tmp: nobody can read the config
+    cfg = os.path.join(d, "switchyard.toml")
+    with open(cfg, "w") as f:
+        f.write(f"""
+[routing]
+default_destination = "main"
+[destination.main]
+host = "127.0.0.1"
+allow_plaintext_auth = true
+[destination.main.protocol.imap]
+port = 1
+tls = "plain"
+[capabilities.imap]
+allow_plain_auth_without_tls = true
+[listener.imap]
+protocol = "imap"
+bind = ["127.0.0.1:{port}"]
+tls = "plain"
+""")
+    os.chmod(cfg, 0o644)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    env = dict(os.environ)
+    env.pop("PROXY_CONFIG", None)
+    p = subprocess.Popen(nobody + [binary_path(), cfg], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, env=env)
+    try:
+        wait_ports_listening([port], 10, "switchyard as nobody")
+        r = subprocess.run(nobody + ["cat", f"/proc/{p.pid}/environ"], capture_output=True)
+        assert r.returncode != 0 and b"Permission denied" in r.stderr, r
+        st = os.stat(f"/proc/{p.pid}/environ")
+        assert st.st_uid == 0, "the proxy's /proc files should belong to root once not dumpable"
+    finally:
+        p.terminate()
+        p.wait(timeout=15)
+        remove_tree(d)
