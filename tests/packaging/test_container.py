@@ -1,0 +1,307 @@
+"""The container image, run for real with podman: read-only root filesystem,
+uid 65532, host network, in front of two test Dovecots on 127.0.0.1.
+
+The configuration directory is mounted (as a directory, like the chart's
+ConfigMap) over /etc/switchyard: switchyard.toml, mappings.tsv (alice -> new,
+everyone else -> the default, legacy), the admin token and a test
+certificate. Which Dovecot served a login is read from its log, as
+tests/integration/test_routing.py does.
+"""
+
+import imaplib
+import json
+import os
+import re
+import shutil
+import ssl
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from harness import Dovecot
+from harness.util import Backoff, free_port, make_tempdir, remove_tree
+
+TOKEN = "container-test-token-0123456789abcdefghij"
+WAIT = 20.0
+READY_RE = re.compile(r"\bINFO\s+ready\b")
+
+
+def podman(env, *args, check=True, timeout=60, input=None):
+    p = subprocess.run(["podman", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=timeout, input=input)
+    if check and p.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def backends(certs):
+    started = {}
+    try:
+        for name in ("legacy", "new"):
+            d = Dovecot(certs, listeners={"imap": ("plain", "tls")})
+            started[name] = d
+            d.start()
+        yield started
+    finally:
+        for d in started.values():
+            d.cleanup()
+
+
+def proxy_config(backends, imap_port, admin_port):
+    out = [f"""
+[server]
+threads = 2
+shutdown_grace = "20s"
+backend_timeout = "5s"
+host_down_threshold = 0
+
+[tls.certificate.test]
+cert = "tls.crt"
+key = "tls.key"
+default = true
+
+[capabilities.imap]
+allow_plain_auth_without_tls = true
+
+[listener.imap]
+protocol = "imap"
+tls = "plain"
+bind = ["127.0.0.1:{imap_port}"]
+
+[routing]
+default_destination = "legacy"
+
+[mapping]
+source = "file"
+normalize = "lowercase"
+[mapping.file]
+path = "mappings.tsv"
+
+[admin]
+bind = "127.0.0.1:{admin_port}"
+tls = "implicit"
+bearer_token_file = "admin.token"
+"""]
+    for name, d in backends.items():
+        out.append(f"""
+[destination.{name}]
+host = "127.0.0.1"
+forwarding = "none"
+allow_plaintext_auth = true
+[destination.{name}.protocol.imap]
+port = {d.imap}
+tls = "plain"
+""")
+    return "".join(out)
+
+
+class Container:
+    """One detached container; its log is followed by a thread so that
+    readiness is an awaited event (the `ready` log line)."""
+
+    def __init__(self, env, image, confdir, name):
+        self.env, self.image, self.confdir, self.name = env, image, confdir, name
+        self.lines = []
+        self.cond = threading.Condition()
+        self.follower = None
+
+    def run(self, *args):
+        podman(self.env, "run", "-d", "--name", self.name, "--read-only", "--user", "65532:65532",
+               "--network", "host", "-v", f"{self.confdir}:/etc/switchyard:ro", self.image, *args)
+        self.follower = subprocess.Popen(["podman", "logs", "-f", self.name], env=self.env,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=self._follow, daemon=True).start()
+
+    def _follow(self):
+        for line in self.follower.stderr:
+            with self.cond:
+                self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.lines.append(None)  # end of the log
+            self.cond.notify_all()
+
+    def wait_log(self, rx, timeout=WAIT):
+        def found():
+            return any(l is None or rx.search(l) for l in self.lines)
+        with self.cond:
+            self.cond.wait_for(found, timeout)
+            if not any(l is not None and rx.search(l) for l in self.lines):
+                raise AssertionError(f"no log line matching {rx.pattern!r}; log:\n{self.log()}")
+
+    def log(self):
+        with self.cond:
+            return "\n".join(l for l in self.lines if l is not None)
+
+    def host_pid(self):
+        return int(podman(self.env, "inspect", "-f", "{{.State.Pid}}", self.name).stdout.strip())
+
+    def remove(self):
+        podman(self.env, "rm", "-f", "-t", "0", self.name, check=False)
+        if self.follower is not None:
+            try:
+                self.follower.wait(10)
+            except subprocess.TimeoutExpired:
+                self.follower.kill()
+                self.follower.wait()
+
+
+@pytest.fixture
+def confdir(backends, certs):
+    d = make_tempdir("container-conf")
+    ports = {"imap": free_port(), "admin": free_port()}
+    with open(os.path.join(d, "switchyard.toml"), "w") as f:
+        f.write(proxy_config(backends, ports["imap"], ports["admin"]))
+    with open(os.path.join(d, "mappings.tsv"), "w") as f:
+        f.write("alice@example.com new\n")
+    with open(os.path.join(d, "admin.token"), "w") as f:
+        f.write(TOKEN + "\n")
+    shutil.copy(certs.localhost.cert, os.path.join(d, "tls.crt"))
+    shutil.copy(certs.localhost.key, os.path.join(d, "tls.key"))
+    for n in os.listdir(d):
+        os.chmod(os.path.join(d, n), 0o644)  # readable by uid 65532
+    yield d, ports
+    remove_tree(d)
+
+
+@pytest.fixture
+def container(podman_env, image, confdir, request):
+    made = []
+
+    def factory():
+        c = Container(podman_env, image, confdir[0], f"switchyard-test-{uuid.uuid4().hex[:10]}")
+        made.append(c)
+        return c
+
+    yield factory
+    for c in made:
+        rep = getattr(request.node, "rep_call", None)
+        if rep is None or rep.failed:
+            print(f"--- container {c.name} log ---\n{c.log()[-8000:]}")
+        c.remove()
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+def https_get(certs, port, path, token=None):
+    ctx = certs.client_context()
+    req = urllib.request.Request(f"https://localhost:{port}{path}")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_status(certs, port, path, want, timeout=WAIT):
+    b = Backoff(timeout)
+    last = None
+    while True:
+        try:
+            last = https_get(certs, port, path)
+            if last[0] == want:
+                return last
+        except (OSError, ssl.SSLError) as e:
+            last = e
+        if not b.pause():
+            raise AssertionError(f"GET {path} did not answer {want} within {timeout}s (last: {last!r})")
+
+
+def login_count(d, user, since):
+    return len(re.findall(r"imap-login: Info: Login: user=<" + re.escape(user) + ">", d.log_text(since)))
+
+
+def test_check_config_in_the_image(podman_env, image, confdir):
+    d, _ = confdir
+    run = ["run", "--rm", "--read-only", "--user", "65532:65532", "--network", "none",
+           "-v", f"{d}:/etc/switchyard:ro", image]
+    p = podman(podman_env, *run, "--check-config", check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "configuration ok" in p.stdout + p.stderr
+    # The image's own default configuration validates too (no mount).
+    p = podman(podman_env, "run", "--rm", "--read-only", "--user", "65532:65532", "--network", "none", image,
+               "--check-config", check=False)
+    assert p.returncode == 0 and "configuration ok" in p.stdout + p.stderr, p.stdout + p.stderr
+    # A broken mapping (undeclared destination) is reported, exit 1.
+    with open(os.path.join(d, "mappings.tsv"), "a") as f:
+        f.write("bob@example.com nowhere\n")
+    p = podman(podman_env, *run, "--check-config", check=False)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "mapping.file.path" in p.stdout + p.stderr and "nowhere" in p.stdout + p.stderr
+
+
+def test_image_metadata(podman_env, image):
+    info = json.loads(podman(podman_env, "image", "inspect", image).stdout)[0]
+    cfg = info["Config"]
+    assert cfg["User"] == "65532:65532"
+    assert cfg["Entrypoint"] == ["/usr/local/bin/switchyard"]
+    assert "PROXY_CONFIG=/etc/switchyard/switchyard.toml" in cfg["Env"]
+    labels = cfg["Labels"]
+    for k in ("source", "version", "licenses", "revision"):
+        assert labels.get(f"org.opencontainers.image.{k}"), k
+    exposed = {p.split("/")[0] for p in cfg["ExposedPorts"]}
+    assert exposed == {"1143", "1993", "1110", "1995", "1587", "1465", "4190", "8443", "9443"}
+    assert all(int(p) >= 1024 for p in exposed)
+    assert info["Size"] < 100 * 1000 * 1000, f"image is {info['Size']} bytes"
+
+
+def test_routes_probes_and_drains(podman_env, image, confdir, container, backends, certs):
+    _, ports = confdir
+    marks = {n: d.log_mark() for n, d in backends.items()}
+    c = container()
+    c.run()
+    c.wait_log(READY_RE)
+    status, body = wait_status(certs, ports["admin"], "/readyz", 200)
+    assert body.strip() == "ok"
+
+    # The process runs as 65532:65532 (host network, no user namespace: the
+    # host's view of the container's pid 1 shows the real ids).
+    with open(f"/proc/{c.host_pid()}/status") as f:
+        st = f.read()
+    assert re.search(r"^Uid:\s+65532\s+65532\s+65532\s+65532$", st, re.M), st
+    assert re.search(r"^Gid:\s+65532\s+65532\s+65532\s+65532$", st, re.M), st
+
+    # alice is mapped to "new"; bob is not mapped and goes to the default.
+    for user, pw, want in (("alice@example.com", "alicepass", "new"), ("bob@example.com", "bobpass", "legacy")):
+        m = imaplib.IMAP4("127.0.0.1", ports["imap"], timeout=WAIT)
+        try:
+            typ, _ = m.login(user, pw)
+            assert typ == "OK"
+            assert m.noop()[0] == "OK"
+        finally:
+            m.logout()
+        other = "legacy" if want == "new" else "new"
+        assert login_count(backends[want], user, marks[want]) == 1, backends[want].log_text(marks[want])
+        assert login_count(backends[other], user, marks[other]) == 0, backends[other].log_text(marks[other])
+
+    # The management API works with the mounted token.
+    st, body = https_get(certs, ports["admin"], "/mappings?identifier=Alice@Example.com", TOKEN)
+    assert st == 200 and json.loads(body)["destination"] == "new", body
+
+    # SIGTERM with a bridged session open: readiness fails at once, the
+    # session keeps working while the proxy drains, and once it ends the
+    # process exits 0.
+    m = imaplib.IMAP4("127.0.0.1", ports["imap"], timeout=WAIT)
+    try:
+        assert m.login("carol@example.com", "carolpass")[0] == "OK"
+        podman(podman_env, "kill", "-s", "TERM", c.name)
+        c.wait_log(re.compile(r"shutting down"))
+        wait_status(certs, ports["admin"], "/readyz", 503)
+        assert m.noop()[0] == "OK"  # still bridged during the drain
+        assert m.select("INBOX")[0] == "OK"
+    finally:
+        m.logout()
+    p = podman(podman_env, "wait", c.name, timeout=60)
+    assert p.stdout.strip() == "0", f"exit status {p.stdout.strip()}; log:\n{c.log()}"
