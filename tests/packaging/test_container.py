@@ -305,3 +305,77 @@ def test_routes_probes_and_drains(podman_env, image, confdir, container, backend
         m.logout()
     p = podman(podman_env, "wait", c.name, timeout=60)
     assert p.stdout.strip() == "0", f"exit status {p.stdout.strip()}; log:\n{c.log()}"
+
+
+def kubelet_configmap_dir(root, files, stamp):
+    """Write `files` the way the kubelet's atomic writer lays a ConfigMap
+    volume out: a timestamped directory, `..data` pointing at it, and one
+    symlink per key through `..data`. Called again, it swaps `..data` to a new
+    directory with one rename, like a ConfigMap update."""
+    ts_dir = f"..{stamp}"
+    os.makedirs(os.path.join(root, ts_dir), mode=0o755)
+    for name, text in files.items():
+        p = os.path.join(root, ts_dir, name)
+        with open(p, "w") as f:
+            f.write(text)
+        os.chmod(p, 0o644)
+    tmp = os.path.join(root, "..data_tmp")
+    os.symlink(ts_dir, tmp)
+    os.rename(tmp, os.path.join(root, "..data"))
+    for name in files:
+        link = os.path.join(root, name)
+        if not os.path.islink(link):
+            os.symlink(os.path.join("..data", name), link)
+
+
+def test_chart_config_runs_and_reloads_in_the_image(podman_env, image, helm_bin, container, certs, tmp_path):
+    """The chart's rendered default configuration (with a cert-manager
+    certificate) in the image, with the pod's mounts at the pod's paths:
+    it starts read-only as 65532, reloads when the ConfigMap volume is
+    swapped, keeps running on an invalid edit, and exits 0 on SIGTERM."""
+    from chart import config_map, render
+    objs = render(helm_bin, "cert-manager-values.yaml")
+    data = config_map(objs)["data"]
+    root = str(tmp_path)
+    os.chmod(root, 0o755)
+    cm, tls, admin = (os.path.join(root, n) for n in ("cm", "tls", "admin"))
+    for d in (cm, tls, admin):
+        os.makedirs(d, mode=0o755)
+    kubelet_configmap_dir(cm, data, "2026_01_01_00_00_00.000000001")
+    shutil.copy(certs.mail.cert, os.path.join(tls, "tls.crt"))
+    shutil.copy(certs.mail.key, os.path.join(tls, "tls.key"))
+    with open(os.path.join(admin, "token"), "w") as f:
+        f.write(TOKEN)
+    for d in (tls, admin):
+        for n in os.listdir(d):
+            os.chmod(os.path.join(d, n), 0o644)
+
+    c = container()
+    podman(c.env, "run", "-d", "--name", c.name, "--read-only", "--user", "65532:65532", "--network", "none",
+           "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+           "-v", f"{cm}:/etc/switchyard:ro", "-v", f"{tls}:/run/secrets/switchyard/tls:ro",
+           "-v", f"{admin}:/run/secrets/switchyard/admin:ro", image, "/etc/switchyard/switchyard.toml")
+    c.follower = subprocess.Popen(["podman", "logs", "-f", c.name], env=c.env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+    threading.Thread(target=c._follow, daemon=True).start()
+    c.wait_log(re.compile(r'"msg"\s*:\s*"ready"'))
+
+    # A ConfigMap update: a new mapping line and log level; the proxy notices
+    # the ..data swap and reloads.
+    changed = dict(data)
+    changed["switchyard.toml"] = data["switchyard.toml"].replace('log_format = "json"', 'log_format = "json"\nlog_level = "debug"')
+    assert changed["switchyard.toml"] != data["switchyard.toml"]
+    kubelet_configmap_dir(cm, changed, "2026_01_01_00_01_00.000000002")
+    c.wait_log(re.compile(r"configuration reloaded"))
+
+    # An invalid edit is refused; the process keeps running on the old one.
+    broken = dict(changed)
+    broken["switchyard.toml"] = changed["switchyard.toml"].replace('default_destination = "legacy"',
+                                                                  'default_destination = "nowhere"')
+    kubelet_configmap_dir(cm, broken, "2026_01_01_00_02_00.000000003")
+    c.wait_log(re.compile(r"configuration reload failed"))
+    assert podman(c.env, "inspect", "-f", "{{.State.Running}}", c.name).stdout.strip() == "true"
+
+    podman(c.env, "kill", "-s", "TERM", c.name)
+    p = podman(c.env, "wait", c.name, timeout=60)
+    assert p.stdout.strip() == "0", f"exit status {p.stdout.strip()}; log:\n{c.log()}"
