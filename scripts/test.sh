@@ -31,3 +31,10 @@ ctest --test-dir build-san --output-on-failure -j"$jobs"
 if [ -d tests/integration ] && ls tests/integration/test_*.py >/dev/null 2>&1; then
 	SWITCHYARD_BIN="$PWD/build-san/switchyard" /usr/bin/python3 -m pytest -q tests/integration
 fi
+
+# Packaging: the container image (built with podman and run read-only as
+# uid 65532 in front of test Dovecots), the Helm chart (lint, render, the
+# proxy's --check-config on every rendered configuration, invariants), the
+# k8s/ base, and static checks of the e2e suite and the workflows. The
+# release build is what the image contains.
+SWITCHYARD_BIN="$PWD/build/switchyard" /usr/bin/python3 -m pytest -q tests/packaging

@@ -11,8 +11,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 CHART = os.path.join(REPO, "charts", "switchyard")
 CI_VALUES = sorted(f for f in os.listdir(os.path.join(CHART, "ci")) if f.endswith(".yaml"))
-# Every scenario the tests render: the defaults, then each ci/ values file.
-SCENARIOS = [None] + CI_VALUES
+# Every scenario the tests render: the defaults, each ci/ values file, and the
+# values of the e2e suite (an absolute path).
+SCENARIOS = [None] + CI_VALUES + [os.path.join(REPO, "e2e", "values.yaml")]
 
 RELEASE = "mail"
 NAMESPACE = "mail"
