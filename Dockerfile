@@ -56,8 +56,8 @@ RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         ca-certificates $(cat /usr/share/switchyard/runtime-packages) >/dev/null \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log \
- && groupadd --system --gid 65532 switchyard \
- && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
+ && groupadd --system --gid 65532 -K SYS_GID_MAX=65532 switchyard \
+ && useradd --system --uid 65532 --gid 65532 -K SYS_UID_MAX=65532 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin switchyard
 COPY --from=build /out/switchyard /usr/local/bin/switchyard
 COPY examples/ /usr/share/switchyard/examples/

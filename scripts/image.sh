@@ -89,13 +89,19 @@ DPKG
 
 build() {
 	base
-	local rev
+	local rev old new
 	rev=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+	old=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 	podman build --quiet --pull=never --layers \
 		--build-arg "VERSION=$(sed -n 's/^project(switchyard VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)" \
 		--build-arg "REVISION=$rev" \
 		-t "$IMAGE" -f Dockerfile . >/dev/null
-	podman image exists "$IMAGE"
+	new=$(podman image inspect --format '{{.Id}}' "$IMAGE")
+	# The image this build replaced would otherwise pile up, untagged, on
+	# every source change (the layer cache of the build stage is kept).
+	if [ -n "$old" ] && [ "$old" != "$new" ]; then
+		podman rmi "$old" >/dev/null 2>&1 || true
+	fi
 	echo "$IMAGE"
 }
 
