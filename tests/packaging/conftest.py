@@ -4,7 +4,6 @@ built proxy binary, and the integration harness (Dovecot, test PKI) reused
 from tests/integration/harness."""
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -33,12 +32,26 @@ def switchyard_bin():
     return path
 
 
-@pytest.fixture(scope="session")
-def helm_bin():
-    path = os.environ.get("HELM") or shutil.which("helm") or os.path.join(CACHE, "bin", "helm")
+# The chart supports Helm 3 and 4: the chart tests run with both (installed
+# by scripts/deps.sh into $CACHE/bin), or with the one binary $HELM names.
+HELMS = {"helm4": os.path.join(CACHE, "bin", "helm"), "helm3": os.path.join(CACHE, "bin", "helm3")}
+
+
+def _helm(name):
+    path = os.environ.get("HELM") or HELMS[name]
     if not os.access(path, os.X_OK):
         pytest.fail(f"helm not found at {path}: run scripts/deps.sh (or set HELM)")
     return path
+
+
+@pytest.fixture(scope="session", params=["helm4"] if os.environ.get("HELM") else ["helm4", "helm3"])
+def helm_bin(request):
+    return _helm(request.param)
+
+
+@pytest.fixture(scope="session")
+def helm4_bin():
+    return _helm("helm4")
 
 
 @pytest.fixture(scope="session")

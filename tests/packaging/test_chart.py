@@ -252,14 +252,14 @@ def test_mail_service_options(helm_bin):
 @pytest.mark.parametrize("bad,msg", [
     (["replicaCont=3"], "replicaCont"),
     (["service.typ=LoadBalancer"], "typ"),
-    (["admin.tls=https"], "admin/tls"),
+    (["admin.tls=https"], r"admin[./]tls"),
     (["metrics.serviceMonitor.enable=true"], "enable"),
-    (["service.type=Loadbalancer"], "service/type"),
+    (["service.type=Loadbalancer"], r"service[./]type"),
 ])
 def test_schema_rejects_typos(helm_bin, bad, msg):
     p = helm(helm_bin, "template", "x", CHART, *[a for s in bad for a in ("--set", s)], check=False)
     assert p.returncode != 0, p.stdout[:2000]
-    assert "schema" in p.stderr and msg in p.stderr, p.stderr
+    assert "schema" in p.stderr and re.search(msg, p.stderr), p.stderr
 
 
 def test_schema_rejects_wrong_types(helm_bin):

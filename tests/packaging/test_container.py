@@ -328,13 +328,13 @@ def kubelet_configmap_dir(root, files, stamp):
             os.symlink(os.path.join("..data", name), link)
 
 
-def test_chart_config_runs_and_reloads_in_the_image(podman_env, image, helm_bin, container, certs, tmp_path):
+def test_chart_config_runs_and_reloads_in_the_image(podman_env, image, helm4_bin, container, certs, tmp_path):
     """The chart's rendered default configuration (with a cert-manager
     certificate) in the image, with the pod's mounts at the pod's paths:
     it starts read-only as 65532, reloads when the ConfigMap volume is
     swapped, keeps running on an invalid edit, and exits 0 on SIGTERM."""
     from chart import config_map, render
-    objs = render(helm_bin, "cert-manager-values.yaml")
+    objs = render(helm4_bin, "cert-manager-values.yaml")
     data = config_map(objs)["data"]
     root = str(tmp_path)
     os.chmod(root, 0o755)
