@@ -81,6 +81,8 @@ class PortForward:
             self.close()
             raise Failed(f"port-forward {target}: {line!r} {self.proc.stderr.read()}")
         self.port = int(m.group(1))
+        # kubectl prints a line per connection: keep reading so it never blocks.
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
 
     def close(self):
         self.proc.terminate()
@@ -113,11 +115,12 @@ def admin(pf, method, path, tok=None):
         return e.code, e.read().decode()
 
 
-def pods():
+def pods(terminating=False):
+    """The proxy's running pods (with `terminating`, also those shutting down)."""
     out = kubectl("-n", NS, "get", "pods", "-l", f"app.kubernetes.io/instance={RELEASE}",
                   "--field-selector=status.phase=Running", "-o", "json")
     return sorted(p["metadata"]["name"] for p in json.loads(out)["items"]
-                  if not p["metadata"].get("deletionTimestamp"))
+                  if terminating or not p["metadata"].get("deletionTimestamp"))
 
 
 def metric(text, name, labels=""):
@@ -282,7 +285,7 @@ def t_rolling():
     kubectl("-n", NS, "rollout", "restart", f"deploy/{RELEASE}")
     kubectl("-n", NS, "rollout", "status", f"deploy/{RELEASE}", "--timeout=300s", timeout=320)
     # Until the old pods are gone (their drain ends), keep logging in.
-    wait_until("the old pods to terminate", lambda: not (old & set(pods())), timeout=120, every=1)
+    wait_until("the old pods to terminate", lambda: not (old & set(pods(terminating=True))), timeout=120, every=1)
     n = ok[0]
     wait_until("logins through the new pods", lambda: ok[0] >= n + 5, timeout=60, every=0.5)
     stop.set()

@@ -16,8 +16,10 @@ CLUSTER=${KIND_CLUSTER:-switchyard-e2e}
 TOOL=${CONTAINER_TOOL:-docker}
 NS=switchyard
 RELEASE=switchyard
-IMAGE=switchyard-e2e/switchyard:e2e
-DOVECOT_IMAGE=switchyard-e2e/dovecot:e2e
+# Fully qualified, so that docker and podman tag them alike and the names in
+# e2e/values.yaml and e2e/manifests resolve to them inside kind.
+IMAGE=docker.io/switchyard-e2e/switchyard:e2e
+DOVECOT_IMAGE=docker.io/switchyard-e2e/dovecot:e2e
 ARTIFACTS=${E2E_ARTIFACTS:-$PWD/e2e-artifacts}
 
 need() {
@@ -76,8 +78,9 @@ fi
 
 log "deploying backends"
 kubectl apply -f e2e/manifests/backends.yaml
-kubectl -n mail rollout status deploy/legacy deploy/new deploy/redis --timeout=180s
-kubectl -n mail rollout status statefulset/stalwart --timeout=180s
+for w in deploy/legacy deploy/new deploy/redis statefulset/stalwart; do
+	kubectl -n mail rollout status "$w" --timeout=180s
+done
 
 log "installing the chart"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
