@@ -339,3 +339,15 @@ def test_optional_objects_off_by_default(helm_bin):
     objs = render(helm_bin, "discovery-values.yaml", sets=["metrics.prometheusRule.enabled=true"])
     alerts = {r["alert"] for g in one(objs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
     assert "SwitchyardClusterNoServingNode" in alerts
+
+
+def test_config_changes_with_the_mapping_file(helm_bin):
+    """The proxy watches only switchyard.toml: the chart puts the mapping
+    file's checksum in it, so a mappings-only upgrade still triggers a reload
+    (which re-reads the mapping file)."""
+    a = config_map(render(helm_bin))["data"]
+    b = config_map(render(helm_bin, sets=["mappings=alice@example.com legacy"]))["data"]
+    assert a["mappings.tsv"] != b["mappings.tsv"]
+    assert a["switchyard.toml"] != b["switchyard.toml"]
+    strip = lambda t: re.sub(r"(?m)^# mappings\.tsv sha256:[0-9a-f]{64}$", "", t)
+    assert strip(a["switchyard.toml"]) == strip(b["switchyard.toml"])

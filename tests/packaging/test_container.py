@@ -134,6 +134,15 @@ class Container:
             if not any(l is not None and rx.search(l) for l in self.lines):
                 raise AssertionError(f"no log line matching {rx.pattern!r}; log:\n{self.log()}")
 
+    def wait_count(self, rx, n, timeout=WAIT):
+        """Wait until `n` log lines match."""
+        def count():
+            return sum(1 for l in self.lines if l is not None and rx.search(l))
+        with self.cond:
+            self.cond.wait_for(lambda: count() >= n or None in self.lines, timeout)
+            if count() < n:
+                raise AssertionError(f"{count()} log lines matching {rx.pattern!r}, wanted {n}; log:\n{self.log()}")
+
     def log(self):
         with self.cond:
             return "\n".join(l for l in self.lines if l is not None)
@@ -366,11 +375,24 @@ def test_chart_config_runs_and_reloads_in_the_image(podman_env, image, helm4_bin
     changed["switchyard.toml"] = data["switchyard.toml"].replace('log_format = "json"', 'log_format = "json"\nlog_level = "debug"')
     assert changed["switchyard.toml"] != data["switchyard.toml"]
     kubelet_configmap_dir(cm, changed, "2026_01_01_00_01_00.000000002")
-    c.wait_log(re.compile(r"configuration reloaded"))
+    reloaded = re.compile(r"configuration reloaded")
+    c.wait_count(reloaded, 1)
+
+    # Only the mapping file changes (helm upgrade --set-file mappings=...):
+    # the chart's checksum line in switchyard.toml changes with it, so the
+    # proxy (which watches the configuration file) reloads and re-reads it.
+    remapped = config_map(render(helm4_bin, "cert-manager-values.yaml",
+                                 sets=["mappings=alice@example.com legacy"]))["data"]
+    assert remapped["mappings.tsv"] != data["mappings.tsv"]
+    remapped["switchyard.toml"] = remapped["switchyard.toml"].replace('log_format = "json"',
+                                                                      'log_format = "json"\nlog_level = "debug"')
+    kubelet_configmap_dir(cm, remapped, "2026_01_01_00_01_30.000000004")
+    c.wait_count(reloaded, 2)
+    c.wait_count(re.compile(r"mapping file reloaded"), 2)
 
     # An invalid edit is refused; the process keeps running on the old one.
-    broken = dict(changed)
-    broken["switchyard.toml"] = changed["switchyard.toml"].replace('default_destination = "legacy"',
+    broken = dict(remapped)
+    broken["switchyard.toml"] = remapped["switchyard.toml"].replace('default_destination = "legacy"',
                                                                   'default_destination = "nowhere"')
     kubelet_configmap_dir(cm, broken, "2026_01_01_00_02_00.000000003")
     c.wait_log(re.compile(r"configuration reload failed"))
