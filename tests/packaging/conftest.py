@@ -19,6 +19,14 @@ from harness import TestPKI  # noqa: E402
 CACHE = os.environ.get("SWITCHYARD_CACHE", "/var/cache/switchyard")
 
 
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # item.rep_call: fixtures print the logs of what they started on failure.
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
 @pytest.fixture(scope="session")
 def repo():
     return REPO

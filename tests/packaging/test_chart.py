@@ -101,8 +101,9 @@ def test_restricted_security_context(helm_bin, scenario):
     assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
     for v in pod["volumes"]:
         assert "hostPath" not in v
-    # Only unprivileged container ports: no NET_BIND_SERVICE needed.
-    assert all(p["containerPort"] >= 1024 for p in c["ports"])
+    # Only unprivileged container ports (no NET_BIND_SERVICE), no host ports.
+    assert all(p["containerPort"] >= 1024 and "hostPort" not in p for p in c["ports"])
+    assert [x["name"] for x in pod["containers"]] == ["switchyard"] and not pod.get("initContainers")
     # Requests and limits.
     assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
     assert c["resources"]["limits"]["memory"]

@@ -195,13 +195,6 @@ def container(podman_env, image, confdir, request):
         c.remove()
 
 
-@pytest.hookimpl(tryfirst=True, hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    rep = outcome.get_result()
-    setattr(item, "rep_" + rep.when, rep)
-
-
 def https_get(certs, port, path, token=None):
     ctx = certs.client_context()
     req = urllib.request.Request(f"https://localhost:{port}{path}")
