@@ -7,7 +7,7 @@ the management API is reached with `kubectl port-forward`, per pod where an
 action applies to one replica. Each backend's INBOX holds a message
 "Welcome to the <backend> server", which tells where a login landed.
 
-    python3 e2e/e2e.py [routing cutover reload discovery rolling ...]
+    python3 e2e/e2e.py [routing cutover reload upgrade discovery rolling ...]
 
 Standard library only (runs on a bare GitHub runner).
 """
@@ -296,8 +296,21 @@ def t_rolling():
     print(f"  rolling restart: {ok[0]} logins, none failed")
 
 
-TESTS = {"routing": t_routing, "cutover": t_cutover, "reload": t_reload, "discovery": t_discovery,
-         "rolling": t_rolling}
+def t_upgrade():
+    """helm upgrade keeps the generated admin token (looked up in the cluster)."""
+    before = token()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run(["helm", "upgrade", RELEASE, os.path.join(root, "charts", "switchyard"), "-n", NS,
+                    "-f", os.path.join(root, "e2e", "values.yaml"), "--set", "podAnnotations.e2e-upgrade=1",
+                    "--wait", "--timeout", "300s"], check=True, timeout=320)
+    check(token() == before, "the admin token changed on helm upgrade")
+    with PortForward(f"svc/{RELEASE}-admin") as pf:
+        st, body = admin(pf, "GET", "/stats", before)
+        check(st == 200, f"GET /stats with the kept token: {st} {body}")
+
+
+TESTS = {"routing": t_routing, "cutover": t_cutover, "reload": t_reload, "upgrade": t_upgrade,
+         "discovery": t_discovery, "rolling": t_rolling}
 
 
 def main(argv):
