@@ -301,7 +301,7 @@ def t_upgrade():
     before = token()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run(["helm", "upgrade", RELEASE, os.path.join(root, "charts", "switchyard"), "-n", NS,
-                    "-f", os.path.join(root, "e2e", "values.yaml"), "--set", "podAnnotations.e2e-upgrade=1",
+                    "-f", os.path.join(root, "e2e", "values.yaml"), "--set-string", "podAnnotations.e2e-upgrade=1",
                     "--wait", "--timeout", "300s"], check=True, timeout=320)
     check(token() == before, "the admin token changed on helm upgrade")
     with PortForward(f"svc/{RELEASE}-admin") as pf:
