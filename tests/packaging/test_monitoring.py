@@ -5,11 +5,12 @@ scrape of a running proxy's /metrics (the built binary, on loopback)."""
 import json
 import os
 import re
+import sys
 import urllib.request
 
 import pytest
 
-from chart import CHART, find, one, render
+from chart import CHART, REPO, find, one, render
 from harness import Switchyard
 from harness.util import free_port
 
@@ -18,7 +19,7 @@ NAME_RE = re.compile(r"\bswitchyard_[a-z0-9_]+\b")
 
 
 @pytest.fixture(scope="module")
-def exposed(switchyard_bin):
+def scrape(switchyard_bin):
     os.environ.setdefault("SWITCHYARD_BIN", switchyard_bin)
     imap, admin = free_port(), free_port()
     cfg = f"""
@@ -56,12 +57,33 @@ bearer_token = "{TOKEN}"
         sy.stop()
     finally:
         sy.cleanup()
+    return text
+
+
+@pytest.fixture(scope="module")
+def exposed(scrape):
     names = set()
-    for line in text.splitlines():
+    for line in scrape.splitlines():
         if line and not line.startswith("#"):
             names.add(re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0))
     assert "switchyard_build_info" in names
     return names
+
+
+def test_e2e_metric_reader_reads_a_real_scrape(scrape):
+    """e2e/e2e.py reads the reload counters from /metrics text."""
+    sys.path.insert(0, os.path.join(REPO, "e2e"))
+    try:
+        import e2e
+    finally:
+        sys.path.pop(0)
+    assert 'switchyard_config_reloads_total{result="success"} 0' in scrape
+    assert e2e.metric(scrape, "switchyard_config_reloads_total", 'result="success"') == 0
+    bumped = scrape.replace('switchyard_config_reloads_total{result="success"} 0',
+                            'switchyard_config_reloads_total{result="success"} 3')
+    assert e2e.metric(bumped, "switchyard_config_reloads_total", 'result="success"') == 3
+    assert e2e.metric(bumped, "switchyard_config_reloads_total", 'result="error"') == 0
+    assert e2e.metric(scrape, "switchyard_workers") >= 1
 
 
 def rule_exprs(helm_bin):
