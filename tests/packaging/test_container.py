@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -353,7 +354,11 @@ def test_chart_config_runs_and_reloads_in_the_image(podman_env, image, helm4_bin
             os.chmod(os.path.join(d, n), 0o644)
 
     c = container()
-    podman(c.env, "run", "-d", "--name", c.name, "--read-only", "--user", "65532:65532", "--network", "none",
+    admin_port = free_port()
+    # Its own network namespace (it binds 0.0.0.0 there); only the admin port
+    # is published, on 127.0.0.1, to play the kubelet's probes.
+    podman(c.env, "run", "-d", "--name", c.name, "--read-only", "--user", "65532:65532",
+           "-p", f"127.0.0.1:{admin_port}:9443",
            "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
            "-v", f"{cm}:/etc/switchyard:ro", "-v", f"{tls}:/run/secrets/switchyard/tls:ro",
            "-v", f"{admin}:/run/secrets/switchyard/admin:ro", image, "/etc/switchyard/switchyard.toml")
@@ -361,6 +366,30 @@ def test_chart_config_runs_and_reloads_in_the_image(podman_env, image, helm4_bin
                                   stderr=subprocess.PIPE, text=True)
     threading.Thread(target=c._follow, daemon=True).start()
     c.wait_log(re.compile(r'"msg"\s*:\s*"ready"'))
+
+    # The probes as the kubelet sends them: HTTPS, certificate not verified.
+    kubelet = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    kubelet.check_hostname = False
+    kubelet.verify_mode = ssl.CERT_NONE
+    for path in ("/readyz", "/livez"):
+        b = Backoff(WAIT)
+        while True:
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{admin_port}{path}", context=kubelet, timeout=5) as r:
+                    assert r.status == 200 and r.read().strip() == b"ok"
+                break
+            except (OSError, ssl.SSLError) as e:
+                if not b.pause():
+                    raise AssertionError(f"{path}: {e!r}; log:\n{c.log()}")
+    # The certificate served is the one mounted from the TLS Secret.
+    ctx = certs.client_context()
+    with socket.create_connection(("127.0.0.1", admin_port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="mail.example.com") as tls_sock:
+            assert tls_sock.getpeercert(binary_form=True) == certs.mail.der
+    # The token file from the Secret mount is the one the API accepts.
+    req = urllib.request.Request(f"https://127.0.0.1:{admin_port}/stats", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, context=kubelet, timeout=5) as r:
+        assert r.status == 200 and "cache_hits" in json.loads(r.read())
 
     # A ConfigMap update: a new mapping line and log level; the proxy notices
     # the ..data swap and reloads.
