@@ -112,7 +112,9 @@ class Container:
         self.follower = None
 
     def run(self, *args):
-        podman(self.env, "run", "-d", "--name", self.name, "--read-only", "--user", "65532:65532",
+        # --read-only-tmpfs=false: not even /tmp, /run or /var/tmp is writable.
+        podman(self.env, "run", "-d", "--name", self.name, "--read-only", "--read-only-tmpfs=false",
+               "--user", "65532:65532",
                "--network", "host", "-v", f"{self.confdir}:/etc/switchyard:ro", self.image, *args)
         self.follower = subprocess.Popen(["podman", "logs", "-f", self.name], env=self.env,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
