@@ -352,3 +352,36 @@ def test_config_changes_with_the_mapping_file(helm_bin):
     assert a["switchyard.toml"] != b["switchyard.toml"]
     strip = lambda t: re.sub(r"(?m)^# mappings\.tsv sha256:[0-9a-f]{64}$", "", t)
     assert strip(a["switchyard.toml"]) == strip(b["switchyard.toml"])
+
+
+def test_every_value_is_documented():
+    """docs/KUBERNETES.md's values reference names every key of values.yaml
+    (as the full path, or as `.key` after its parent in the same row)."""
+    import yaml
+    with open(os.path.join(CHART, "values.yaml")) as f:
+        values = yaml.safe_load(f)
+    with open(os.path.join(CHART, "..", "..", "docs", "KUBERNETES.md")) as f:
+        doc = f.read()
+    ref = doc[doc.index("## Values reference"):doc.index("### Monitoring")]
+    rows = [l for l in ref.splitlines() if l.startswith("| `")]
+
+    def leaves(d, prefix=""):
+        for k, v in d.items():
+            path = f"{prefix}{k}"
+            # Free-form maps and lists are documented as one key.
+            if isinstance(v, dict) and v and k not in ("resources", "podSecurityContext", "securityContext",
+                                                     "labels", "annotations"):
+                yield from leaves(v, path + ".")
+            else:
+                yield path
+
+    missing = []
+    for path in leaves(values):
+        parent, _, last = path.rpartition(".")
+        ok = any(f"`{path}`" in r                                          # the full path
+                 or (parent and f"`{parent}." in r and f"`.{last}`" in r)      # `a.b`, `.c` in one row
+                 or (parent and f"`{parent}`" in r and f"`{last}`" in r)       # a group and its fields
+                 for r in rows)
+        if not ok:
+            missing.append(path)
+    assert not missing, f"undocumented values: {missing}"
