@@ -3,7 +3,8 @@
 #
 #   scripts/image.sh conf    write the podman configuration (see below), print its path
 #   scripts/image.sh base    make the local debian:bookworm-slim base image if missing
-#   scripts/image.sh build   both, then `podman build` the image (tag: $SWITCHYARD_IMAGE)
+#   scripts/image.sh build   both, then `podman build` the image and print its name
+#                            ($SWITCHYARD_IMAGE, default localhost/switchyard:test-<checkout hash>)
 #
 # No registry is reachable on the test machines, so the Dockerfile's unchanged
 # `FROM debian:bookworm-slim` is satisfied by a base image made here: a
@@ -21,7 +22,9 @@ cd "$(dirname "$0")/.."
 
 CACHE=${SWITCHYARD_CACHE:-/var/cache/switchyard}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$CACHE/containers.conf}
-IMAGE=${SWITCHYARD_IMAGE:-localhost/switchyard:test}
+# One tag per checkout, so that test runs of two worktrees on one machine do
+# not test each other's image.
+IMAGE=${SWITCHYARD_IMAGE:-localhost/switchyard:test-$(pwd -P | sha256sum | cut -c1-12)}
 BASE=docker.io/library/debian:bookworm-slim
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
