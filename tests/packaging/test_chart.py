@@ -99,6 +99,7 @@ def test_restricted_security_context(helm_bin, scenario):
     assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add")
     assert sc["seccompProfile"]["type"] == "RuntimeDefault"
     assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+    assert pod["enableServiceLinks"] is False
     for v in pod["volumes"]:
         assert "hostPath" not in v
     # Only unprivileged container ports (no NET_BIND_SERVICE), no host ports.
