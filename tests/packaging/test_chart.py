@@ -386,3 +386,22 @@ def test_every_value_is_documented():
         if not ok:
             missing.append(path)
     assert not missing, f"undocumented values: {missing}"
+
+
+@pytest.mark.parametrize("scenario", [None, "existing-secrets-values.yaml", "admin-plain-values.yaml"])
+def test_notes_tell_how_to_reach_the_api(helm4_bin, scenario):
+    """NOTES.txt (shown by helm install; rendered here with a client-side dry
+    run) names the real admin Service, port, scheme and token Secret."""
+    p = helm(helm4_bin, "install", "mail", CHART, "--namespace", NAMESPACE, "--dry-run=client",
+             *values_args(scenario))
+    notes = p.stdout[p.stdout.index("NOTES:"):]
+    objs = render(helm4_bin, scenario)
+    admin_svc = [o for o in find(objs, "Service") if o["metadata"]["name"].endswith("-admin")][0]
+    port = admin_svc["spec"]["ports"][0]["port"]
+    assert f"port-forward svc/{admin_svc['metadata']['name']} {port}:{port}" in notes
+    vols = {v["name"]: v for v in one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    secret = vols["admin-token"]["secret"]
+    assert f"get secret {secret['secretName']} -o jsonpath='{{.data.{secret['items'][0]['key']}}}'" in notes
+    scheme = "http" if toml_config(objs)["admin"].get("tls") == "plain" else "https"
+    assert f"A={scheme}://127.0.0.1:{port}" in notes
+    assert "/mappings?identifier=" in notes and "/connections/kick?identifier=" in notes
