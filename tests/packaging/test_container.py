@@ -260,6 +260,10 @@ def test_image_metadata(podman_env, image):
     assert exposed == {"1143", "1993", "1110", "1995", "1587", "1465", "4190", "8443", "9443"}
     assert all(int(p) >= 1024 for p in exposed)
     assert info["Size"] < 100 * 1000 * 1000, f"image is {info['Size']} bytes"
+    # The chart's preStop hook runs /bin/sleep in the image.
+    p = podman(podman_env, "run", "--rm", "--read-only", "--user", "65532:65532", "--network", "none",
+               "--entrypoint", "/bin/sleep", image, "0", check=False)
+    assert p.returncode == 0, p.stderr
 
 
 def test_routes_probes_and_drains(podman_env, image, confdir, container, backends, certs):
