@@ -25,7 +25,7 @@ jobs=$(nproc)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs"
 # The sanitizer build is what the tests run.
-cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Debug -DSWITCHYARD_SANITIZE=ON >/dev/null
+cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Debug -DSWITCHYARD_SANITIZE=address >/dev/null
 cmake --build build-san -j"$jobs"
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
@@ -46,3 +46,10 @@ ctest --test-dir build-tsan --output-on-failure -j"$jobs"
 SWITCHYARD_BIN="$PWD/build-tsan/switchyard" /usr/bin/python3 -m pytest -q \
 	tests/integration/test_routing.py tests/integration/test_reload_mapping.py \
 	tests/integration/test_admin.py
+
+# Packaging: the container image (built with podman and run read-only as
+# uid 65532 in front of test Dovecots), the Helm chart (lint, render, the
+# proxy's --check-config on every rendered configuration, invariants), the
+# k8s/ base, and static checks of the e2e suite and the workflows. The
+# release build is what the image contains.
+SWITCHYARD_BIN="$PWD/build/switchyard" /usr/bin/python3 -m pytest -q tests/packaging
