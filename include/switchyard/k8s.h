@@ -236,7 +236,8 @@ int k8s_table_members(const k8s_table *t, k8s_members *out);
 typedef enum k8s_watch_state {
 	K8S_WATCH_SYNCING,  /* the first list has not completed yet */
 	K8S_WATCH_SYNCED,   /* members are current; the watch is streaming */
-	K8S_WATCH_DEGRADED, /* the API failed; retrying with backoff, last members kept */
+	K8S_WATCH_DEGRADED, /* the API failed; retrying with backoff, last members kept (also
+	                       before the first list: see k8s_watch_has_synced) */
 	K8S_WATCH_STOPPED,  /* k8s_watch_stop was called */
 	K8S_WATCH_STATE_COUNT
 } k8s_watch_state;
@@ -278,6 +279,7 @@ typedef struct k8s_update {
 	bool state_changed;
 	bool members_changed;
 	const k8s_members *members; /* the full current list (possibly empty) */
+	bool synced;                /* a list has completed at least once (readiness) */
 	const char *error;          /* the last error (DEGRADED), else NULL */
 } k8s_update;
 
@@ -315,6 +317,9 @@ k8s_watch *k8s_watch_start(uv_loop_t *loop, const sy_k8s_target *t, const char *
 void k8s_watch_stop(k8s_watch *w, k8s_stopped_cb done, void *arg);
 
 k8s_watch_state k8s_watch_get_state(const k8s_watch *w);
+/* True once a list has completed: the readiness condition. It stays true
+ * through later errors (the last members are kept and routed on). */
+bool k8s_watch_has_synced(const k8s_watch *w);
 /* The current members (owned by the watch; valid until control returns to
  * the loop or the next callback). */
 const k8s_members *k8s_watch_members(const k8s_watch *w);
