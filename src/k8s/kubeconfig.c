@@ -363,9 +363,19 @@ static int get_pem(kdoc *k, yaml_node_t *map, const char *key, const char *what,
 	return 0;
 }
 
+/* An http(s) URL with a host part (so stripping trailing slashes can never
+ * eat into "://"), and no whitespace or control characters. */
 static bool has_url_scheme(const char *u)
 {
-	return strncmp(u, "https://", 8) == 0 || strncmp(u, "http://", 7) == 0;
+	const char *rest = strncmp(u, "https://", 8) == 0  ? u + 8
+	                   : strncmp(u, "http://", 7) == 0 ? u + 7
+	                                                   : NULL;
+	if (!rest || *rest == '\0' || *rest == '/')
+		return false;
+	for (const char *p = u; *p; p++)
+		if ((unsigned char)*p <= 0x20 || *p == 0x7f)
+			return false;
+	return true;
 }
 
 static char *strip_slashes(const char *u)
