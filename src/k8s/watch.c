@@ -101,7 +101,8 @@ struct k8s_watch {
 	bool has_synced;
 	bool stopping;
 	bool need_list;
-	unsigned fails; /* consecutive failures, for the backoff */
+	unsigned fails;       /* consecutive failures, for the backoff */
+	unsigned gone_streak; /* 410s without an event in between */
 	uint64_t rng;
 
 	k8s_table *table;
@@ -728,6 +729,7 @@ static void on_retry(uv_timer_t *t)
 	if (w->stopping || w->ph != PH_IDLE)
 		return;
 	start_request(w);
+	notify(w); /* a request that could not even start changed the state */
 }
 
 static void schedule(k8s_watch *w, uint64_t delay_ms)
@@ -791,6 +793,8 @@ static void finish_request(k8s_watch *w, CURLcode rc)
 	w->ph = PH_IDLE;
 	const char *cerr = w->curl_err[0] ? w->curl_err : curl_easy_strerror(rc);
 	uint64_t took = uv_now(w->loop) - w->started_ms;
+	if (w->saw_event)
+		w->gone_streak = 0;
 
 	if (!was_watch) {
 		if (rc == CURLE_OK && code == 200) {
@@ -843,7 +847,9 @@ static void finish_request(k8s_watch *w, CURLcode rc)
 		sy_log(SY_LOG_INFO, "k8s watch: resource version too old (410); relisting",
 		       "cluster", wname(w), "resource_version", k8s_table_version(w->table), NULL);
 		w->need_list = true;
-		schedule(w, 0);
+		/* Relist at once, unless the fresh list's version was refused too
+		 * (a server that cannot keep up): then back off. */
+		schedule(w, ++w->gone_streak > 1 ? backoff_delay(w) : 0);
 		return;
 	}
 	if (rc == CURLE_OK && code == 401) {
@@ -865,6 +871,7 @@ static void finish_request(k8s_watch *w, CURLcode rc)
 		 * refusing to stream) backs off instead of spinning. */
 		w->stats.restarts[K8S_RESTART_EXPIRED]++;
 		w->stats.last_sync_ms = wall_ms();
+		w->gone_streak = 0;
 		mark_healthy(w);
 		if (!w->saw_event && took < SHORT_WATCH_MS)
 			schedule(w, w->o.backoff_initial_ms);
@@ -883,6 +890,17 @@ static void finish_request(k8s_watch *w, CURLcode rc)
 	schedule(w, backoff_delay(w));
 }
 
+/* Drops a large body buffer once the request is over: an idle watch holds
+ * no more than a small line buffer. */
+static void trim_buffer(k8s_watch *w)
+{
+	if (w->ph == PH_IDLE && w->cap > 65536) {
+		free(w->buf);
+		w->buf = NULL;
+		w->cap = w->len = 0;
+	}
+}
+
 static void after_action(k8s_watch *w)
 {
 	CURLMsg *m;
@@ -894,6 +912,7 @@ static void after_action(k8s_watch *w)
 	while (w->multi && (m = curl_multi_info_read(w->multi, &left)) != NULL) {
 		if (m->msg == CURLMSG_DONE && m->easy_handle == w->easy) {
 			finish_request(w, m->data.result);
+			trim_buffer(w);
 			break; /* `m` belongs to the handle just freed */
 		}
 	}

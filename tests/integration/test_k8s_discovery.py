@@ -468,8 +468,12 @@ def test_kubeconfig_from_env_with_token_file(fake, driver, tmp, certs):
     f = fake(token="file-token")
     three_pods(f)
     write(os.path.join(tmp, "tok"), "file-token\n")
-    path = kubeconfig(tmp, f.url, ["tokenFile: tok"], ca_data=b64file(certs.ca_cert))
+    # A host name (resolved off the loop by libcurl's threaded resolver);
+    # the certificate carries DNS:localhost.
+    server = f"https://localhost:{f.port}/"
+    path = kubeconfig(tmp, server, ["tokenFile: tok"], ca_data=b64file(certs.ca_cert))
     d = driver(env={"KUBECONFIG": path}, service="mail", **FAST)
+    d.expect(rf"^TARGET https://localhost:{f.port} ns=mail source=kubeconfig ")
     d.expect(r"^STATE SYNCED")
     d.expect(r"^MEMBERS")
     d.finish()
@@ -524,3 +528,32 @@ def test_missing_token_file_is_a_start_error(driver, tmp):
                service="mail")
     rc, out = d.wait_exit()
     assert rc == 2 and out[0].startswith("RESOLVE_ERROR token_file: cannot read "), out
+
+
+def test_unreachable_api_degrades_and_stops_cleanly(driver, tmp, certs):
+    from harness.util import free_port
+    port = free_port()  # nothing listens there
+    d = driver(api_url=f"https://127.0.0.1:{port}", token_file=write(os.path.join(tmp, "t"), "x"),
+               ca_file=certs.ca_cert, namespace="mail", service="mail", **FAST)
+    line = d.expect(r"^STATE DEGRADED synced=0 error=list: ")
+    assert "onnect" in line, line
+    deadline = time.monotonic() + WAIT
+    while int(d.stats()["list_errors"]) < 3:  # backoff retries give no event: bounded poll
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    d.finish()
+
+
+def test_stop_before_the_first_answer_and_on_sigterm(fake, driver, tmp, certs):
+    f = fake()
+    three_pods(f)
+    # End of input at once: the stop races the first request.
+    d = driver(**token_args(tmp, f, certs))
+    d.finish()
+    # SIGTERM while watching.
+    d = driver(**token_args(tmp, f, certs))
+    d.expect(r"^MEMBERS")
+    f.wait_request(lambda r: r["kind"] == "watch")
+    d.proc.terminate()
+    rc, out = d.wait_exit()
+    assert rc == 0 and "STOPPED" in out, (rc, out, d.stderr_text())
