@@ -109,39 +109,34 @@ static void list_union_and_ids(void **state)
 {
 	(void)state;
 	k8s_table *t = k8s_table_new();
-	list_ok(
-	    t,
-	    LIST(
-	        "77",
-	        SLICE(
-	            "mail-b", "IPv4",
-	            EP("10.0.0.2", "pod-b",
-	               "\"ready\":true") "," EP("10.0.0.3", "pod-c",
-	                                        "\"ready\":false,\"serving\":true,\"terminating\":"
-	                                        "true")) "," SLICE("mail-a", "IPv6",
-	                                                           EP("fd00::1", "pod-a",
-	                                                              "") ",{\"addresses\":[\"fd00:"
-	                                                                  ":9\",\"fd00::"
-	                                                                  "10\"]}") "," SLICE("mail"
-	                                                                                      "-f",
-	                                                                                      "FQD"
-	                                                                                      "N",
-	                                                                                      EP("d"
-	                                                                                         "b"
-	                                                                                         "."
-	                                                                                         "e"
-	                                                                                         "x"
-	                                                                                         "a"
-	                                                                                         "m"
-	                                                                                         "p"
-	                                                                                         "l"
-	                                                                                         "e",
-	                                                                                         "p"
-	                                                                                         "o"
-	                                                                                         "d"
-	                                                                                         "-"
-	                                                                                         "f",
-	                                                                                         ""))));
+	list_ok(t, LIST("77", SLICE("mail-b", "IPv4",
+	                            EP("10.0.0.2", "pod-b", "\"ready\":true") "," EP(
+	                                "10.0.0.3", "pod-c",
+	                                "\"ready\":false,\"serving\":true,\"terminating\":"
+	                                "true")) "," SLICE("mail-a", "IPv6",
+	                                                   EP("fd00::1", "pod-a",
+	                                                      "") ",{\"addresses\":[\"fd00:"
+	                                                          ":9\",\"fd00::"
+	                                                          "10\"]}") "," SLICE("mail"
+	                                                                              "-f",
+	                                                                              "FQD"
+	                                                                              "N",
+	                                                                              EP("d"
+	                                                                                 "b"
+	                                                                                 "."
+	                                                                                 "e"
+	                                                                                 "x"
+	                                                                                 "a"
+	                                                                                 "m"
+	                                                                                 "p"
+	                                                                                 "l"
+	                                                                                 "e",
+	                                                                                 "p"
+	                                                                                 "o"
+	                                                                                 "d"
+	                                                                                 "-"
+	                                                                                 "f",
+	                                                                                 ""))));
 	assert_string_equal(k8s_table_version(t), "77");
 	assert_int_equal(k8s_table_slice_count(t), 3);
 	/* Sorted by id; no targetRef -> the first address is the id; FQDN
