@@ -538,10 +538,13 @@ def test_unreachable_api_degrades_and_stops_cleanly(driver, tmp, certs):
     line = d.expect(r"^STATE DEGRADED synced=0 error=list: ")
     assert "onnect" in line, line
     deadline = time.monotonic() + WAIT
-    while int(d.stats()["list_errors"]) < 3:  # backoff retries give no event: bounded poll
+    while int(d.stats()["list_errors"]) < 4:  # backoff retries give no event: bounded poll
         assert time.monotonic() < deadline
         time.sleep(0.1)
     d.finish()
+    # The outage stays readable: one error line, not one per retry.
+    errors = [l for l in d.stderr if l and "k8s discovery error" in l]
+    assert len(errors) == 1, errors
 
 
 def test_stop_before_the_first_answer_and_on_sigterm(fake, driver, tmp, certs):
@@ -557,3 +560,41 @@ def test_stop_before_the_first_answer_and_on_sigterm(fake, driver, tmp, certs):
     d.proc.terminate()
     rc, out = d.wait_exit()
     assert rc == 0 and "STOPPED" in out, (rc, out, d.stderr_text())
+
+
+@pytest.mark.parametrize("garbage", ["malformed", "oversized"])
+def test_bad_watch_line_relists_and_converges(fake, driver, tmp, certs, garbage):
+    f = fake()
+    three_pods(f)
+    d = driver(**token_args(tmp, f, certs))
+    d.expect(r"^MEMBERS")
+    f.wait_request(lambda r: r["kind"] == "watch")
+    mark = f.mark()
+    # A change the stream will not deliver (silent), then a line the client
+    # must refuse: it restarts from a list and so learns the change.
+    f.put_slice("mail-abc", [endpoint("127.0.0.11", pod="mail-0")], silent=True)
+    if garbage == "malformed":
+        f.inject_raw(b'{"type":"MODIFIED","object":{"metadata":\n')
+        want = r"error=watch: malformed watch event"
+    else:
+        f.inject_raw(b'{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"' + b"9" * (1 << 20) + b'"}}}\n')
+        want = r"error=watch: watch event line longer than 1048576 bytes"
+    d.expect(r"^STATE DEGRADED synced=1 " + want)
+    d.expect(r"^STATE SYNCED")
+    assert parse_members(d.expect(r"^MEMBERS")) == {"mail-0": "127.0.0.11:eligible"}
+    f.wait_request(lambda r: r["kind"] == "list", start=mark)
+    assert d.stats()["lists"] == "2"
+    d.finish()
+
+
+def test_kubeconfig_insecure_skip_tls_verify(fake, driver, tmp):
+    f = fake(token="t0")
+    three_pods(f)
+    path = kubeconfig(tmp, f.url, ["token: t0"])
+    text = open(path).read().replace(f"    server: {f.url}\n",
+                                     f"    server: {f.url}\n    insecure-skip-tls-verify: true\n")
+    write(path, text)
+    d = driver(kubeconfig=path, service="mail", **FAST)
+    d.expect(r"^STATE SYNCED")
+    d.expect(r"^MEMBERS")
+    d.finish()

@@ -88,6 +88,7 @@ class FakeK8s:
         self.gone_epoch = 0  # bumped to send ERROR 410 to every running watch
         self.kill_epoch = 0  # bumped by stop()
         self.end_bookmark = True
+        self.raw = []  # bytes sent as-is to the watches running when added
         self.conns = set()
         self.httpd = None
         self.thread = None
@@ -223,6 +224,13 @@ class FakeK8s:
         with self.cv:
             self.epoch += 1
             self.end_bookmark = bookmark
+            self.cv.notify_all()
+
+    def inject_raw(self, data):
+        """Writes `data` (bytes, e.g. a malformed or oversized line) into
+        every running watch stream, in chunks of at most 64 KiB."""
+        with self.cv:
+            self.raw.append(data)
             self.cv.notify_all()
 
     def rotate_token(self, token):
@@ -365,6 +373,7 @@ def _make_handler(fake):
                 too_old = since < fake.compacted
                 current = fake.rv
                 epoch, gone_epoch, kill_epoch = fake.epoch, fake.gone_epoch, fake.kill_epoch
+                raw_sent = len(fake.raw)
             if too_old and fake.gone_as_http:
                 rec["status"] = 410
                 return self._send_json(410, _status(410, "Expired", f"too old resource version: {since} ({current})"))
@@ -387,11 +396,16 @@ def _make_handler(fake):
                         pending = [(rv, t, o) for rv, ens, t, o in fake.history if rv > sent and matches(ens, o)]
                         ended = fake.epoch != epoch
                         gone = fake.gone_epoch != gone_epoch
+                        raw = fake.raw[raw_sent:]
+                        raw_sent = len(fake.raw)
                         left = deadline - time.monotonic()
-                        if not pending and not ended and not gone and left > 0:
+                        if not pending and not raw and not ended and not gone and left > 0:
                             fake.cv.wait(min(left, 0.2))
                             continue
                         now_rv = fake.rv
+                    for data in raw:
+                        for i in range(0, len(data), 65536):
+                            self._chunk(data[i:i + 65536])
                     for rv, t, o in pending:
                         self._event(t, o)
                         sent = rv
