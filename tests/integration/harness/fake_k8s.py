@@ -253,6 +253,11 @@ class FakeK8s:
                     raise AssertionError(f"no matching request within {timeout}s; saw {self.requests}")
                 self.cv.wait(left)
 
+    def set_status(self, rec, status):
+        with self.cv:
+            rec["status"] = status
+            self.cv.notify_all()
+
     def mark(self):
         with self.cv:
             return len(self.requests)
@@ -328,18 +333,18 @@ def _make_handler(fake):
                 fake.requests.append(rec)
                 fake.cv.notify_all()
             if not u.path.startswith(PREFIX) or not u.path.endswith("/endpointslices"):
-                rec["status"] = 404
+                fake.set_status(rec, 404)
                 return self._send_json(404, _status(404, "NotFound", "the server could not find the requested resource"))
             ns = u.path[len(PREFIX):-len("/endpointslices")]
             if not token_ok:
-                rec["status"] = 401
+                fake.set_status(rec, 401)
                 return self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
             sel = q.get("labelSelector", "")
             want = None
             if sel:
                 k, _, v = sel.partition("=")
                 if k != SERVICE_LABEL or not v:
-                    rec["status"] = 400
+                    fake.set_status(rec, 400)
                     return self._send_json(400, _status(400, "BadRequest", f"unsupported selector {sel}"))
                 want = v
 
@@ -357,7 +362,7 @@ def _make_handler(fake):
                             items.append(item)
                     body = {"kind": "EndpointSliceList", "apiVersion": "discovery.k8s.io/v1",
                             "metadata": {"resourceVersion": str(fake.rv)}, "items": items}
-                rec["status"] = 200
+                fake.set_status(rec, 200)
                 return self._send_json(200, body)
             return self._watch(q, ns, matches, rec)
 
@@ -365,7 +370,7 @@ def _make_handler(fake):
             try:
                 since = int(q.get("resourceVersion") or "0")
             except ValueError:
-                rec["status"] = 400
+                fake.set_status(rec, 400)
                 return self._send_json(400, _status(400, "BadRequest", "bad resourceVersion"))
             timeout = float(q.get("timeoutSeconds") or "1800")
             bookmarks = q.get("allowWatchBookmarks") == "true"
@@ -375,13 +380,13 @@ def _make_handler(fake):
                 epoch, gone_epoch, kill_epoch = fake.epoch, fake.gone_epoch, fake.kill_epoch
                 raw_sent = len(fake.raw)
             if too_old and fake.gone_as_http:
-                rec["status"] = 410
+                fake.set_status(rec, 410)
                 return self._send_json(410, _status(410, "Expired", f"too old resource version: {since} ({current})"))
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            rec["status"] = 200
+            fake.set_status(rec, 200)
             try:
                 if too_old:
                     self._event("ERROR", _status(410, "Expired", f"too old resource version: {since} ({current})"))
