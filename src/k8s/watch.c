@@ -268,32 +268,50 @@ static void mark_healthy(k8s_watch *w)
 	}
 }
 
+#define MEMBER_LOG_MAX 32 /* per kind of change per update; the rest is summed */
+
+static void log_more(k8s_watch *w, const char *what, size_t n)
+{
+	if (n <= MEMBER_LOG_MAX)
+		return;
+	char c[24];
+	snprintf(c, sizeof(c), "%zu", n - MEMBER_LOG_MAX);
+	sy_log(SY_LOG_INFO, "k8s members: more changes not listed", "cluster", wname(w), "change",
+	       what, "count", c, NULL);
+}
+
+/* One line per member that joined, left, started terminating or changed,
+ * so a rollout reads as a sequence of pod events. */
 static void log_members(k8s_watch *w, const k8s_members *before, const k8s_members *after)
 {
 	k8s_diff d;
 	if (k8s_members_diff(before, after, &d) != 0)
 		return;
-	for (size_t i = 0; i < d.njoined; i++) {
+	for (size_t i = 0; i < d.njoined && i < MEMBER_LOG_MAX; i++) {
 		const k8s_member *m = &after->v[d.joined[i]];
 		sy_log(SY_LOG_INFO, "k8s member joined", "cluster", wname(w), "node", m->id,
 		       "address", m->address, "eligible", m->eligible ? "true" : "false", NULL);
 	}
-	for (size_t i = 0; i < d.nleft; i++) {
+	log_more(w, "joined", d.njoined);
+	for (size_t i = 0; i < d.nleft && i < MEMBER_LOG_MAX; i++) {
 		const k8s_member *m = &before->v[d.left[i]];
 		sy_log(SY_LOG_INFO, "k8s member left", "cluster", wname(w), "node", m->id,
 		       "address", m->address, NULL);
 	}
-	for (size_t i = 0; i < d.nterminating; i++) {
+	log_more(w, "left", d.nleft);
+	for (size_t i = 0; i < d.nterminating && i < MEMBER_LOG_MAX; i++) {
 		const k8s_member *m = &after->v[d.terminating[i]];
 		sy_log(SY_LOG_INFO, "k8s member terminating", "cluster", wname(w), "node", m->id,
 		       "address", m->address, NULL);
 	}
-	for (size_t i = 0; i < d.nchanged; i++) {
+	log_more(w, "terminating", d.nterminating);
+	for (size_t i = 0; i < d.nchanged && i < MEMBER_LOG_MAX; i++) {
 		const k8s_member *m = &after->v[d.changed[i]];
 		sy_log(SY_LOG_INFO, "k8s member changed", "cluster", wname(w), "node", m->id,
 		       "address", m->address, "eligible", m->eligible ? "true" : "false", "serving",
 		       m->serving ? "true" : "false", NULL);
 	}
+	log_more(w, "changed", d.nchanged);
 	k8s_diff_free(&d);
 }
 

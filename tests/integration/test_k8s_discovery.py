@@ -261,6 +261,11 @@ def test_membership_changes_follow_events(fake, driver, tmp, certs):
     st = d.stats()
     assert st["state"] == "SYNCED" and int(st["events"]) >= 6 and st["lists"] == "1"
     d.finish()
+    log = d.stderr_text()
+    assert re.search(r"INFO k8s member joined cluster=mail node=mail-3 address=127\.0\.0\.14 eligible=true", log)
+    assert re.search(r"INFO k8s member terminating cluster=mail node=mail-1 address=127\.0\.0\.12", log)
+    assert re.search(r"INFO k8s member left cluster=mail node=mail-1", log)
+    assert re.search(r"INFO k8s member changed cluster=mail node=mail-0 address=127\.0\.0\.11 eligible=false", log)
 
 
 @pytest.mark.parametrize("as_http", [False, True], ids=["error-event", "http-410"])
