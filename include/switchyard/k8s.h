@@ -24,6 +24,8 @@
 
 #include <uv.h>
 
+#include "switchyard/config.h"
+
 /* Caps that bound every buffer the module holds (DESIGN.md convention 3). */
 #define K8S_FILE_MAX       (1u << 20)  /* a kubeconfig, a token, a namespace file */
 #define K8S_LINE_MAX       (1u << 20)  /* one watch event line */
@@ -86,6 +88,11 @@ typedef struct k8s_settings {
 /* Fills the env_* members from getenv(); the strings stay owned by the
  * environment. The other members are left alone. */
 void k8s_settings_from_env(k8s_settings *s);
+
+/* Zeroes *s and fills it from a cluster's `[cluster.<id>.kubernetes]` table
+ * (borrowing its strings, so the configuration must outlive the resolve)
+ * and from the environment. sa_dir stays NULL (the default). */
+void k8s_settings_from_cluster(const sy_cluster_config *cl, k8s_settings *s);
 
 /*
  * Resolves the target. Mode: `kubeconfig` when s->kubeconfig is set, or when

@@ -69,6 +69,17 @@ void k8s_settings_from_env(k8s_settings *s)
 	s->env_kubeconfig = getenv("KUBECONFIG");
 }
 
+void k8s_settings_from_cluster(const sy_cluster_config *cl, k8s_settings *s)
+{
+	memset(s, 0, sizeof(*s));
+	s->namespace_ = cl->kubernetes.namespace_;
+	s->api_url = cl->kubernetes.api_url;
+	s->token_file = cl->kubernetes.token_file;
+	s->ca_file = cl->kubernetes.ca_file;
+	s->kubeconfig = cl->kubernetes.kubeconfig;
+	k8s_settings_from_env(s);
+}
+
 /*
  * Reads a whole file of at most K8S_FILE_MAX bytes into a NUL-terminated
  * malloc'd buffer. 0 or -1 with err naming the path.

@@ -344,10 +344,36 @@ static void kubeconfig_lists(void **state)
 	assert_non_null(strstr(err, list));
 }
 
+static void settings_from_cluster(void **state)
+{
+	(void)state;
+	sy_cluster_config cl;
+	k8s_settings s;
+	memset(&cl, 0, sizeof(cl));
+	cl.has_kubernetes = true;
+	cl.kubernetes.service = "mail";
+	cl.kubernetes.namespace_ = "ns";
+	cl.kubernetes.api_url = "https://a:1";
+	cl.kubernetes.token_file = "/t";
+	cl.kubernetes.ca_file = "/c";
+	cl.kubernetes.kubeconfig = "/k";
+	setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1", 1);
+	k8s_settings_from_cluster(&cl, &s);
+	assert_string_equal(s.namespace_, "ns");
+	assert_string_equal(s.api_url, "https://a:1");
+	assert_string_equal(s.token_file, "/t");
+	assert_string_equal(s.ca_file, "/c");
+	assert_string_equal(s.kubeconfig, "/k");
+	assert_string_equal(s.env_host, "10.0.0.1");
+	assert_null(s.sa_dir);
+	unsetenv("KUBERNETES_SERVICE_HOST");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(kubeconfig_table),
+	    cmocka_unit_test(settings_from_cluster),
 	    cmocka_unit_test_setup_teardown(in_cluster_defaults, setup_dir, remove_dir),
 	    cmocka_unit_test_setup_teardown(token_files, setup_dir, remove_dir),
 	    cmocka_unit_test_setup_teardown(kubeconfig_lists, setup_dir, remove_dir),
