@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(toml config sasl identifier proxy_protocol)
+[ ${#targets[@]} -gt 0 ] || targets=(toml config sasl identifier proxy_protocol k8s_event kubeconfig)
 out=${FUZZ_OUT:-build-fuzz}
 mkdir -p "$out"
 
@@ -28,6 +28,8 @@ build() {
 	sasl) srcs=(src/auth/sasl.c); libs=(-lcrypto) ;;
 	identifier) srcs=(src/auth/sasl.c src/auth/token.c src/auth/identifier.c); libs=(-lcrypto -ljansson) ;;
 	proxy_protocol) srcs=(src/core/proxy_protocol.c); libs=() ;;
+	k8s_event) srcs=(src/k8s/endpointslice.c); libs=(-ljansson) ;;
+	kubeconfig) srcs=(src/k8s/kubeconfig.c src/auth/sasl.c); libs=(-lyaml -lcrypto) ;;
 	config)
 		# The typed configuration reaches most of the core: link all of it.
 		mapfile -t srcs < <(ls src/*/*.c | grep -v "^src/main.c$")
@@ -46,6 +48,7 @@ seed() {
 	toml) find ../shared/toml-test -name '*.toml' 2>/dev/null | head -1000 | while read -r f; do
 		cp "$f" "$dir/$(echo "$f" | md5sum | cut -c1-16)"; done ;;
 	config) cp examples/switchyard.toml "$dir/" ;;
+	k8s_event | kubeconfig) cp tests/fuzz/seeds/$t/* "$dir/" 2>/dev/null || true ;;
 	esac
 }
 
