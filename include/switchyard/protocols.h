@@ -17,4 +17,8 @@ void interactive_start(sy_session *s);
  * destination and bridges, or greets with a 421 when it cannot. */
 void passthrough_start(sy_session *s);
 
+/* Starts an HTTP session: reads and checks the request head, routes it by
+ * [[http.route]] and relays it to the chosen backend (src/proto/http.c). */
+void http_start(sy_session *s);
+
 #endif
