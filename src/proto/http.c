@@ -107,14 +107,17 @@ static const char *reason_of(int status)
 	}
 }
 
+static size_t path_len(const hctx *c)
+{
+	if (!c->url)
+		return 0;
+	const char *q = memchr(c->url, '?', c->url_len);
+	return q ? (size_t)(q - c->url) : c->url_len;
+}
+
 static void path_of(const hctx *c, char *out, size_t len)
 {
-	size_t n = 0;
-	if (c->url) {
-		n = strcspn(c->url, "?");
-		if (n > c->url_len)
-			n = c->url_len;
-	}
+	size_t n = path_len(c);
 	if (n >= len)
 		n = len - 1;
 	memcpy(out, c->url ? c->url : "", n);
@@ -691,9 +694,7 @@ static void route_request(hctx *c)
 {
 	sy_session *s = c->s;
 	const sy_http_config *hc = &s->snap->cfg->http;
-	size_t plen = strcspn(c->url, "?");
-	if (plen > c->url_len)
-		plen = c->url_len;
+	size_t plen = path_len(c);
 	c->rt = NULL;
 	for (size_t i = 0; i < hc->nroutes; i++)
 		if (route_matches(hc->routes[i].match, c->url, plen)) {
