@@ -40,7 +40,8 @@ typedef struct hdr {
 
 typedef struct hctx {
 	sy_session *s;
-	char *buf; /* the client bytes read so far (malloc'd) */
+	char *buf;  /* the client bytes read so far (malloc'd) */
+	char *pbuf; /* the parsed copy of the head: url and headers point here */
 	size_t len, cap, head_len;
 	/* parsed head */
 	http_parser parser;
@@ -288,10 +289,30 @@ static int check_head(hctx *c)
 	int r = raw_checks(c->buf, c->head_len);
 	if (r)
 		return r;
+	/* http-parser refuses any repeated Content-Length; equal repeats are
+	 * allowed here (RFC 9112 6.3), so it parses a copy in which the later
+	 * ones are renamed, restored afterwards (different values are refused
+	 * below). */
+	free(c->pbuf);
+	c->pbuf = malloc(c->head_len);
+	if (!c->pbuf)
+		return 400;
+	memcpy(c->pbuf, c->buf, c->head_len);
+	char *renamed[MAX_HEADERS];
+	size_t nren = 0, ncl_raw = 0;
+	for (size_t i = 0; i + 16 < c->head_len; i++)
+		if (c->pbuf[i] == '\n' &&
+		    strncasecmp(c->pbuf + i + 1, "content-length:", 15) == 0 && ncl_raw++ > 0 &&
+		    nren < MAX_HEADERS) {
+			renamed[nren++] = c->pbuf + i + 1;
+			c->pbuf[i + 1] = 'X';
+		}
 	memset(&c->parser, 0, sizeof(c->parser));
 	http_parser_init(&c->parser, HTTP_REQUEST);
 	c->parser.data = c;
-	http_parser_execute(&c->parser, &parser_settings, c->buf, c->head_len);
+	http_parser_execute(&c->parser, &parser_settings, c->pbuf, c->head_len);
+	for (size_t i = 0; i < nren; i++)
+		renamed[i][0] = 'C';
 	if (c->too_many)
 		return 431;
 	if (!c->done)
@@ -568,8 +589,8 @@ static void puts_(obuf *o, const char *s)
 static void build_head(hctx *c, obuf *o)
 {
 	sy_session *s = c->s;
-	const char *eol = memchr(c->buf, '\n', c->head_len);
-	put(o, c->buf, (size_t)(eol - c->buf) + 1);
+	const char *eol = memchr(c->pbuf, '\n', c->head_len);
+	put(o, c->pbuf, (size_t)(eol - c->pbuf) + 1);
 	bool cl_done = false;
 	for (size_t i = 0; i < c->nh; i++) {
 		const hdr *h = &c->h[i];
@@ -825,6 +846,7 @@ static void http_release(sy_session *s)
 	if (c->route)
 		route_cancel(c->route);
 	free(c->buf);
+	free(c->pbuf);
 	free(c->identifier);
 	free(c);
 	s->proto = NULL;
