@@ -248,3 +248,31 @@ def test_no_route_404(switchyard, backends):
     assert get(port, "/other")[0] == 404
     assert get(port, "/api")[0] == 200
     assert get(port, "/api/")[0] == 200
+
+
+def test_bearer_sw1_and_opaque(proxy, backends):
+    from harness.clients import sw1_token
+    tok = sw1_token("bob@example.com")
+    assert get(proxy.port, "/jmap", {"Authorization": "Bearer " + tok})[:2] == (200, b"new")
+    assert get(proxy.port, "/jmap", {"Authorization": "Bearer opaque-token"})[:2] == (200, b"legacy")
+    assert tok not in proxy.log_text()
+
+
+def test_unmapped_basic_falls_back(proxy, backends):
+    hdr = {"Authorization": basic("dave@example.com")}
+    assert get(proxy.port, "/x", hdr)[:2] == (200, b"legacy")
+
+
+def test_curl_clients(proxy, backends):
+    import subprocess
+    url = f"http://127.0.0.1:{proxy.port}"
+    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--http1.0", url + "/"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.stdout == "505"
+    r = subprocess.run(["curl", "-s", "-u", "bob@example.com:pw", url + "/a", url + "/b"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.stdout == "newnew"
+    r = subprocess.run(["curl", "-s", "-H", "Transfer-Encoding: chunked", "--data-binary", "hello",
+                        url + "/fixed/up"], capture_output=True, text=True, timeout=10)
+    assert r.stdout == "new"
+    assert b"transfer-encoding: chunked" in backends["new"].heads[-1].lower()
