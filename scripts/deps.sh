@@ -12,6 +12,8 @@ PKGS=(
 	python3 python3-pytest openssl curl procps iproute2
 	dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-managesieved
 	dovecot-submissiond redis-server postgresql sieve-connect
+	# http tests (issue 11)
+	nginx-light radicale python3-websockets
 )
 
 missing=()

@@ -685,10 +685,10 @@ static void dial_dest(hctx *c, sy_dest_rt *d)
 
 static sy_dest_rt *fallback_dest(hctx *c)
 {
-	const char *fb = c->rt->fallback;
-	if (!fb || strcmp(fb, "default") == 0)
-		fb = c->s->snap->cfg->routing.default_destination;
-	return snapshot_dest(c->s->snap, fb);
+	/* "default" names the default destination unless a target is
+	 * actually called that (docs/CONFIGURATION.md). */
+	sy_dest_rt *d = c->rt->fallback ? snapshot_dest(c->s->snap, c->rt->fallback) : NULL;
+	return d ? d : snapshot_dest(c->s->snap, c->s->snap->cfg->routing.default_destination);
 }
 
 static void on_routed(void *arg, const sy_route_result *r)
