@@ -21,4 +21,9 @@ void passthrough_start(sy_session *s);
  * [[http.route]] and relays it to the chosen backend (src/proto/http.c). */
 void http_start(sy_session *s);
 
+/* The request-head checks of http_start on a complete head (request line
+ * through the empty line): 0 when it would be routed, else the status the
+ * proxy answers (400, 405, 431, 505). For the fuzz target and unit tests. */
+int http_request_head_status(const char *head, size_t len, size_t *nheaders);
+
 #endif

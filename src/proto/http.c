@@ -885,3 +885,18 @@ void http_start(sy_session *s)
 	}
 	sy_stream_read_start(&s->client, on_client_read);
 }
+
+int http_request_head_status(const char *head, size_t len, size_t *nheaders)
+{
+	hctx *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -1;
+	c->buf = (char *)head;
+	c->len = c->head_len = len;
+	int r = check_head(c);
+	if (nheaders)
+		*nheaders = c->nh;
+	free(c->pbuf);
+	free(c);
+	return r;
+}

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(toml config sasl identifier proxy_protocol)
+[ ${#targets[@]} -gt 0 ] || targets=(toml config sasl identifier proxy_protocol http)
 out=${FUZZ_OUT:-build-fuzz}
 mkdir -p "$out"
 
@@ -28,6 +28,11 @@ build() {
 	sasl) srcs=(src/auth/sasl.c); libs=(-lcrypto) ;;
 	identifier) srcs=(src/auth/sasl.c src/auth/token.c src/auth/identifier.c); libs=(-lcrypto -ljansson) ;;
 	proxy_protocol) srcs=(src/core/proxy_protocol.c); libs=() ;;
+	http)
+		mapfile -t srcs < <(ls src/*/*.c | grep -v "^src/main.c$")
+		read -r -a pc <<<"$(pkg-config --cflags --libs "${deps[@]}")"
+		libs=("${pc[@]}" -lhttp_parser -lm -lpthread)
+		;;
 	config)
 		# The typed configuration reaches most of the core: link all of it.
 		mapfile -t srcs < <(ls src/*/*.c | grep -v "^src/main.c$")
@@ -46,6 +51,8 @@ seed() {
 	toml) find ../shared/toml-test -name '*.toml' 2>/dev/null | head -1000 | while read -r f; do
 		cp "$f" "$dir/$(echo "$f" | md5sum | cut -c1-16)"; done ;;
 	config) cp examples/switchyard.toml "$dir/" ;;
+	http) printf 'GET /a?b=c HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n' >"$dir/get"
+		printf 'POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\nConnection: x\r\n\r\n' >"$dir/post" ;;
 	esac
 }
 
