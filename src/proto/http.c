@@ -544,8 +544,8 @@ static bool listed_in_connection(const hctx *c, const char *name, size_t nlen)
 
 static bool hop_by_hop(const hctx *c, const hdr *h)
 {
-	static const char *const hop[] = {
-	    "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "expect"};
+	static const char *const hop[] = {"connection", "keep-alive", "proxy-connection",
+	                                  "te",         "trailer",    "upgrade"};
 	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
 		if (ieq(h->name, h->nlen, hop[i]))
 			return true;

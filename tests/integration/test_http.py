@@ -276,3 +276,12 @@ def test_curl_clients(proxy, backends):
                         url + "/fixed/up"], capture_output=True, text=True, timeout=10)
     assert r.stdout == "new"
     assert b"transfer-encoding: chunked" in backends["new"].heads[-1].lower()
+
+
+def test_expect_continue_relayed_to_backend(proxy, backends):
+    """Not a body-extract route: Expect goes to the backend, which decides."""
+    import subprocess
+    r = subprocess.run(["curl", "-s", "-H", "Expect: 100-continue", "--data-binary", "x" * 2000,
+                        f"http://127.0.0.1:{proxy.port}/fixed/e"], capture_output=True, text=True, timeout=10)
+    assert r.stdout == "new"
+    assert b"expect: 100-continue" in backends["new"].heads[-1].lower()
