@@ -285,3 +285,19 @@ def test_expect_continue_relayed_to_backend(proxy, backends):
                         f"http://127.0.0.1:{proxy.port}/fixed/e"], capture_output=True, text=True, timeout=10)
     assert r.stdout == "new"
     assert b"expect: 100-continue" in backends["new"].heads[-1].lower()
+
+
+def test_proxy_protocol_inbound_feeds_forwarded(switchyard, backends):
+    """A PROXY v1 header from a trusted peer gives the client address that
+    the destination's Forwarded carries; no PROXY header toward the backend."""
+    from harness.proxyproto import v1
+    port = free_port()
+    switchyard(config(port, backends, forwarded_dest=True,
+                      listener_extra='proxy_protocol = "required"\nproxy_trusted = ["127.0.0.1"]'),
+               files={"mappings.tsv": MAPPINGS})
+    out = raw(port, v1("203.0.113.9", 4444, "127.0.0.1", port) +
+              b"GET /fixed/pp HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200")
+    head = backends["new"].heads[-1]
+    assert head.startswith(b"GET /fixed/pp HTTP/1.1\r\n")
+    assert b"Forwarded: for=203.0.113.9\r\n" in head
