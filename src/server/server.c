@@ -509,6 +509,7 @@ static const sy_worker_hooks worker_hooks = {
             [SY_PROTO_SUBMISSION] = interactive_start,
             [SY_PROTO_SMTP] = passthrough_start,
             [SY_PROTO_LMTP] = passthrough_start,
+            [SY_PROTO_HTTP] = http_start,
         },
 };
 

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(toml config sasl identifier proxy_protocol k8s_event kubeconfig)
+[ ${#targets[@]} -gt 0 ] || targets=(toml config sasl identifier proxy_protocol k8s_event kubeconfig http)
 out=${FUZZ_OUT:-build-fuzz}
 mkdir -p "$out"
 
@@ -30,6 +30,11 @@ build() {
 	proxy_protocol) srcs=(src/core/proxy_protocol.c); libs=() ;;
 	k8s_event) srcs=(src/k8s/endpointslice.c); libs=(-ljansson) ;;
 	kubeconfig) srcs=(src/k8s/kubeconfig.c src/auth/sasl.c); libs=(-lyaml -lcrypto) ;;
+	http)
+		mapfile -t srcs < <(ls src/*/*.c | grep -v "^src/main.c$")
+		read -r -a pc <<<"$(pkg-config --cflags --libs "${deps[@]}")"
+		libs=("${pc[@]}" -lhttp_parser -lm -lpthread)
+		;;
 	config)
 		# The typed configuration reaches most of the core: link all of it.
 		mapfile -t srcs < <(ls src/*/*.c | grep -v "^src/main.c$")
@@ -49,6 +54,8 @@ seed() {
 		cp "$f" "$dir/$(echo "$f" | md5sum | cut -c1-16)"; done ;;
 	config) cp examples/switchyard.toml "$dir/" ;;
 	k8s_event | kubeconfig) cp tests/fuzz/seeds/$t/* "$dir/" 2>/dev/null || true ;;
+	http) printf 'GET /a?b=c HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n' >"$dir/get"
+		printf 'POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\nConnection: x\r\n\r\n' >"$dir/post" ;;
 	esac
 }
 
