@@ -940,8 +940,11 @@ static bool mapping_same(const sy_mapping_config *a, const sy_mapping_config *b)
 	       a->on_store_error == b->on_store_error && str_eq(a->file.path, b->file.path) &&
 	       str_eq(a->redis.url, b->redis.url) &&
 	       str_eq(a->redis.key_prefix, b->redis.key_prefix) &&
-	       a->redis.pool_size == b->redis.pool_size && str_eq(a->sql.url, b->sql.url) &&
-	       str_eq(a->sql.query, b->sql.query) &&
+	       a->redis.pool_size == b->redis.pool_size &&
+	       str_eq(a->redis.events_channel, b->redis.events_channel) &&
+	       a->redis.watch_keyspace == b->redis.watch_keyspace &&
+	       str_eq(a->sql.events_channel, b->sql.events_channel) &&
+	       str_eq(a->sql.url, b->sql.url) && str_eq(a->sql.query, b->sql.query) &&
 	       str_eq(a->sql.upsert_query, b->sql.upsert_query) &&
 	       str_eq(a->sql.delete_query, b->sql.delete_query) &&
 	       a->sql.pool_size == b->sql.pool_size;
