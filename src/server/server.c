@@ -21,6 +21,7 @@
 
 #include "switchyard/admin.h"
 #include "switchyard/clock.h"
+#include "switchyard/fleet_rt.h"
 #include "switchyard/interactive.h"
 #include "switchyard/log.h"
 #include "switchyard/metrics.h"
@@ -709,6 +710,7 @@ static void close_main(sy_server *srv)
 	admin_stop(srv->admin);
 	srv->admin = NULL;
 	reload_watch_stop(srv);
+	fleet_rt_stop(srv);
 	pthread_mutex_lock(&srv->done_mu);
 	srv->main_closing = true;
 	pthread_mutex_unlock(&srv->done_mu);
@@ -849,6 +851,7 @@ int server_run(sy_config *cfg)
 		goto cleanup;
 	}
 	reload_watch_start(srv);
+	fleet_rt_start(srv);
 	atomic_store(&srv->listeners_bound, true);
 
 	uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
@@ -1171,7 +1174,9 @@ static void router_attach_done(void *arg, long failures)
 static void switch_router(sy_server *srv, sy_router *nr, sy_route_ctx *nmain)
 {
 	sy_router *prev = srv->router;
+	fleet_rt_stop(srv);
 	srv->router = nr;
+	fleet_rt_start(srv);
 	admin_route_ctx_set(srv->admin, nmain);
 	/* The broadcast holds its own reference until every worker has
 	 * run its part (a later reload may replace nr meanwhile). */
