@@ -131,6 +131,12 @@ bool cache_invalidate(sy_cache *c, const char *key);
 /* Drops every key, as cache_invalidate() does for each. */
 void cache_invalidate_all(sy_cache *c);
 
+/* Caps every entry's lifetime at `cap_ms` from now (entries already cached
+ * are shortened, new ones get min(their TTL, cap_ms)); 0 lifts the cap for
+ * new entries. Used while fleet events cannot be received (route.h).
+ * Thread-safe. */
+void cache_cap_ttl(sy_cache *c, uint64_t cap_ms);
+
 void cache_stats(sy_cache *c, sy_cache_stats *out);
 
 /*

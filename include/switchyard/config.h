@@ -183,15 +183,18 @@ typedef struct sy_mapping_config {
 	} file;
 	struct {
 		char *url;
-		char *key_prefix;   /* "" */
-		uint32_t pool_size; /* 16 */
+		char *key_prefix;     /* "" */
+		uint32_t pool_size;   /* 16 */
+		char *events_channel; /* NULL: "<key_prefix>events" */
+		bool watch_keyspace;  /* follow keyspace notifications (false) */
 	} redis;
 	struct {
 		char *url;
 		char *query; /* default "SELECT destination FROM routes WHERE identifier = $1" */
-		char *upsert_query; /* NULL = read-only */
-		char *delete_query; /* NULL = read-only */
-		uint32_t pool_size; /* 16 */
+		char *upsert_query;   /* NULL = read-only */
+		char *delete_query;   /* NULL = read-only */
+		uint32_t pool_size;   /* 16 */
+		char *events_channel; /* NULL: "switchyard_events" */
 	} sql;
 } sy_mapping_config;
 

@@ -176,4 +176,50 @@ typedef struct sy_route_stats {
 } sy_route_stats;
 void route_stats(sy_router *r, sy_route_stats *out);
 
+/* ---- fleet events (events.c, docs/OPERATIONS.md "Several replicas") ------------------------ */
+
+typedef enum sy_fleet_type {
+	SY_FLEET_INVALIDATE, /* identifier, or NULL: the whole cache */
+	SY_FLEET_KICK,
+	SY_FLEET_DELAY, /* seconds */
+} sy_fleet_type;
+
+/* What the runtime does for received kick events (invalidate and delay are
+ * applied by the router itself: the cache, hold_set). Main loop. */
+typedef struct sy_fleet_sink {
+	void *arg;
+	void (*kick)(void *arg, const char *identifier);
+} sy_fleet_sink;
+
+/*
+ * Starts receiving fleet events for router r (Redis or SQL source; a no-op
+ * returning 0 otherwise) on the main loop. Events whose origin is this
+ * process are ignored: the sender applies its own events at once, locally,
+ * before publishing them. Others are applied once each (origin + sequence
+ * number). Returns 0 or -1 with *error_r.
+ */
+int router_fleet_start(sy_router *r, uv_loop_t *loop, const sy_fleet_sink *sink,
+                       const char **error_r);
+/* Stops it (main loop; a no-op when not started). */
+void router_fleet_stop(sy_router *r);
+
+/* Does ctx's source carry fleet events (redis or sql)? */
+bool route_fleet_available(sy_route_ctx *ctx);
+
+/* Publishes an event through ctx's store. cb(arg, seq, error): error NULL
+ * when the store took it. Runs later, on the loop, exactly once. Returns 0,
+ * or -1 (cb not called). */
+typedef void (*sy_fleet_cb)(void *arg, uint64_t seq, const char *error);
+int route_fleet_publish(sy_route_ctx *ctx, sy_fleet_type type, const char *identifier,
+                        unsigned seconds, sy_fleet_cb cb, void *arg);
+
+typedef struct sy_fleet_stats {
+	bool active;     /* a subscriber exists */
+	bool subscribed; /* its subscription is up */
+	uint64_t published[3], received[3], resubscribes;
+	double seconds_since_event; /* -1: none yet */
+} sy_fleet_stats;
+void route_fleet_stats(sy_router *r, sy_fleet_stats *out);
+const char *route_fleet_type_name(sy_fleet_type t);
+
 #endif

@@ -45,6 +45,10 @@ typedef struct sy_store_ops {
 	void (*close)(sy_store *s, void (*done)(void *arg), void *arg);
 	/* Writable? (SQL only when both upsert_query and delete_query are set.) */
 	bool (*writable)(sy_store *s);
+	/* Publishes `payload` on the fleet events channel (Redis PUBLISH,
+	 * PostgreSQL pg_notify): DONE once the server took it. Returns as
+	 * get. NULL for a subscriber store. */
+	int (*publish)(sy_store *s, const char *payload, sy_store_cb cb, void *arg);
 } sy_store_ops;
 
 struct sy_store {
@@ -61,5 +65,36 @@ sy_store *store_redis_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsi
                              const char **error_r);
 sy_store *store_sql_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned conns,
                            const char **error_r);
+
+/*
+ * Subscribers: one dedicated connection that receives the fleet events
+ * channel (Redis SUBSCRIBE, PostgreSQL LISTEN) and, for Redis with
+ * `[mapping.redis] watch_keyspace`, the keyspace notifications of the keys
+ * under key_prefix. It reconnects and resubscribes on its own like a store
+ * (same backoff). Close it with ops->close (get/put/del/publish fail).
+ *
+ * `message` runs on the loop for every event: kind SY_SUB_EVENT with the
+ * payload, or SY_SUB_KEYSPACE with the identifier (key_prefix cut) in
+ * `payload` and the Redis event name ("set", "del", "expired", ...) in
+ * `what`. `state` runs when the subscription is confirmed (up = true) and
+ * when it is lost (up = false; not called during close).
+ */
+typedef enum sy_sub_kind { SY_SUB_EVENT, SY_SUB_KEYSPACE } sy_sub_kind;
+typedef struct sy_store_sub {
+	void *arg;
+	void (*message)(void *arg, sy_sub_kind kind, const char *payload, size_t len,
+	                const char *what);
+	void (*state)(void *arg, bool up);
+} sy_store_sub;
+
+sy_store *store_redis_subscribe(uv_loop_t *loop, const sy_mapping_config *cfg,
+                                const sy_store_sub *sub, const char **error_r);
+sy_store *store_sql_listen(uv_loop_t *loop, const sy_mapping_config *cfg, const sy_store_sub *sub,
+                           const char **error_r);
+
+/* The fleet events channel of the configuration: [mapping.redis]
+ * events_channel (default "<key_prefix>events") or [mapping.sql]
+ * events_channel (default "switchyard_events"). Static or config storage. */
+const char *store_events_channel(const sy_mapping_config *cfg, char *buf, size_t len);
 
 #endif

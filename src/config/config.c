@@ -1212,6 +1212,8 @@ static const field mapping_redis_fields[] = {
         .hint = "set it to redis://host:port or rediss://host:port"),
     FLD("key_prefix", sy_mapping_config, F_STR, redis.key_prefix, .flags = EMPTY_OK),
     FLD("pool_size", sy_mapping_config, F_U32, redis.pool_size, .flags = NONZERO, .max = 1024),
+    FLD("events_channel", sy_mapping_config, F_STR, redis.events_channel),
+    FLD("watch_keyspace", sy_mapping_config, F_BOOL, redis.watch_keyspace),
 };
 
 static const field mapping_sql_fields[] = {
@@ -1221,6 +1223,7 @@ static const field mapping_sql_fields[] = {
     FLD("upsert_query", sy_mapping_config, F_STR, sql.upsert_query),
     FLD("delete_query", sy_mapping_config, F_STR, sql.delete_query),
     FLD("pool_size", sy_mapping_config, F_U32, sql.pool_size, .flags = NONZERO, .max = 1024),
+    FLD("events_channel", sy_mapping_config, F_STR, sql.events_channel),
 };
 
 static void load_mapping(ctx *c, const toml_value *t)
@@ -1902,6 +1905,8 @@ void config_free(sy_config *cfg)
 	free(m->file.path);
 	free(m->redis.url);
 	free(m->redis.key_prefix);
+	free(m->redis.events_channel);
+	free(m->sql.events_channel);
 	free(m->sql.url);
 	free(m->sql.query);
 	free(m->sql.upsert_query);

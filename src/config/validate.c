@@ -720,6 +720,35 @@ static void check_mapping(vctx *v)
 		redis_url_free(&u);
 	}
 
+	/* Fleet events channels (docs/CONFIGURATION.md). Redis: any channel
+	 * name without spaces or control characters. PostgreSQL: LISTEN takes
+	 * an identifier, which hand-written SQL (the documented trigger) folds
+	 * to lower case unless quoted, so only [a-z0-9_], at most 63 bytes
+	 * (NAMEDATALEN - 1). */
+	if (m->redis.events_channel != NULL) {
+		const char *c = m->redis.events_channel;
+		size_t n = strlen(c);
+		bool ok = n > 0 && n <= 256;
+		for (size_t i = 0; ok && i < n; i++)
+			ok = (unsigned char)c[i] > 0x20 && (unsigned char)c[i] != 0x7f;
+		if (!ok)
+			verr(v, "mapping.redis.events_channel",
+			     "must be 1 to 256 characters without spaces or control characters "
+			     "(default \"<key_prefix>events\")");
+	}
+	if (m->sql.events_channel != NULL) {
+		const char *c = m->sql.events_channel;
+		size_t n = strlen(c);
+		bool ok = n > 0 && n <= 63;
+		for (size_t i = 0; ok && i < n; i++)
+			ok = (c[i] >= 'a' && c[i] <= 'z') || (c[i] >= '0' && c[i] <= '9') ||
+			     c[i] == '_';
+		if (!ok)
+			verr(v, "mapping.sql.events_channel",
+			     "must be 1 to 63 characters from a-z, 0-9 and _ (a PostgreSQL "
+			     "channel name; default \"switchyard_events\")");
+	}
+
 	if (m->sql.url != NULL && !has_prefix_ci(m->sql.url, "postgres://") &&
 	    !has_prefix_ci(m->sql.url, "postgresql://")) {
 		if (has_prefix_ci(m->sql.url, "mysql:") || has_prefix_ci(m->sql.url, "mariadb:") ||

@@ -66,6 +66,7 @@ struct sy_cache {
 	sy_cache_clock clock;
 	void *clock_arg;
 	_Atomic uint64_t entries;
+	_Atomic uint64_t ttl_cap_ms; /* 0: none (cache_cap_ttl) */
 };
 
 struct sy_cache_inbox {
@@ -443,6 +444,9 @@ void cache_complete(sy_cache *c, sy_cache_fetch *fetch, sy_cache_outcome outcome
 		store = false;
 	if (ttl_ms == 0)
 		ttl_ms = outcome == SY_CACHE_POSITIVE ? c->positive_ttl_ms : c->negative_ttl_ms;
+	uint64_t cap = atomic_load_explicit(&c->ttl_cap_ms, memory_order_relaxed);
+	if (cap && ttl_ms > cap)
+		ttl_ms = cap;
 
 	shard *s = shard_of(c, e->hash);
 	pthread_mutex_lock(&s->mu);
@@ -542,6 +546,23 @@ void cache_invalidate_all(sy_cache *c)
 				drop_any(c, s, e);
 			}
 		}
+		pthread_mutex_unlock(&s->mu);
+	}
+}
+
+void cache_cap_ttl(sy_cache *c, uint64_t cap_ms)
+{
+	atomic_store(&c->ttl_cap_ms, cap_ms);
+	if (cap_ms == 0)
+		return;
+	uint64_t limit = c->clock(c->clock_arg) + cap_ms;
+	for (size_t i = 0; i < c->nshards; i++) {
+		shard *s = &c->shards[i];
+		pthread_mutex_lock(&s->mu);
+		for (size_t b = 0; b < s->nbuckets; b++)
+			for (entry *e = s->buckets[b]; e; e = e->chain)
+				if (e->state != E_PENDING && e->expires_ms > limit)
+					e->expires_ms = limit;
 		pthread_mutex_unlock(&s->mu);
 	}
 }

@@ -41,6 +41,8 @@
 #include "switchyard/sasl.h"
 #include "switchyard/store.h"
 
+#include "router_int.h"
+
 /* on_store_error = "default": how long the fallback is cached at most. */
 #define STORE_ERROR_DEFAULT_TTL_MS 5000
 
@@ -55,6 +57,8 @@ struct sy_router {
 	pthread_rwlock_t map_lock;  /* guards `map` for readers */
 	pthread_mutex_t write_lock; /* serializes writers (put, delete, reload) */
 	sy_mapfile map;
+
+	struct sy_fleet *fleet; /* fleet events subscriber (events.c), main loop */
 };
 
 struct sy_route_ctx {
@@ -1066,4 +1070,24 @@ void route_stats(sy_router *r, sy_route_stats *out)
 	out->entries = st.entries;
 	uint64_t total = st.hits + st.misses;
 	out->hit_rate_pct = total ? 100.0 * (double)st.hits / (double)total : 0.0;
+}
+
+sy_cache *router_cache(sy_router *r)
+{
+	return r->cache;
+}
+
+const sy_mapping_config *router_mapping(sy_router *r)
+{
+	return r->m;
+}
+
+sy_store *route_ctx_store(sy_route_ctx *ctx)
+{
+	return ctx ? ctx->store : NULL;
+}
+
+struct sy_fleet **router_fleet_slot(sy_router *r)
+{
+	return &r->fleet;
 }

@@ -4,6 +4,7 @@
  */
 #include "store_common.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -198,4 +199,14 @@ uint64_t store_backoff_next(uint64_t *backoff_ms, uint64_t max_ms)
 	uint64_t now = *backoff_ms;
 	*backoff_ms = now * 2 > max_ms ? max_ms : now * 2;
 	return now;
+}
+
+const char *store_events_channel(const sy_mapping_config *cfg, char *buf, size_t len)
+{
+	if (cfg->source == SY_MAP_SQL)
+		return cfg->sql.events_channel ? cfg->sql.events_channel : "switchyard_events";
+	if (cfg->redis.events_channel)
+		return cfg->redis.events_channel;
+	snprintf(buf, len, "%sevents", cfg->redis.key_prefix ? cfg->redis.key_prefix : "");
+	return buf;
 }

@@ -18,7 +18,12 @@
 
 #include "switchyard/store.h"
 
-typedef enum sy_store_op { SY_STORE_OP_GET, SY_STORE_OP_PUT, SY_STORE_OP_DEL } sy_store_op;
+typedef enum sy_store_op {
+	SY_STORE_OP_GET,
+	SY_STORE_OP_PUT,
+	SY_STORE_OP_DEL,
+	SY_STORE_OP_PUBLISH /* value: the payload */
+} sy_store_op;
 
 typedef struct sy_store_req {
 	struct sy_store_req *next;

@@ -110,10 +110,22 @@ struct redis_store {
 	unsigned nconns;
 	unsigned rr;        /* round-robin cursor */
 	sy_store_life life; /* startup queue, completions, the close sequence */
+
+	char *channel; /* the fleet events channel (PUBLISH, SUBSCRIBE) */
+	/* Subscriber mode (store_redis_subscribe): one connection, no requests. */
+	bool sub_mode;
+	sy_store_sub sub;
+	bool watch_keyspace;
+	char *ks_pattern;      /* "__keyspace@<db>__:<escaped prefix>*" */
+	size_t ks_channel_cut; /* strlen("__keyspace@<db>__:") + strlen(prefix) */
+	bool ks_refused_logged;
+	bool subscribed; /* the events channel subscription is confirmed */
 };
 
 static void start_attempt(conn *c);
 static void connect_addr(conn *c);
+static void sub_start(conn *c);
+static void sub_lost(redis_store *s);
 
 /* Completes `r` with an error from the idle callback. */
 static void fail_later(redis_store *s, sy_store_req *r, const char *error)
@@ -311,7 +323,10 @@ static void conn_ready(conn *c)
 	       NULL);
 	c->logged_down = false;
 	first_attempt_over(c);
-	flush_startup(s);
+	if (s->sub_mode)
+		sub_start(c);
+	else
+		flush_startup(s);
 }
 
 static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
@@ -363,6 +378,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 		c->logged_down = true;
 		c->backoff_ms = BACKOFF_FIRST_MS;
 		went_down(c);
+		sub_lost(c->s);
 		return;
 	}
 	/* Lost during AUTH/SELECT. */
@@ -543,6 +559,11 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 		} else {
 			error = "redis: unexpected reply type to GET (is the key a string?)";
 		}
+	} else if (rq->op == SY_STORE_OP_PUBLISH) {
+		if (r->type == REDIS_REPLY_INTEGER)
+			st = SY_STORE_DONE;
+		else
+			error = "redis: unexpected reply to PUBLISH";
 	} else if (rq->op == SY_STORE_OP_PUT) {
 		if (r->type == REDIS_REPLY_STATUS)
 			st = SY_STORE_DONE;
@@ -584,10 +605,14 @@ static void dispatch(redis_store *s, sy_store_req *r)
 			argv[argc] = "DEL";
 			lens[argc++] = 3;
 			break;
+		case SY_STORE_OP_PUBLISH:
+			argv[argc] = "PUBLISH";
+			lens[argc++] = 7;
+			break;
 		}
 		argv[argc] = r->key;
 		lens[argc++] = r->keylen;
-		if (r->op == SY_STORE_OP_PUT) {
+		if (r->op == SY_STORE_OP_PUT || r->op == SY_STORE_OP_PUBLISH) {
 			argv[argc] = r->value;
 			lens[argc++] = r->valuelen;
 		}
@@ -615,9 +640,11 @@ static int submit(sy_store *base, sy_store_op o, const char *key, const char *va
                   void *arg)
 {
 	redis_store *s = (redis_store *)base;
-	if (s->life.closing || !key || !cb || (o == SY_STORE_OP_PUT && !value))
+	if (s->life.closing || s->sub_mode || !key || !cb ||
+	    ((o == SY_STORE_OP_PUT || o == SY_STORE_OP_PUBLISH) && !value))
 		return -1;
-	sy_store_req *r = store_req_new(o, s->prefix, key, value, cb, arg, s);
+	sy_store_req *r =
+	    store_req_new(o, o == SY_STORE_OP_PUBLISH ? NULL : s->prefix, key, value, cb, arg, s);
 	if (!r)
 		return -1;
 	dispatch(s, r);
@@ -641,8 +668,137 @@ static int redis_del(sy_store *s, const char *key, sy_store_cb cb, void *arg)
 
 static bool redis_writable(sy_store *s)
 {
-	(void)s;
-	return true;
+	return !((redis_store *)s)->sub_mode;
+}
+
+static int redis_publish(sy_store *base, const char *payload, sy_store_cb cb, void *arg)
+{
+	redis_store *s = (redis_store *)base;
+	return submit(base, SY_STORE_OP_PUBLISH, s->channel, payload, cb, arg);
+}
+
+/* ---- subscriber mode ---- */
+
+static void sub_lost(redis_store *s)
+{
+	if (!s->sub_mode || !s->subscribed)
+		return;
+	s->subscribed = false;
+	if (!s->life.closing && s->sub.state)
+		s->sub.state(s->sub.arg, false);
+}
+
+static bool reply_str(const redisReply *r, size_t i)
+{
+	return r->type == REDIS_REPLY_ARRAY && r->elements > i &&
+	       (r->element[i]->type == REDIS_REPLY_STRING ||
+	        r->element[i]->type == REDIS_REPLY_STATUS);
+}
+
+/* Every reply of the subscriptions: confirmations and messages. */
+static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	conn *c = privdata;
+	redis_store *s = c->s;
+	redisReply *r = reply;
+	if (!r || c->ac != ac || s->life.closing || !reply_str(r, 0))
+		return;
+	const char *kind = r->element[0]->str;
+	if (strcasecmp(kind, "subscribe") == 0) {
+		if (!s->subscribed) {
+			s->subscribed = true;
+			sy_log(SY_LOG_INFO, "redis: subscribed to the fleet events channel",
+			       "server", s->server, "channel", s->channel, NULL);
+			if (s->sub.state)
+				s->sub.state(s->sub.arg, true);
+		}
+	} else if (strcasecmp(kind, "psubscribe") == 0) {
+		sy_log(SY_LOG_INFO, "redis: following keyspace notifications", "server", s->server,
+		       "pattern", s->ks_pattern, NULL);
+	} else if (strcasecmp(kind, "message") == 0 && reply_str(r, 2)) {
+		s->sub.message(s->sub.arg, SY_SUB_EVENT, r->element[2]->str, r->element[2]->len,
+		               NULL);
+	} else if (strcasecmp(kind, "pmessage") == 0 && reply_str(r, 3)) {
+		const redisReply *ch = r->element[2];
+		if (ch->len > s->ks_channel_cut && strlen(ch->str) == ch->len)
+			s->sub.message(s->sub.arg, SY_SUB_KEYSPACE, ch->str + s->ks_channel_cut,
+			               ch->len - s->ks_channel_cut, r->element[3]->str);
+	}
+}
+
+static void sub_send(conn *c, bool keyspace)
+{
+	redis_store *s = c->s;
+	const char *argv[2] = {"SUBSCRIBE", s->channel};
+	size_t lens[2] = {9, strlen(s->channel)};
+	if (redisAsyncCommandArgv(c->ac, on_sub_reply, c, 2, argv, lens) != REDIS_OK) {
+		redisAsyncDisconnect(c->ac);
+		return;
+	}
+	if (keyspace) {
+		argv[0] = "PSUBSCRIBE";
+		argv[1] = s->ks_pattern;
+		lens[0] = 10;
+		lens[1] = strlen(s->ks_pattern);
+		redisAsyncCommandArgv(c->ac, on_sub_reply, c, 2, argv, lens);
+	}
+}
+
+/* Keyspace notifications for SET, DEL and expiry need K (keyspace
+ * channels) and the classes $ (string commands), g (generic: DEL) and x
+ * (expired), or A (every class). */
+static bool keyspace_flags_ok(const char *f)
+{
+	if (!strchr(f, 'K'))
+		return false;
+	return strchr(f, 'A') || (strchr(f, '$') && strchr(f, 'g') && strchr(f, 'x'));
+}
+
+static void on_config_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	conn *c = privdata;
+	redis_store *s = c->s;
+	redisReply *r = reply;
+	if (!r || c->ac != ac || s->life.closing)
+		return;
+	bool keyspace = true;
+	if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 && reply_str(r, 1)) {
+		if (!keyspace_flags_ok(r->element[1]->str)) {
+			keyspace = false;
+			if (!s->ks_refused_logged)
+				sy_log(
+				    SY_LOG_ERROR,
+				    "redis: mapping.redis.watch_keyspace is refused: the server's "
+				    "notify-keyspace-events setting does not include K with $, g "
+				    "and x (or A); set it to \"K$gx\" (or \"KA\") and restart, "
+				    "changes made outside the proxy are not followed meanwhile",
+				    "server", s->server, "notify-keyspace-events",
+				    r->element[1]->str, NULL);
+			s->ks_refused_logged = true;
+		}
+	} else {
+		/* Managed services often disable CONFIG: subscribe anyway. */
+		sy_log(SY_LOG_WARN,
+		       "redis: cannot read notify-keyspace-events (CONFIG GET refused); "
+		       "following keyspace notifications without checking",
+		       "server", s->server, "error",
+		       r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", NULL);
+	}
+	sub_send(c, keyspace);
+}
+
+/* The subscriber's connection is READY: check the keyspace setting when
+ * asked to follow it, then subscribe. */
+static void sub_start(conn *c)
+{
+	redis_store *s = c->s;
+	if (!s->watch_keyspace) {
+		sub_send(c, false);
+		return;
+	}
+	if (redisAsyncCommand(c->ac, on_config_reply, c, "CONFIG GET notify-keyspace-events") !=
+	    REDIS_OK)
+		redisAsyncDisconnect(c->ac);
 }
 
 /* ---- teardown ---- */
@@ -673,6 +829,8 @@ static void free_store(redis_store *s)
 	free(s->password);
 	free(s->server);
 	free(s->prefix);
+	free(s->channel);
+	free(s->ks_pattern);
 	free(s);
 }
 
@@ -715,6 +873,7 @@ static const sy_store_ops redis_ops = {
     .del = redis_del,
     .close = redis_close,
     .writable = redis_writable,
+    .publish = redis_publish,
 };
 
 /* ---- URL ---- */
@@ -753,8 +912,8 @@ static int parse_url(redis_store *s, const char *url, const char **error_r)
 	return 0;
 }
 
-sy_store *store_redis_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned conns,
-                             const char **error_r)
+static sy_store *create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned conns,
+                        const sy_store_sub *sub, const char **error_r)
 {
 	redis_store *s = calloc(1, sizeof(*s));
 	if (!s) {
@@ -768,9 +927,35 @@ sy_store *store_redis_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsi
 		return NULL;
 	}
 	s->prefix = strdup(cfg->redis.key_prefix ? cfg->redis.key_prefix : "");
+	char chbuf[512];
+	s->channel = strdup(store_events_channel(cfg, chbuf, sizeof(chbuf)));
+	if (sub) {
+		s->sub_mode = true;
+		s->sub = *sub;
+		conns = 1;
+		s->watch_keyspace = cfg->redis.watch_keyspace;
+		if (s->watch_keyspace && s->prefix) {
+			/* Glob characters of the prefix match themselves only. */
+			size_t plen = strlen(s->prefix);
+			s->ks_pattern = malloc(48 + 2 * plen);
+			if (s->ks_pattern) {
+				int n = snprintf(s->ks_pattern, 48,
+				                 "__keyspace@%d__:", s->db < 0 ? 0 : s->db);
+				s->ks_channel_cut = (size_t)n + plen;
+				char *o = s->ks_pattern + n;
+				for (const char *p = s->prefix; *p; p++) {
+					if (strchr("*?[]\\", *p))
+						*o++ = '\\';
+					*o++ = *p;
+				}
+				*o++ = '*';
+				*o = '\0';
+			}
+		}
+	}
 	s->nconns = conns ? conns : 1;
 	s->conns = calloc(s->nconns, sizeof(*s->conns));
-	if (!s->prefix || !s->conns ||
+	if (!s->prefix || !s->conns || !s->channel || (s->watch_keyspace && !s->ks_pattern) ||
 	    store_life_init(&s->life, loop, s, free_store_cb, s->nconns) != 0) {
 		*error_r = "mapping.redis: out of memory";
 		free_store(s);
@@ -792,4 +977,16 @@ sy_store *store_redis_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsi
 	for (unsigned i = 0; i < s->nconns; i++)
 		start_attempt(&s->conns[i]);
 	return &s->base;
+}
+
+sy_store *store_redis_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned conns,
+                             const char **error_r)
+{
+	return create(loop, cfg, conns, NULL, error_r);
+}
+
+sy_store *store_redis_subscribe(uv_loop_t *loop, const sy_mapping_config *cfg,
+                                const sy_store_sub *sub, const char **error_r)
+{
+	return create(loop, cfg, 1, sub, error_r);
 }

@@ -46,6 +46,7 @@
 #define STARTUP_QUEUE_MAX  1024
 #define MAX_ADDRS          8
 #define DEFAULT_QUERY      "SELECT destination FROM routes WHERE identifier = $1"
+#define NOTIFY_QUERY       "SELECT pg_notify($1, $2)"
 
 typedef enum conn_state {
 	CONN_DOWN, /* waiting for the reconnect timer */
@@ -79,6 +80,8 @@ struct conn {
 	uint64_t backoff_ms;
 	bool first_attempt;
 	bool logged_down;
+	bool listen_pending; /* listener mode: LISTEN sent, not yet complete */
+	bool listen_failed;
 };
 
 struct sql_store {
@@ -94,6 +97,12 @@ struct sql_store {
 	unsigned nconns;
 	unsigned rr;
 	sy_store_life life; /* startup queue, completions, the close sequence */
+
+	char *channel; /* the fleet events channel (pg_notify, LISTEN) */
+	/* Listener mode (store_sql_listen): one connection, no requests. */
+	bool listen_mode;
+	sy_store_sub sub;
+	bool subscribed; /* LISTEN is in effect */
 };
 
 static void start_attempt(conn *c);
@@ -278,7 +287,14 @@ static void conn_lost(conn *c, const char *why)
 		dispatch(s, r);
 	c->backoff_ms = BACKOFF_FIRST_MS;
 	schedule_retry(c);
+	if (s->listen_mode && s->subscribed) {
+		s->subscribed = false;
+		if (s->sub.state)
+			s->sub.state(s->sub.arg, false);
+	}
 }
+
+static void listen_start(conn *c);
 
 static void conn_ready(conn *c)
 {
@@ -296,8 +312,46 @@ static void conn_ready(conn *c)
 	       NULL);
 	c->logged_down = false;
 	first_attempt_over(c);
+	if (s->listen_mode) {
+		listen_start(c);
+		return;
+	}
 	flush_startup(s);
 	send_next(c);
+}
+
+/* Listener mode: LISTEN "<channel>" (the channel is [a-z0-9_], checked by
+ * the configuration; quoted all the same). */
+static void listen_start(conn *c)
+{
+	char q[128];
+	snprintf(q, sizeof(q), "LISTEN \"%s\"", c->s->channel);
+	c->listen_failed = false;
+	if (!PQsendQuery(c->pg, q)) {
+		conn_lost(c, PQerrorMessage(c->pg));
+		return;
+	}
+	c->listen_pending = true;
+	int f = PQflush(c->pg);
+	if (f < 0) {
+		conn_lost(c, PQerrorMessage(c->pg));
+		return;
+	}
+	c->flushing = f == 1;
+	if (poll_watch(c, UV_READABLE | (c->flushing ? UV_WRITABLE : 0)) != 0)
+		conn_lost(c, "cannot poll the socket");
+}
+
+/* Hands every notification libpq has read to the subscriber. */
+static void deliver_notifies(conn *c)
+{
+	sql_store *s = c->s;
+	PGnotify *n;
+	while (c->pg && (n = PQnotifies(c->pg)) != NULL) {
+		if (s->listen_mode && s->subscribed && n->extra)
+			s->sub.message(s->sub.arg, SY_SUB_EVENT, n->extra, strlen(n->extra), NULL);
+		PQfreemem(n);
+	}
 }
 
 static void connect_step(conn *c)
@@ -517,10 +571,11 @@ static void send_next(conn *c)
 	while (c->state == CONN_READY && !c->inflight && c->queue.head) {
 		sy_store_req *r = req_list_pop(&c->queue);
 		const char *params[2] = {r->key, r->value};
-		const char *q = r->op == SY_STORE_OP_GET   ? s->query
-		                : r->op == SY_STORE_OP_PUT ? s->upsert
-		                                           : s->del_query;
-		int nparams = r->op == SY_STORE_OP_PUT ? 2 : 1;
+		const char *q = r->op == SY_STORE_OP_GET       ? s->query
+		                : r->op == SY_STORE_OP_PUT     ? s->upsert
+		                : r->op == SY_STORE_OP_PUBLISH ? NOTIFY_QUERY
+		                                               : s->del_query;
+		int nparams = r->op == SY_STORE_OP_PUT || r->op == SY_STORE_OP_PUBLISH ? 2 : 1;
 
 		if (!PQsendQueryParams(c->pg, q, nparams, NULL, params, NULL, NULL, 0)) {
 			char err[512];
@@ -554,10 +609,31 @@ static void collect(conn *c)
 	while (c->pg && !PQisBusy(c->pg)) {
 		PGresult *res = PQgetResult(c->pg);
 		if (res) {
-			if (c->inflight)
+			if (c->inflight) {
 				record(c->inflight, res);
+			} else if (c->listen_pending && PQresultStatus(res) != PGRES_COMMAND_OK) {
+				char err[512];
+				first_line(err, sizeof(err),
+				           "LISTEN failed: ", PQresultErrorMessage(res));
+				sy_log(SY_LOG_WARN,
+				       "sql: cannot listen to the fleet events channel", "server",
+				       c->s->server, "error", err, NULL);
+				c->listen_failed = true;
+			}
 			PQclear(res);
 			continue;
+		}
+		if (c->listen_pending) {
+			c->listen_pending = false;
+			if (c->listen_failed) {
+				conn_lost(c, "LISTEN failed");
+				return;
+			}
+			c->s->subscribed = true;
+			sy_log(SY_LOG_INFO, "sql: listening to the fleet events channel", "server",
+			       c->s->server, "channel", c->s->channel, NULL);
+			if (c->s->sub.state)
+				c->s->sub.state(c->s->sub.arg, true);
 		}
 		if (!c->inflight)
 			break;
@@ -596,6 +672,7 @@ static void io_step(conn *c, int events)
 			return;
 		}
 		collect(c);
+		deliver_notifies(c);
 	}
 	if (c->pg && PQstatus(c->pg) == CONNECTION_BAD)
 		conn_lost(c, PQerrorMessage(c->pg));
@@ -675,9 +752,10 @@ static int submit(sy_store *base, sy_store_op o, const char *key, const char *va
                   void *arg)
 {
 	sql_store *s = (sql_store *)base;
-	if (s->life.closing || !key || !cb || (o == SY_STORE_OP_PUT && !value))
+	if (s->life.closing || s->listen_mode || !key || !cb ||
+	    ((o == SY_STORE_OP_PUT || o == SY_STORE_OP_PUBLISH) && !value))
 		return -1;
-	if (o != SY_STORE_OP_GET && !sql_writable(base))
+	if ((o == SY_STORE_OP_PUT || o == SY_STORE_OP_DEL) && !sql_writable(base))
 		return -1;
 	sy_store_req *r = store_req_new(o, NULL, key, value, cb, arg, s);
 	if (!r)
@@ -701,6 +779,11 @@ static int sql_del(sy_store *s, const char *key, sy_store_cb cb, void *arg)
 	return submit(s, SY_STORE_OP_DEL, key, NULL, cb, arg);
 }
 
+static int sql_publish(sy_store *base, const char *payload, sy_store_cb cb, void *arg)
+{
+	return submit(base, SY_STORE_OP_PUBLISH, ((sql_store *)base)->channel, payload, cb, arg);
+}
+
 /* ---- teardown ---- */
 
 static void free_store(sql_store *s);
@@ -720,6 +803,7 @@ static void free_store(sql_store *s)
 	free(s->query);
 	free(s->upsert);
 	free(s->del_query);
+	free(s->channel);
 	free(s);
 }
 
@@ -761,6 +845,7 @@ static const sy_store_ops sql_ops = {
     .del = sql_del,
     .close = sql_close,
     .writable = sql_writable,
+    .publish = sql_publish,
 };
 
 /* ---- creation ---- */
@@ -779,8 +864,8 @@ static char *dup_or_null(const char *v)
 	return v && *v ? strdup(v) : NULL;
 }
 
-sy_store *store_sql_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned conns,
-                           const char **error_r)
+static sy_store *create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned conns,
+                        const sy_store_sub *sub, const char **error_r)
 {
 	sql_store *s = calloc(1, sizeof(*s));
 	char *perr = NULL;
@@ -828,9 +913,16 @@ sy_store *store_sql_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsign
 		snprintf(s->server, n, "%s:%s/%s", host ? host : "local", port ? port : "5432",
 		         db ? db : "");
 
+	char chbuf[128];
+	s->channel = strdup(store_events_channel(cfg, chbuf, sizeof(chbuf)));
+	if (sub) {
+		s->listen_mode = true;
+		s->sub = *sub;
+		conns = 1;
+	}
 	s->nconns = conns ? conns : 1;
 	s->conns = calloc(s->nconns, sizeof(*s->conns));
-	if (!s->query || !s->server || !s->conns || (resolve && !s->resolve_host) ||
+	if (!s->query || !s->server || !s->conns || !s->channel || (resolve && !s->resolve_host) ||
 	    (cfg->sql.upsert_query && *cfg->sql.upsert_query && !s->upsert) ||
 	    (cfg->sql.delete_query && *cfg->sql.delete_query && !s->del_query) ||
 	    store_life_init(&s->life, loop, s, free_store_cb, s->nconns) != 0) {
@@ -852,4 +944,16 @@ sy_store *store_sql_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsign
 	for (unsigned i = 0; i < s->nconns; i++)
 		start_attempt(&s->conns[i]);
 	return &s->base;
+}
+
+sy_store *store_sql_create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned conns,
+                           const char **error_r)
+{
+	return create(loop, cfg, conns, NULL, error_r);
+}
+
+sy_store *store_sql_listen(uv_loop_t *loop, const sy_mapping_config *cfg, const sy_store_sub *sub,
+                           const char **error_r)
+{
+	return create(loop, cfg, 1, sub, error_r);
 }

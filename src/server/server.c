@@ -21,6 +21,7 @@
 
 #include "switchyard/admin.h"
 #include "switchyard/clock.h"
+#include "switchyard/fleet_rt.h"
 #include "switchyard/interactive.h"
 #include "switchyard/log.h"
 #include "switchyard/metrics.h"
@@ -710,6 +711,7 @@ static void close_main(sy_server *srv)
 	admin_stop(srv->admin);
 	srv->admin = NULL;
 	reload_watch_stop(srv);
+	fleet_rt_stop(srv);
 	pthread_mutex_lock(&srv->done_mu);
 	srv->main_closing = true;
 	pthread_mutex_unlock(&srv->done_mu);
@@ -850,6 +852,7 @@ int server_run(sy_config *cfg)
 		goto cleanup;
 	}
 	reload_watch_start(srv);
+	fleet_rt_start(srv);
 	atomic_store(&srv->listeners_bound, true);
 
 	uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
@@ -941,8 +944,11 @@ static bool mapping_same(const sy_mapping_config *a, const sy_mapping_config *b)
 	       a->on_store_error == b->on_store_error && str_eq(a->file.path, b->file.path) &&
 	       str_eq(a->redis.url, b->redis.url) &&
 	       str_eq(a->redis.key_prefix, b->redis.key_prefix) &&
-	       a->redis.pool_size == b->redis.pool_size && str_eq(a->sql.url, b->sql.url) &&
-	       str_eq(a->sql.query, b->sql.query) &&
+	       a->redis.pool_size == b->redis.pool_size &&
+	       str_eq(a->redis.events_channel, b->redis.events_channel) &&
+	       a->redis.watch_keyspace == b->redis.watch_keyspace &&
+	       str_eq(a->sql.events_channel, b->sql.events_channel) &&
+	       str_eq(a->sql.url, b->sql.url) && str_eq(a->sql.query, b->sql.query) &&
 	       str_eq(a->sql.upsert_query, b->sql.upsert_query) &&
 	       str_eq(a->sql.delete_query, b->sql.delete_query) &&
 	       a->sql.pool_size == b->sql.pool_size;
@@ -1169,7 +1175,9 @@ static void router_attach_done(void *arg, long failures)
 static void switch_router(sy_server *srv, sy_router *nr, sy_route_ctx *nmain)
 {
 	sy_router *prev = srv->router;
+	fleet_rt_stop(srv);
 	srv->router = nr;
+	fleet_rt_start(srv);
 	admin_route_ctx_set(srv->admin, nmain);
 	/* The broadcast holds its own reference until every worker has
 	 * run its part (a later reload may replace nr meanwhile). */

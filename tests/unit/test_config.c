@@ -245,6 +245,9 @@ static void test_defaults(void **state)
 	assert_null(m->sql.upsert_query);
 	assert_null(m->sql.delete_query);
 	assert_int_equal(m->sql.pool_size, 16);
+	assert_null(m->redis.events_channel);
+	assert_false(m->redis.watch_keyspace);
+	assert_null(m->sql.events_channel);
 
 	/* [capabilities.*] */
 	static const sy_proto caps[] = {SY_PROTO_IMAP, SY_PROTO_POP3, SY_PROTO_SUBMISSION,
@@ -930,6 +933,24 @@ static const bad_case bad_cases[] = {
      "mapping.redis.url: the path must be a database number"},
     {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"redis://r?db=1\"\n",
      "mapping.redis.url: query parameters are not supported"},
+    /* Fleet events channels. */
+    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"redis://r\"\n"
+          "events_channel = \"\"\n",
+     "mapping.redis.events_channel: must not be empty"},
+    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"redis://r\"\n"
+          "events_channel = \"a b\"\n",
+     "mapping.redis.events_channel: must be 1 to 256 characters without spaces"},
+    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"redis://r\"\n"
+          "watch_keyspace = \"yes\"\n",
+     "mapping.redis.watch_keyspace"},
+    {BASE "[mapping]\nsource = \"sql\"\n[mapping.sql]\nurl = \"postgres://h/db\"\n"
+          "events_channel = \"Fleet-Events\"\n",
+     "mapping.sql.events_channel: must be 1 to 63 characters from a-z, 0-9 and _"},
+    {BASE "[mapping]\nsource = \"sql\"\n[mapping.sql]\nurl = \"postgres://h/db\"\n"
+          "events_channel = \""
+          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+          "\"\n",
+     "mapping.sql.events_channel: must be 1 to 63 characters"},
     {BASE "[mapping]\nsource = \"sql\"\n[mapping.sql]\nurl = \"postgres://h/db?nosuch=1\"\n",
      "mapping.sql.url: libpq cannot parse it"},
     {BASE "[mapping]\nsource = \"file\"\n[mapping.file]\npath = \"ghostmap.tsv\"\n",
