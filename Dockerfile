@@ -26,6 +26,7 @@ COPY include/ include/
 COPY src/ src/
 COPY bench/ bench/
 COPY tests/store/ tests/store/
+COPY tests/k8s/ tests/k8s/
 COPY tests/toml/ tests/toml/
 RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null \
  && cmake --build build -j"$(nproc)" --target switchyard \
