@@ -20,7 +20,7 @@ LAYERS = ["core", "config", "auth", "metrics", "tls", "net", "backend", "session
 
 # include/switchyard/<name> -> layer.
 HEADERS = {
-    "clock.h": "core", "errors.h": "core", "log.h": "core", "pool.h": "core", "cidr.h": "core",
+    "clock.h": "core", "hex.h": "core", "errors.h": "core", "log.h": "core", "pool.h": "core", "cidr.h": "core",
     "redis_url.h": "core", "mapfile.h": "core", "proxy_protocol.h": "core",
     "toml.h": "config", "config.h": "config",
     "sasl.h": "auth",

@@ -76,6 +76,11 @@ void session_accept(sy_worker *w, sy_acceptor *a);
  * logged at debug level when not NULL. */
 void session_close(sy_session *s, const char *why);
 
+/* Closes the bridged sessions of worker `w` whose login identifier is
+ * `identifier` (the admin port's and the fleet's kick; run on w's thread).
+ * `why` is logged. Returns how many were closed. */
+long session_kick(sy_worker *w, const char *identifier, const char *why);
+
 /* Splices client and backend until either side ends or bridge_idle passes. */
 void bridge_start(sy_session *s);
 

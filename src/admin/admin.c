@@ -610,18 +610,7 @@ typedef struct kick_op {
 static long kick_on_worker(sy_worker *w, void *arg)
 {
 	kick_op *op = arg;
-	long n = 0;
-	sy_session *next;
-	for (sy_session *s = w->sessions; s; s = next) {
-		/* session_close never frees synchronously: next stays valid. */
-		next = s->next;
-		if (s->state != SS_BRIDGING || !s->identifier ||
-		    strcmp(s->identifier, op->identifier) != 0)
-			continue;
-		session_close(s, "kicked through the admin port");
-		n++;
-	}
-	return n;
+	return session_kick(w, op->identifier, "kicked through the admin port");
 }
 
 static void kick_done(void *arg, long total)

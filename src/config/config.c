@@ -30,6 +30,7 @@
 #include "config_int.h"
 #include "switchyard/cidr.h"
 #include "switchyard/config.h"
+#include "switchyard/hex.h"
 #include "switchyard/log.h"
 #include "switchyard/toml.h"
 
@@ -1013,17 +1014,6 @@ static const field endpoint_fields[] = {
         .values = forwarding_values),
 };
 
-static int hexval(int ch)
-{
-	if (ch >= '0' && ch <= '9')
-		return ch - '0';
-	if (ch >= 'a' && ch <= 'f')
-		return ch - 'a' + 10;
-	if (ch >= 'A' && ch <= 'F')
-		return ch - 'A' + 10;
-	return -1;
-}
-
 static void load_pin(ctx *c, const toml_value *v, const char *key, sy_destination_config *d)
 {
 	uint8_t out[32];
@@ -1038,7 +1028,7 @@ static void load_pin(ctx *c, const toml_value *v, const char *key, sy_destinatio
 		int h;
 		if (*p == ':')
 			continue;
-		if ((h = hexval((unsigned char)*p)) < 0 || nd >= 64) {
+		if ((h = sy_hexval((unsigned char)*p)) < 0 || nd >= 64) {
 			nd = 65;
 			break;
 		}

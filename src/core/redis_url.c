@@ -5,22 +5,13 @@
  * what the store would refuse at startup.
  */
 #include "switchyard/redis_url.h"
+#include "switchyard/hex.h"
 
 #include <ctype.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
-static int hexval(int ch)
-{
-	if (ch >= '0' && ch <= '9')
-		return ch - '0';
-	ch = tolower(ch);
-	if (ch >= 'a' && ch <= 'f')
-		return ch - 'a' + 10;
-	return -1;
-}
 
 /* Percent-decodes [p, p+n) into a new string; NULL on a bad escape or an
  * encoded NUL (either would make the credential mean something else). */
@@ -31,8 +22,8 @@ static char *pct_decode(const char *p, size_t n)
 		return NULL;
 	for (size_t i = 0; i < n; i++) {
 		if (p[i] == '%') {
-			int hi = i + 1 < n ? hexval((unsigned char)p[i + 1]) : -1;
-			int lo = i + 2 < n ? hexval((unsigned char)p[i + 2]) : -1;
+			int hi = i + 1 < n ? sy_hexval((unsigned char)p[i + 1]) : -1;
+			int lo = i + 2 < n ? sy_hexval((unsigned char)p[i + 2]) : -1;
 			if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
 				free(out);
 				return NULL;

@@ -10,6 +10,7 @@
  * Conditions follow the API documentation: `ready` nil means ready;
  * `serving` nil defers to `ready`; `terminating` nil means not terminating.
  */
+#include "errf.h"
 #include "switchyard/k8s.h"
 
 #include <arpa/inet.h>
@@ -50,19 +51,6 @@ static const char *const event_names[K8S_EV_COUNT] = {
 const char *k8s_event_type_name(k8s_event_type t)
 {
 	return t < K8S_EV_COUNT ? event_names[t] : "?";
-}
-
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-{
-	if (!err || errlen == 0)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
 }
 
 static void slice_clear(slice *s)

@@ -10,6 +10,7 @@
  * them, and a relative path is resolved against the directory of the file
  * that holds it.
  */
+#include "errf.h"
 #include "switchyard/k8s.h"
 
 #include <errno.h>
@@ -24,19 +25,6 @@
 #include "switchyard/sasl.h"
 
 #define MAX_KUBECONFIGS 16
-
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-{
-	if (!err || errlen == 0)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 static void wipe_free(char *p, size_t len)
 {

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "switchyard/hex.h"
 #include "switchyard/log.h"
 #include "switchyard/pool.h"
 #include "switchyard/stream.h"
@@ -363,17 +364,6 @@ static int on_message_complete(http_parser *p)
 	return 0;
 }
 
-static int hexval(int ch)
-{
-	if (ch >= '0' && ch <= '9')
-		return ch - '0';
-	if (ch >= 'a' && ch <= 'f')
-		return ch - 'a' + 10;
-	if (ch >= 'A' && ch <= 'F')
-		return ch - 'A' + 10;
-	return -1;
-}
-
 /* Percent-decodes [s, s+len) into a malloc'd string; NULL for a bad escape
  * or a decoded NUL. */
 static char *pct_decode(const char *s, size_t len)
@@ -390,7 +380,7 @@ static char *pct_decode(const char *s, size_t len)
 			free(out);
 			return NULL;
 		}
-		int a = hexval((unsigned char)s[i + 1]), b = hexval((unsigned char)s[i + 2]);
+		int a = sy_hexval((unsigned char)s[i + 1]), b = sy_hexval((unsigned char)s[i + 2]);
 		if (a < 0 || b < 0 || (a == 0 && b == 0)) {
 			free(out);
 			return NULL;

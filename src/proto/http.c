@@ -23,6 +23,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "switchyard/hex.h"
 #include "switchyard/log.h"
 #include "switchyard/protocols.h"
 #include "switchyard/proxy_protocol.h"
@@ -394,17 +395,6 @@ static bool route_matches(const char *g, const char *path, size_t plen)
 	return plen > 1 && path[plen - 1] == '/' && glob(g, path, plen - 1);
 }
 
-static int hexval(int ch)
-{
-	if (ch >= '0' && ch <= '9')
-		return ch - '0';
-	if (ch >= 'a' && ch <= 'f')
-		return ch - 'a' + 10;
-	if (ch >= 'A' && ch <= 'F')
-		return ch - 'A' + 10;
-	return -1;
-}
-
 /* application/x-www-form-urlencoded decoding (malloc'd). */
 static char *form_decode(const char *v, size_t len)
 {
@@ -414,9 +404,9 @@ static char *form_decode(const char *v, size_t len)
 	for (size_t i = 0; i < len; i++) {
 		if (v[i] == '+')
 			*o++ = ' ';
-		else if (v[i] == '%' && i + 2 < len + 0 && hexval(v[i + 1]) >= 0 &&
-		         hexval(v[i + 2]) >= 0) {
-			*o++ = (char)(hexval(v[i + 1]) * 16 + hexval(v[i + 2]));
+		else if (v[i] == '%' && i + 2 < len + 0 && sy_hexval(v[i + 1]) >= 0 &&
+		         sy_hexval(v[i + 2]) >= 0) {
+			*o++ = (char)(sy_hexval(v[i + 1]) * 16 + sy_hexval(v[i + 2]));
 			i += 2;
 		} else
 			*o++ = v[i];

@@ -18,17 +18,7 @@ typedef struct kick_task {
 static long kick_on_worker(sy_worker *w, void *arg)
 {
 	kick_task *k = arg;
-	long n = 0;
-	sy_session *next;
-	for (sy_session *s = w->sessions; s; s = next) {
-		next = s->next; /* session_close never frees synchronously */
-		if (s->state != SS_BRIDGING || !s->identifier ||
-		    strcmp(s->identifier, k->identifier) != 0)
-			continue;
-		session_close(s, "kicked by a fleet event");
-		n++;
-	}
-	return n;
+	return session_kick(w, k->identifier, "kicked by a fleet event");
 }
 
 static void kick_done(void *arg, long total)

@@ -504,3 +504,19 @@ void session_accept(sy_worker *w, sy_acceptor *a)
 	}
 	start_client_leg(s);
 }
+
+long session_kick(sy_worker *w, const char *identifier, const char *why)
+{
+	long n = 0;
+	sy_session *next;
+	for (sy_session *s = w->sessions; s; s = next) {
+		/* session_close never frees synchronously: next stays valid. */
+		next = s->next;
+		if (s->state != SS_BRIDGING || !s->identifier ||
+		    strcmp(s->identifier, identifier) != 0)
+			continue;
+		session_close(s, why);
+		n++;
+	}
+	return n;
+}
