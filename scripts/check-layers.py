@@ -33,7 +33,7 @@ HEADERS = {
     "hold.h": "route",
     "interactive.h": "proto", "tokens.h": "proto", "protocols.h": "proto",
     "admin.h": "admin",
-    "runtime.h": "server", "server.h": "server", "reload.h": "server", "fleet_rt.h": "server",
+    "runtime.h": "server", "server.h": "server", "reload.h": "server", "fleet_rt.h": "server", "discovery_rt.h": "server",
 }
 
 # Optional layers whose folder may not exist yet.

@@ -56,6 +56,13 @@ typedef struct sy_admin_host {
 	                 void (*done)(void *done_arg, long total), void *done_arg);
 	/* A configuration reload (POST /config/reload); see server_reload. */
 	int (*reload)(void *arg, const char *trigger, char **error_r);
+	/* Readiness of Kubernetes discovery: true when every discovered
+	 * cluster has completed its first list; `detail` (may be NULL) gets
+	 * one "[+]discovery:<id> ..." line per discovered cluster. */
+	bool (*discovery)(void *arg, char *detail, size_t len);
+	/* A discovered cluster's state word ("synced", "syncing", "degraded",
+	 * "failed"), NULL for a static cluster. */
+	const char *(*cluster_state)(void *arg, const char *id);
 } sy_admin_host;
 
 typedef struct sy_admin sy_admin;

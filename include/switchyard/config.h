@@ -271,6 +271,10 @@ typedef struct sy_cluster_config {
 		char *token_file;
 		char *ca_file;
 		char *kubeconfig;
+		uint64_t watch_timeout_ms;   /* 5m: timeoutSeconds of each watch request */
+		uint64_t backoff_initial_ms; /* 500ms: first retry delay after an error */
+		uint64_t backoff_max_ms;     /* 30s: retry delays double up to this */
+		uint64_t token_refresh_ms;   /* 1m: how often the token file is re-read */
 	} kubernetes;
 } sy_cluster_config;
 

@@ -112,6 +112,18 @@ typedef struct sy_metrics_destination {
 	uint32_t consecutive_failures;
 } sy_metrics_destination;
 
+/* One Kubernetes-discovered cluster. restarts[] is indexed like the k8s
+ * layer's restart reasons: expired, gone, unauthorized, error. */
+#define SY_METRICS_DISCOVERY_REASONS 4
+typedef struct sy_metrics_discovery {
+	const char *cluster;
+	bool synced; /* the first list has completed */
+	uint64_t eligible, terminating, not_serving;
+	uint64_t restarts[SY_METRICS_DISCOVERY_REASONS];
+	uint64_t list_errors, watch_errors;
+	uint64_t last_sync_ms; /* wall clock, ms since the epoch; 0 = never */
+} sy_metrics_discovery;
+
 typedef struct sy_metrics_view {
 	size_t nworkers;
 	bool draining;
@@ -124,6 +136,8 @@ typedef struct sy_metrics_view {
 	/* has_cache = false when no router is running (the cache series read 0). */
 	bool has_cache;
 	uint64_t cache_hits, cache_misses, cache_entries;
+	const sy_metrics_discovery *discovery;
+	size_t ndiscovery;
 } sy_metrics_view;
 
 /*

@@ -41,6 +41,9 @@ typedef enum sy_route_status {
 typedef struct sy_route_result {
 	sy_route_status status;
 	sy_dest_rt *dest;       /* OK: where to connect */
+	sy_node_set *hold;      /* a cluster node: the set `dest` belongs to, valid while the
+	                           callback runs; a session that keeps `dest` takes its own
+	                           reference (session_set_dest) */
 	bool routed_to_default; /* no mapping for the identifier */
 	const char *reason;     /* TEMPFAIL: for logs */
 } sy_route_result;

@@ -52,7 +52,30 @@ struct sy_server {
 	 * thread only (the admin port, reload). Workers reach theirs through
 	 * their own route_ctx; a reload that changes [mapping] replaces it. */
 	struct sy_router *router;
+	/* Kubernetes discovery, one entry per discovered cluster (discovery.c;
+	 * main thread). */
+	struct sy_discovery *discovery;
 };
+
+/* One node of a cluster set being built: borrowed strings. */
+typedef struct sy_node_spec {
+	const char *id, *host;
+	bool host_is_ip;
+	const char *tls_server_name; /* NULL: the template's */
+	bool serving, terminating;
+} sy_node_spec;
+
+/*
+ * Builds the node set of cluster `cl` of configuration `cfg` (whose snapshot
+ * the set will belong to): each node the cluster's template with the spec's
+ * identity, its health entry (created on first sight of its id) and its
+ * backend TLS context. `strings` (may be NULL) is the malloc'd block the
+ * specs' strings live in; the set owns it from now on, even on failure.
+ * Main thread. NULL with msg set on failure.
+ */
+sy_node_set *server_node_set(sy_server *srv, const sy_config *cfg, const sy_cluster_config *cl,
+                             const sy_node_spec *nodes, size_t n, char *strings, char *msg,
+                             size_t msglen);
 
 /* The snapshot currently used for new connections (a new reference). */
 sy_snapshot *server_snapshot(sy_server *srv);

@@ -36,10 +36,11 @@ struct sy_session {
 	uint64_t id;
 
 	sy_stream client;
-	sy_stream *backend; /* owned once dialed */
-	sy_dial *dial;      /* in flight */
-	sy_dest_rt *dest;   /* where the session goes */
-	uv_timer_t timer;   /* pre-auth deadline, then bridge idle checks */
+	sy_stream *backend;     /* owned once dialed */
+	sy_dial *dial;          /* in flight */
+	sy_dest_rt *dest;       /* where the session goes */
+	sy_node_set *dest_hold; /* a cluster node's set, held while dest points into it */
+	uv_timer_t timer;       /* pre-auth deadline, then bridge idle checks */
 
 	struct sockaddr_storage peer;        /* client address (from the PROXY header if any) */
 	struct sockaddr_storage local;       /* address the client connected to */
@@ -75,6 +76,10 @@ void session_accept(sy_worker *w, sy_acceptor *a);
 /* Closes the session (idempotent, safe from its own callbacks). `why` is
  * logged at debug level when not NULL. */
 void session_close(sy_session *s, const char *why);
+/* Points the session at `d` (NULL: none), taking a reference to `hold`, the
+ * cluster node set d belongs to (NULL for a plain destination), and dropping
+ * the one it held before. */
+void session_set_dest(sy_session *s, sy_dest_rt *d, sy_node_set *hold);
 
 /* Closes the bridged sessions of worker `w` whose login identifier is
  * `identifier` (the admin port's and the fleet's kick; run on w's thread).

@@ -14,6 +14,7 @@
 #ifndef SWITCHYARD_SNAPSHOT_H
 #define SWITCHYARD_SNAPSHOT_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -31,21 +32,58 @@ typedef struct sy_dest_rt {
 } sy_dest_rt;
 
 /*
- * One cluster of a snapshot. Its nodes are complete destinations, built once
- * when the snapshot is: each is the cluster's template (protocol legs, TLS,
- * forwarding and every other setting) with the node's identity (id, host,
- * tls_server_name) put in. The dialer and the protocols see a node exactly as
- * they see any destination. A node's breaker is keyed by its id, so a static
- * node that is also routed to directly shares one health entry.
+ * The nodes of one cluster, as one immutable set. Each node is a complete
+ * destination: the cluster's template (protocol legs, TLS, forwarding and
+ * every other setting) with the node's identity (id, host, tls_server_name)
+ * put in, so the dialer and the protocols see a node exactly as they see any
+ * destination. A node's breaker is keyed by its id, so a static node that is
+ * also routed to directly shares one health entry.
+ *
+ * Static clusters get one set when the snapshot is built. A discovered
+ * cluster (Kubernetes) gets a new set whenever its members change, swapped
+ * in whole (cluster_set_install). Sets are reference counted because a
+ * session keeps using the node it was routed to after a swap: the route
+ * result carries a reference (sy_route_result.hold) that the session keeps
+ * for its life. A set borrows the template's strings from the snapshot's
+ * configuration, so it must not outlive that snapshot: every holder of a
+ * set also holds the snapshot it came from.
+ */
+typedef struct sy_node_set {
+	_Atomic int refs;
+	size_t n;
+	sy_dest_rt *nodes; /* owned; each cfg points into cfgs */
+	sy_destination_config *cfgs;
+	const char **ids; /* the node ids, for cluster_pick */
+	bool *eligible;   /* may take new logins: serving and not terminating */
+	bool *serving;
+	bool *terminating;
+	char *strings; /* owned copies of discovered ids and hosts (NULL for
+	                  static sets, which borrow the configuration's) */
+} sy_node_set;
+
+/* An empty set with room for n nodes (all arrays zeroed, refs 1); NULL when
+ * out of memory. The builder fills nodes/cfgs/ids/flags and sets n. */
+sy_node_set *node_set_new(size_t n);
+sy_node_set *node_set_ref(sy_node_set *s);
+/* Drops a reference (NULL is fine); the last frees the set and the nodes'
+ * TLS client contexts. Any thread. */
+void node_set_unref(sy_node_set *s);
+
+/*
+ * One cluster of a snapshot. `set` is read and swapped under `mu` (a short,
+ * uncontended lock taken once per routed login to a cluster).
  */
 typedef struct sy_cluster_rt {
 	const sy_cluster_config *cfg;
-	size_t nnodes;
-	sy_dest_rt *nodes;                /* owned; each cfg points into node_cfgs */
-	sy_destination_config *node_cfgs; /* owned structs; their strings are borrowed
-	                                     from the snapshot's configuration */
-	const char **ids;                 /* owned array of borrowed ids, for cluster_pick */
+	pthread_mutex_t mu;
+	sy_node_set *set; /* never NULL once the snapshot is built */
 } sy_cluster_rt;
+
+/* A new reference to the cluster's current set. */
+sy_node_set *cluster_set_acquire(sy_cluster_rt *cl);
+/* Makes `set` the cluster's current set, taking over the caller's reference
+ * and dropping the cluster's reference to the previous one. */
+void cluster_set_install(sy_cluster_rt *cl, sy_node_set *set);
 
 typedef struct sy_snapshot {
 	_Atomic int refs;

@@ -265,14 +265,16 @@ static void h_readyz(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 	free(http_query_param(req, "verbose", &verbose));
 	sy_admin_state st;
 	host_state(a, &st);
+	char disc[2048] = "";
+	bool disc_ok =
+	    a->host.discovery ? a->host.discovery(a->host.arg, disc, sizeof(disc)) : true;
 	struct {
 		const char *name;
 		bool ok;
 	} checks[] = {
 	    {"config", snap != NULL},
 	    {"listeners", st.listeners_bound},
-	    /* No Kubernetes discovery in this build: nothing to wait for. */
-	    {"discovery", true},
+	    {"discovery", disc_ok},
 	    {"shutdown", !st.draining},
 	};
 	bool all = true;
@@ -282,13 +284,22 @@ static void h_readyz(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 		http_respond_text(req, 200, "ok\n");
 		return;
 	}
-	char body[512];
+	char body[3072];
 	size_t n = 0;
-	for (size_t i = 0; i < sizeof(checks) / sizeof(checks[0]); i++)
+	for (size_t i = 0; i < sizeof(checks) / sizeof(checks[0]) && n < sizeof(body); i++) {
+		/* Discovery reports one line per discovered cluster; with none
+		 * there is nothing to wait for. */
+		if (strcmp(checks[i].name, "discovery") == 0 && disc[0]) {
+			n += (size_t)snprintf(body + n, sizeof(body) - n, "%s", disc);
+			continue;
+		}
 		n += (size_t)snprintf(body + n, sizeof(body) - n, "[%c]%s %s\n",
 		                      checks[i].ok ? '+' : '-', checks[i].name,
 		                      checks[i].ok ? "ok" : "failed");
-	snprintf(body + n, sizeof(body) - n, "readyz check %s\n", all ? "passed" : "failed");
+	}
+	if (n < sizeof(body))
+		snprintf(body + n, sizeof(body) - n, "readyz check %s\n",
+		         all ? "passed" : "failed");
 	http_respond_text(req, all ? 200 : 503, body);
 }
 
@@ -334,34 +345,41 @@ static json_t *dest_json(sy_dest_rt *d, uint64_t now)
 
 static void h_destinations(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 {
-	(void)a;
 	uint64_t now = sy_now_ms();
 	json_t *list = json_array();
 	const sy_config *cfg = snap->cfg;
 	for (size_t i = 0; i < cfg->ndestinations; i++)
 		json_array_append_new(list, dest_json(&snap->dests[i], now));
-	for (size_t i = 0; i < cfg->nclusters; i++) {
+	for (size_t i = 0; snap->clusters && i < cfg->nclusters; i++) {
 		const sy_cluster_config *cl = &cfg->clusters[i];
+		sy_node_set *set = cluster_set_acquire(&snap->clusters[i]);
 		json_t *members = json_array();
-		bool all_down = cl->nodes.len > 0;
+		bool all_down = set && set->n > 0;
 		uint64_t failures = 0;
-		for (size_t k = 0; k < cl->nodes.len; k++) {
-			sy_dest_rt *d = snapshot_dest(snap, cl->nodes.items[k]);
-			if (!d)
-				continue;
-			json_t *m = dest_json(d, now);
+		for (size_t k = 0; set && k < set->n; k++) {
+			json_t *m = dest_json(&set->nodes[k], now);
 			all_down = all_down && json_is_true(json_object_get(m, "down"));
 			failures += (uint64_t)json_integer_value(
 			    json_object_get(m, "consecutive_failures"));
+			json_object_set_new(m, "address", json_string(set->cfgs[k].host));
+			json_object_set_new(m, "serving", json_boolean(set->serving[k]));
+			json_object_set_new(m, "terminating", json_boolean(set->terminating[k]));
+			json_object_set_new(m, "eligible", json_boolean(set->eligible[k]));
 			json_array_append_new(members, m);
 		}
+		node_set_unref(set);
 		json_t *o =
 		    json_pack("{s:s,s:b,s:s?,s:I,s:b,s:o}", "destination", cl->id, "cluster", 1,
 		              "template", cl->template_dest, "consecutive_failures",
 		              (json_int_t)failures, "down", all_down, "members", members);
-		if (cl->has_kubernetes)
+		if (cl->has_kubernetes) {
+			const char *state = a->host.cluster_state
+			                        ? a->host.cluster_state(a->host.arg, cl->id)
+			                        : NULL;
 			json_object_set_new(o, "kubernetes_service",
 			                    json_string(cl->kubernetes.service));
+			json_object_set_new(o, "discovery", json_string(state ? state : "stopped"));
+		}
 		json_array_append_new(list, o);
 	}
 	/* The reference system's shape: the list under "destinations", so a

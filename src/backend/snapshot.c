@@ -7,16 +7,74 @@
 #include <stdlib.h>
 #include <string.h>
 
+sy_node_set *node_set_new(size_t n)
+{
+	sy_node_set *s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	atomic_init(&s->refs, 1);
+	size_t k = n ? n : 1;
+	s->nodes = calloc(k, sizeof(*s->nodes));
+	s->cfgs = calloc(k, sizeof(*s->cfgs));
+	s->ids = calloc(k, sizeof(*s->ids));
+	s->eligible = calloc(k, sizeof(*s->eligible));
+	s->serving = calloc(k, sizeof(*s->serving));
+	s->terminating = calloc(k, sizeof(*s->terminating));
+	if (!s->nodes || !s->cfgs || !s->ids || !s->eligible || !s->serving || !s->terminating) {
+		node_set_unref(s);
+		return NULL;
+	}
+	return s;
+}
+
+sy_node_set *node_set_ref(sy_node_set *s)
+{
+	if (s)
+		atomic_fetch_add(&s->refs, 1);
+	return s;
+}
+
+void node_set_unref(sy_node_set *s)
+{
+	if (!s || atomic_fetch_sub(&s->refs, 1) != 1)
+		return;
+	for (size_t k = 0; k < s->n; k++)
+		tls_client_free(s->nodes[k].tls);
+	free(s->nodes);
+	free(s->cfgs);
+	free(s->ids);
+	free(s->eligible);
+	free(s->serving);
+	free(s->terminating);
+	free(s->strings);
+	free(s);
+}
+
+sy_node_set *cluster_set_acquire(sy_cluster_rt *cl)
+{
+	pthread_mutex_lock(&cl->mu);
+	sy_node_set *s = node_set_ref(cl->set);
+	pthread_mutex_unlock(&cl->mu);
+	return s;
+}
+
+void cluster_set_install(sy_cluster_rt *cl, sy_node_set *set)
+{
+	pthread_mutex_lock(&cl->mu);
+	sy_node_set *old = cl->set;
+	cl->set = set;
+	pthread_mutex_unlock(&cl->mu);
+	node_set_unref(old);
+}
+
 void snapshot_clusters_free(sy_cluster_rt *cl, size_t n)
 {
 	if (!cl)
 		return;
 	for (size_t i = 0; i < n; i++) {
-		for (size_t k = 0; k < cl[i].nnodes; k++)
-			tls_client_free(cl[i].nodes[k].tls);
-		free(cl[i].nodes);
-		free(cl[i].node_cfgs);
-		free(cl[i].ids);
+		node_set_unref(cl[i].set);
+		if (cl[i].cfg)
+			pthread_mutex_destroy(&cl[i].mu);
 	}
 	free(cl);
 }

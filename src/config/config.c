@@ -1551,6 +1551,11 @@ static const field k8s_fields[] = {
     FLD("token_file", sy_cluster_config, F_PATH, kubernetes.token_file),
     FLD("ca_file", sy_cluster_config, F_PATH, kubernetes.ca_file),
     FLD("kubeconfig", sy_cluster_config, F_PATH, kubernetes.kubeconfig),
+    FLD("watch_timeout", sy_cluster_config, F_DUR, kubernetes.watch_timeout_ms, .flags = NONZERO),
+    FLD("backoff_initial", sy_cluster_config, F_DUR, kubernetes.backoff_initial_ms,
+        .flags = NONZERO),
+    FLD("backoff_max", sy_cluster_config, F_DUR, kubernetes.backoff_max_ms, .flags = NONZERO),
+    FLD("token_refresh", sy_cluster_config, F_DUR, kubernetes.token_refresh_ms, .flags = NONZERO),
 };
 
 static void load_clusters(ctx *c, const toml_value *t)
@@ -1572,6 +1577,10 @@ static void load_clusters(ctx *c, const toml_value *t)
 			key_sub(sub, key, "kubernetes");
 			if (want_table(c, v, sub)) {
 				cl->has_kubernetes = true;
+				cl->kubernetes.watch_timeout_ms = 300000;
+				cl->kubernetes.backoff_initial_ms = 500;
+				cl->kubernetes.backoff_max_ms = 30000;
+				cl->kubernetes.token_refresh_ms = 60000;
 				load_fields(c, v, sub, k8s_fields, NFIELDS(k8s_fields), cl);
 			}
 		}

@@ -943,6 +943,27 @@ static void check_clusters(vctx *v)
 				     "TLS; set tls_server_name on the node or on the template",
 				     node, d->host, tmpl->id);
 		}
+		if (cl->has_kubernetes) {
+			snprintf(sub, sizeof(sub), "%s.kubernetes", key);
+			/* Discovered nodes are pod addresses: a TLS leg needs a
+			 * name to verify the pods' certificate against. */
+			if (tmpl_tls && tmpl->tls_server_name == NULL && !tmpl->has_pin &&
+			    !tmpl->tls_allow_invalid_certs)
+				verr(
+				    v, sub,
+				    "discovered nodes are pod IP addresses and the template \"%s\" "
+				    "uses TLS; set tls_server_name on the template (the name in "
+				    "the "
+				    "pods' certificate)",
+				    tmpl->id);
+			if (cl->kubernetes.backoff_initial_ms > cl->kubernetes.backoff_max_ms)
+				verr(v, sub, "backoff_initial is longer than backoff_max");
+			if (cl->kubernetes.watch_timeout_ms < 1000)
+				verr(
+				    v, sub,
+				    "watch_timeout is shorter than one second (the API takes whole "
+				    "seconds)");
+		}
 	}
 }
 

@@ -546,13 +546,64 @@ char *metrics_render(const sy_metrics_view *v, size_t *len)
 	put_double(&o, floor(M.last_reload_success > 0 ? M.last_reload_success : M.start_time));
 	put(&o, "\n");
 
-	/* ---- discovery (no watcher in this build yet: constant 0) ---- */
+	/* ---- discovery ---- */
+	static const char *const restart_names[SY_METRICS_DISCOVERY_REASONS] = {
+	    "expired", "gone", "unauthorized", "error"};
 	family(&o, "discovery_endpoints", "gauge",
-	       "Cluster nodes known from Kubernetes EndpointSlices.");
-	put(&o, "switchyard_discovery_endpoints 0\n");
+	       "Cluster nodes known from Kubernetes EndpointSlices, by state (eligible: serving "
+	       "and not terminating).");
+	for (size_t i = 0; i < v->ndiscovery; i++) {
+		const sy_metrics_discovery *d = &v->discovery[i];
+		const struct {
+			const char *state;
+			uint64_t n;
+		} st[] = {{"eligible", d->eligible},
+		          {"terminating", d->terminating},
+		          {"not_serving", d->not_serving}};
+		for (size_t k = 0; k < 3; k++) {
+			put(&o, "switchyard_discovery_endpoints{cluster=\"");
+			put_label(&o, d->cluster);
+			put(&o, "\",state=\"%s\"} %llu\n", st[k].state,
+			    (unsigned long long)st[k].n);
+		}
+	}
 	family(&o, "discovery_watch_restarts_total", "counter",
-	       "Restarts of the Kubernetes EndpointSlice watch.");
-	put(&o, "switchyard_discovery_watch_restarts_total 0\n");
+	       "Restarts of the Kubernetes EndpointSlice list or watch, by reason.");
+	for (size_t i = 0; i < v->ndiscovery; i++)
+		for (int r = 0; r < SY_METRICS_DISCOVERY_REASONS; r++) {
+			put(&o, "switchyard_discovery_watch_restarts_total{cluster=\"");
+			put_label(&o, v->discovery[i].cluster);
+			put(&o, "\",reason=\"%s\"} %llu\n", restart_names[r],
+			    (unsigned long long)v->discovery[i].restarts[r]);
+		}
+	family(&o, "discovery_errors_total", "counter",
+	       "Failed Kubernetes API requests, by request kind (list, watch).");
+	for (size_t i = 0; i < v->ndiscovery; i++) {
+		put(&o, "switchyard_discovery_errors_total{cluster=\"");
+		put_label(&o, v->discovery[i].cluster);
+		put(&o, "\",request=\"list\"} %llu\n",
+		    (unsigned long long)v->discovery[i].list_errors);
+		put(&o, "switchyard_discovery_errors_total{cluster=\"");
+		put_label(&o, v->discovery[i].cluster);
+		put(&o, "\",request=\"watch\"} %llu\n",
+		    (unsigned long long)v->discovery[i].watch_errors);
+	}
+	family(&o, "discovery_synced", "gauge",
+	       "1 once the cluster's first EndpointSlice list has completed.");
+	for (size_t i = 0; i < v->ndiscovery; i++) {
+		put(&o, "switchyard_discovery_synced{cluster=\"");
+		put_label(&o, v->discovery[i].cluster);
+		put(&o, "\"} %d\n", v->discovery[i].synced ? 1 : 0);
+	}
+	family(&o, "discovery_last_sync_timestamp_seconds", "gauge",
+	       "Time of the last successful list, watch event or clean watch end (0: never).");
+	for (size_t i = 0; i < v->ndiscovery; i++) {
+		put(&o, "switchyard_discovery_last_sync_timestamp_seconds{cluster=\"");
+		put_label(&o, v->discovery[i].cluster);
+		put(&o, "\"} ");
+		put_double(&o, floor((double)v->discovery[i].last_sync_ms / 1000.0));
+		put(&o, "\n");
+	}
 
 	family(&o, "admin_auth_failures_total", "counter",
 	       "Management API requests refused for a missing or wrong token.");

@@ -653,10 +653,10 @@ static void on_dialed(void *arg, sy_stream *stream, int status, const char *reas
 	bridge_start(s);
 }
 
-static void dial_dest(hctx *c, sy_dest_rt *d)
+static void dial_dest(hctx *c, sy_dest_rt *d, sy_node_set *hold)
 {
 	sy_session *s = c->s;
-	s->dest = d;
+	session_set_dest(s, d, hold);
 	sy_dial_params p = {
 	    .w = s->w,
 	    .snap = s->snap,
@@ -692,13 +692,16 @@ static void on_routed(void *arg, const sy_route_result *r)
 		return;
 	}
 	sy_dest_rt *d = r->dest;
-	if (r->routed_to_default && c->rt->fallback && strcmp(c->rt->fallback, "default") != 0)
+	sy_node_set *hold = r->hold;
+	if (r->routed_to_default && c->rt->fallback && strcmp(c->rt->fallback, "default") != 0) {
 		d = fallback_dest(c);
+		hold = NULL;
+	}
 	if (!d) {
 		respond(c, 502, NULL);
 		return;
 	}
-	dial_dest(c, d);
+	dial_dest(c, d, hold);
 }
 
 static void route_request(hctx *c)
@@ -729,7 +732,7 @@ static void route_request(hctx *c)
 				c->route = req;
 			return;
 		}
-		dial_dest(c, d);
+		dial_dest(c, d, NULL);
 		return;
 	}
 	sy_credentials cr;
@@ -746,7 +749,7 @@ static void route_request(hctx *c)
 			respond(c, 502, NULL);
 			return;
 		}
-		dial_dest(c, d);
+		dial_dest(c, d, NULL);
 		return;
 	}
 	c->identifier = id;

@@ -321,7 +321,7 @@ static void end_login(sy_ictx *c)
 	free(c->identifier);
 	c->identifier = NULL;
 	drop_backend(c);
-	c->s->dest = NULL;
+	session_set_dest(c->s, NULL, NULL);
 }
 
 /* Back to reading client commands after a verdict. */
@@ -547,7 +547,7 @@ static void on_routed(void *arg, const sy_route_result *r)
 		return;
 	}
 	sy_session *s = c->s;
-	s->dest = r->dest;
+	session_set_dest(s, r->dest, r->hold);
 	c->state = IC_BACKEND;
 	if (log_enabled(SY_LOG_DEBUG))
 		sy_log(SY_LOG_DEBUG, "route", "identifier", c->identifier ? c->identifier : "-",

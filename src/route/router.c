@@ -86,28 +86,41 @@ struct sy_route_req {
 /* ---- targets -> destinations ---------------------------------------------------------------- */
 
 typedef struct usable_ctx {
-	const sy_cluster_rt *cl;
+	const sy_node_set *set;
 	uint64_t now;
 } usable_ctx;
 
-/* A node is usable unless its circuit breaker is open and still cooling
- * down (after the cooldown the dialer lets one probe through). */
+/* A node is usable when it may take new logins (a discovered node that is
+ * terminating or not serving may not) and its circuit breaker is not open
+ * and still cooling down (after the cooldown the dialer lets one probe
+ * through). */
 static bool node_usable(void *arg, size_t i)
 {
 	usable_ctx *u = arg;
-	const sy_dest_rt *d = &u->cl->nodes[i];
+	if (!u->set->eligible[i])
+		return false;
+	const sy_dest_rt *d = &u->set->nodes[i];
 	if (!d->health)
 		return true;
 	sy_health_state st = health_get(d->health, u->now);
 	return !st.down || st.down_for_ms == 0;
 }
 
-/* The node of cluster `cl` for `identifier` ("" for none), or NULL. */
-static sy_dest_rt *cluster_node(sy_cluster_rt *cl, const char *identifier)
+/* The node of cluster `cl` for `identifier` ("" for none), or NULL; *hold
+ * gets a reference to the set the node belongs to (NULL with the node). */
+static sy_dest_rt *cluster_node(sy_cluster_rt *cl, const char *identifier, sy_node_set **hold)
 {
-	usable_ctx u = {.cl = cl, .now = sy_now_ms()};
-	long i = cluster_pick(cl->ids, cl->nnodes, identifier ? identifier : "", node_usable, &u);
-	return i < 0 ? NULL : &cl->nodes[i];
+	sy_node_set *set = cluster_set_acquire(cl);
+	usable_ctx u = {.set = set, .now = sy_now_ms()};
+	long i = set ? cluster_pick(set->ids, set->n, identifier ? identifier : "", node_usable, &u)
+	             : -1;
+	if (i < 0) {
+		node_set_unref(set);
+		*hold = NULL;
+		return NULL;
+	}
+	*hold = set;
+	return &set->nodes[i];
 }
 
 /* Fills *out for target `target` (a destination or cluster id of snap). A
@@ -122,7 +135,7 @@ static void resolve_target(sy_snapshot *snap, const char *target, const char *id
 	sy_dest_rt *d = target ? snapshot_dest(snap, target) : NULL;
 	sy_cluster_rt *cl = NULL;
 	if (!d && target && (cl = snapshot_cluster(snap, target)) != NULL) {
-		d = cluster_node(cl, pick);
+		d = cluster_node(cl, pick, &out->hold);
 		if (!d) {
 			sy_log(SY_LOG_ERROR, "cluster has no usable node", "cluster", target, NULL);
 			out->status = SY_ROUTE_TEMPFAIL;
@@ -151,6 +164,8 @@ static void resolve_target(sy_snapshot *snap, const char *target, const char *id
 		sy_log(SY_LOG_ERROR, "destination does not declare the protocol in use",
 		       "destination", d->cfg->id, "protocol", sy_proto_name(proto), "identifier",
 		       identifier ? identifier : "-", NULL);
+		node_set_unref(out->hold);
+		out->hold = NULL;
 		out->status = SY_ROUTE_TEMPFAIL;
 		out->reason = "destination does not declare the protocol";
 		return;
@@ -188,6 +203,7 @@ static void req_deliver(sy_route_req *req, const sy_cache_answer *a)
 		sy_route_result res;
 		answer_result(req->snap, a, req->identifier, req->proto, &res);
 		req->cb(req->arg, &res);
+		node_set_unref(res.hold);
 	}
 	free(req);
 }
@@ -566,6 +582,7 @@ static sy_route_req *resolve_default(sy_snapshot *snap, const char *identifier, 
 	resolve_target(snap, snap->cfg->routing.default_destination, identifier, pick, proto, true,
 	               &res);
 	cb(arg, &res);
+	node_set_unref(res.hold);
 	return NULL;
 }
 
@@ -575,6 +592,7 @@ static void answer_now(sy_snapshot *snap, const sy_cache_answer *a, const char *
 	sy_route_result res;
 	answer_result(snap, a, identifier, proto, &res);
 	cb(arg, &res);
+	node_set_unref(res.hold);
 }
 
 sy_route_req *route_resolve_ctx(sy_route_ctx *ctx, sy_snapshot *snap, const char *identifier,
@@ -867,9 +885,11 @@ static void explain_answer(sy_snapshot *snap, const char *raw, const char *key,
 		break;
 	}
 	sy_cluster_rt *cl = snapshot_cluster(snap, e.destination);
-	sy_dest_rt *node = cl ? cluster_node(cl, key) : NULL;
+	sy_node_set *hold = NULL;
+	sy_dest_rt *node = cl ? cluster_node(cl, key, &hold) : NULL;
 	e.node = node ? node->cfg->id : NULL;
 	cb(arg, &e);
+	node_set_unref(hold);
 }
 
 static void explain_done(store_op *op, sy_store_status st, const char *value, const char *error)

@@ -21,6 +21,7 @@
 
 #include "switchyard/admin.h"
 #include "switchyard/clock.h"
+#include "switchyard/discovery_rt.h"
 #include "switchyard/fleet_rt.h"
 #include "switchyard/interactive.h"
 #include "switchyard/log.h"
@@ -86,10 +87,51 @@ static bool has_tls_leg(const sy_destination_config *d)
 	return false;
 }
 
-/* The runtime of every cluster of s->cfg: each static node merged with its
- * template (cluster_node_config), with its own backend TLS context (the
- * expected server name is per node) and the health entry of its id. Returns
- * 0, or -1 with msg set. */
+sy_node_set *server_node_set(sy_server *srv, const sy_config *cfg, const sy_cluster_config *cl,
+                             const sy_node_spec *v, size_t n, char *strings, char *msg,
+                             size_t msglen)
+{
+	const sy_destination_config *tmpl = config_destination(cfg, cl->template_dest);
+	sy_node_set *set = node_set_new(n);
+	if (!set || !tmpl) {
+		free(strings);
+		node_set_unref(set);
+		snprintf(msg, msglen, "%s", set ? "the template is not declared" : "out of memory");
+		return NULL;
+	}
+	set->strings = strings;
+	for (size_t k = 0; k < n; k++) {
+		sy_destination_config *m = &set->cfgs[k];
+		cluster_node_config(tmpl, v[k].id, v[k].host, v[k].host_is_ip, v[k].tls_server_name,
+		                    m);
+		set->ids[k] = m->id;
+		set->nodes[k].cfg = m;
+		set->serving[k] = v[k].serving;
+		set->terminating[k] = v[k].terminating;
+		set->eligible[k] = v[k].serving && !v[k].terminating;
+		set->nodes[k].health = health_add(srv, cfg, m);
+		set->n = k + 1;
+		if (!set->nodes[k].health) {
+			snprintf(msg, msglen, "out of memory");
+			node_set_unref(set);
+			return NULL;
+		}
+		const char *err = NULL;
+		if (has_tls_leg(m) && tls_client_create(m, &set->nodes[k].tls, &err) != 0) {
+			sy_log(SY_LOG_ERROR, "cannot set up backend TLS", "cluster", cl->id, "node",
+			       m->id, "error", err ? err : "?", NULL);
+			snprintf(msg, msglen, "%s", err ? err : "cannot set up backend TLS");
+			node_set_unref(set);
+			return NULL;
+		}
+	}
+	return set;
+}
+
+/* The clusters of a snapshot. A static cluster's set is its declared nodes,
+ * each the template with the node's identity; a discovered cluster starts
+ * empty and discovery_apply (discovery.c) installs its members before the
+ * snapshot is published. Returns 0, or -1 with msg set. */
 static int clusters_build(sy_server *srv, sy_snapshot *s, char *msg, size_t msglen)
 {
 	const sy_config *cfg = s->cfg;
@@ -101,39 +143,30 @@ static int clusters_build(sy_server *srv, sy_snapshot *s, char *msg, size_t msgl
 	for (size_t i = 0; i < cfg->nclusters; i++) {
 		const sy_cluster_config *cl = &cfg->clusters[i];
 		sy_cluster_rt *rt = &s->clusters[i];
-		rt->cfg = cl;
-		const sy_destination_config *tmpl = config_destination(cfg, cl->template_dest);
 		size_t n = cl->nodes.len;
-		if (!tmpl || n == 0)
-			continue; /* discovery fills the nodes in (validation saw the rest) */
-		rt->nodes = calloc(n, sizeof(*rt->nodes));
-		rt->node_cfgs = calloc(n, sizeof(*rt->node_cfgs));
-		rt->ids = calloc(n, sizeof(*rt->ids));
-		if (!rt->nodes || !rt->node_cfgs || !rt->ids)
+		sy_node_spec *v = calloc(n ? n : 1, sizeof(*v));
+		if (!v)
 			return -1;
 		for (size_t k = 0; k < n; k++) {
 			const sy_destination_config *node =
 			    config_destination(cfg, cl->nodes.items[k]);
-			if (!node)
-				return -1;
-			sy_destination_config *m = &rt->node_cfgs[k];
-			cluster_node_config(tmpl, node->id, node->host, node->host_is_ip,
-			                    node->tls_server_name, m);
-			rt->ids[k] = m->id;
-			rt->nodes[k].cfg = m;
-			rt->nodes[k].health = health_add(srv, cfg, m);
-			if (!rt->nodes[k].health)
-				return -1;
-			rt->nnodes = k + 1;
-			const char *err = NULL;
-			if (has_tls_leg(m) && tls_client_create(m, &rt->nodes[k].tls, &err) != 0) {
-				sy_log(SY_LOG_ERROR, "cannot set up backend TLS", "cluster", cl->id,
-				       "node", m->id, "error", err ? err : "?", NULL);
-				snprintf(msg, msglen, "%s",
-				         err ? err : "cannot set up backend TLS");
+			if (!node) {
+				free(v);
 				return -1;
 			}
+			v[k] = (sy_node_spec){.id = node->id,
+			                      .host = node->host,
+			                      .host_is_ip = node->host_is_ip,
+			                      .tls_server_name = node->tls_server_name,
+			                      .serving = true};
 		}
+		sy_node_set *set = server_node_set(srv, cfg, cl, v, n, NULL, msg, msglen);
+		free(v);
+		if (!set)
+			return -1;
+		pthread_mutex_init(&rt->mu, NULL);
+		rt->cfg = cl;
+		rt->set = set;
 	}
 	return 0;
 }
@@ -596,12 +629,29 @@ static char *host_metrics(void *arg, size_t *len)
 			v.cache_misses = st.misses;
 			v.cache_entries = st.entries;
 		}
+		size_t nd = discovery_count(srv);
+		sy_metrics_discovery *disc = nd ? calloc(nd, sizeof(*disc)) : NULL;
+		if (disc) {
+			v.discovery = disc;
+			v.ndiscovery = discovery_metrics(srv, disc, nd);
+		}
 		text = metrics_render(&v, len);
+		free(disc);
 	}
 	free(ls);
 	free(ds);
 	snapshot_unref(snap);
 	return text;
+}
+
+static bool host_discovery(void *arg, char *detail, size_t len)
+{
+	return discovery_ready(arg, detail, len);
+}
+
+static const char *host_cluster_state(void *arg, const char *id)
+{
+	return discovery_state(arg, id);
 }
 
 static int host_broadcast(void *arg, long (*fn)(sy_worker *w, void *fn_arg), void *fn_arg,
@@ -712,6 +762,7 @@ static void close_main(sy_server *srv)
 	srv->admin = NULL;
 	reload_watch_stop(srv);
 	fleet_rt_stop(srv);
+	discovery_stop_all(srv);
 	pthread_mutex_lock(&srv->done_mu);
 	srv->main_closing = true;
 	pthread_mutex_unlock(&srv->done_mu);
@@ -791,6 +842,7 @@ int server_run(sy_config *cfg)
 	uv_signal_init(&main_loop, &srv->sighup);
 	uv_timer_init(&main_loop, &srv->grace);
 	srv->sigterm.data = srv->sigint.data = srv->sighup.data = srv->grace.data = srv;
+	discovery_apply(srv, snap);
 
 	srv->workers = calloc(srv->nworkers, sizeof(*srv->workers));
 	size_t inited = 0;
@@ -830,6 +882,8 @@ int server_run(sy_config *cfg)
 	    .metrics = host_metrics,
 	    .broadcast = host_broadcast,
 	    .reload = host_reload,
+	    .discovery = host_discovery,
+	    .cluster_state = host_cluster_state,
 	};
 	if (ok && admin_start(&host, &srv->admin, &aerr) != 0) {
 		sy_log(SY_LOG_ERROR, "cannot start the admin port", "error", aerr ? aerr : "?",
@@ -1305,8 +1359,8 @@ int server_reload(sy_server *srv, const char *trigger, char **error_r)
 		health_configure(ns->dests[i].health, ns->cfg->server.host_down_threshold,
 		                 ns->cfg->server.host_down_cooldown_ms);
 	for (size_t i = 0; ns->clusters && i < ns->cfg->nclusters; i++)
-		for (size_t k = 0; k < ns->clusters[i].nnodes; k++)
-			health_configure(ns->clusters[i].nodes[k].health,
+		for (size_t k = 0; k < ns->clusters[i].set->n; k++)
+			health_configure(ns->clusters[i].set->nodes[k].health,
 			                 ns->cfg->server.host_down_threshold,
 			                 ns->cfg->server.host_down_cooldown_ms);
 	/* The mapping file last: it is the one step that changes state outside
@@ -1318,6 +1372,10 @@ int server_reload(sy_server *srv, const char *trigger, char **error_r)
 		snapshot_unref(old);
 		return reload_failed(trigger, msg, error_r);
 	}
+
+	/* Discovered clusters get their last known members in the new
+	 * snapshot before anyone can route through it. */
+	discovery_apply(srv, ns);
 
 	/* Publish. The main thread's reference moves to the new snapshot;
 	 * sessions and in-flight accepts keep theirs to the old one. */

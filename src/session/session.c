@@ -58,9 +58,18 @@ static void free_session(sy_session *s)
 	if (s->proto && s->proto_release)
 		s->proto_release(s);
 	free(s->identifier);
+	node_set_unref(s->dest_hold);
 	snapshot_unref(s->snap);
 	free(s);
 	w->hooks->session_gone(w);
+}
+
+void session_set_dest(sy_session *s, sy_dest_rt *d, sy_node_set *hold)
+{
+	sy_node_set *old = s->dest_hold;
+	s->dest = d;
+	s->dest_hold = node_set_ref(hold);
+	node_set_unref(old);
 }
 
 static void on_part_closed(sy_session *s)

@@ -311,7 +311,10 @@ static void test_listener_and_table_defaults(void **state)
 	                       "[destination.other]\nhost = \"other.example.com\"\n"
 	                       "[destination.other.protocol.imap]\nport = 993\ntls = \"implicit\"\n"
 	                       "[admin]\nbearer_token = \"0123456789abcdef0123456789abcdef\"\n"
-	                       "[cluster.c]\ntemplate = \"main\"\n[cluster.c.kubernetes]\n"
+	                       "[destination.pod]\nhost = \"pod.invalid\"\n"
+	                       "tls_server_name = \"mail.example.com\"\n"
+	                       "[destination.pod.protocol.imap]\nport = 993\ntls = \"implicit\"\n"
+	                       "[cluster.c]\ntemplate = \"pod\"\n[cluster.c.kubernetes]\n"
 	                       "service = \"stalwart\"\n");
 	const sy_listener_config *l = &cfg->listeners[0];
 	assert_string_equal(l->name, "i");
@@ -344,6 +347,10 @@ static void test_listener_and_table_defaults(void **state)
 	assert_null(cl->kubernetes.namespace_);
 	assert_null(cl->kubernetes.api_url);
 	assert_null(cl->kubernetes.token_file);
+	assert_int_equal(cl->kubernetes.watch_timeout_ms, 300000);
+	assert_int_equal(cl->kubernetes.backoff_initial_ms, 500);
+	assert_int_equal(cl->kubernetes.backoff_max_ms, 30000);
+	assert_int_equal(cl->kubernetes.token_refresh_ms, 60000);
 	assert_int_equal(cl->nodes.len, 0);
 	assert_true(config_is_target(cfg, "c"));
 	assert_true(config_target_has_proto(cfg, "c", SY_PROTO_IMAP));
@@ -1054,6 +1061,19 @@ static const bad_case bad_cases[] = {
     {BASE "[destination.n1]\nhost = \"10.0.3.1\"\n"
           "[cluster.c]\ntemplate = \"main\"\nnodes = [\"n1\"]\n",
      "cluster.c.nodes[0]: node \"n1\" has the IP host \"10.0.3.1\""},
+    {BASE "[cluster.c]\ntemplate = \"main\"\n[cluster.c.kubernetes]\nservice = \"s\"\n",
+     "cluster.c.kubernetes: discovered nodes are pod IP addresses and the template \"main\" "
+     "uses TLS; set tls_server_name"},
+    {BASE "[destination.pod]\nhost = \"pod.invalid\"\ntls_server_name = \"p\"\n"
+          "[destination.pod.protocol.imap]\nport = 993\ntls = \"implicit\"\n"
+          "[cluster.c]\ntemplate = \"pod\"\n[cluster.c.kubernetes]\nservice = \"s\"\n"
+          "backoff_initial = \"1m\"\n",
+     "cluster.c.kubernetes: backoff_initial is longer than backoff_max"},
+    {BASE "[destination.pod]\nhost = \"pod.invalid\"\ntls_server_name = \"p\"\n"
+          "[destination.pod.protocol.imap]\nport = 993\ntls = \"implicit\"\n"
+          "[cluster.c]\ntemplate = \"pod\"\n[cluster.c.kubernetes]\nservice = \"s\"\n"
+          "watch_timeout = \"500ms\"\n",
+     "cluster.c.kubernetes: watch_timeout is shorter than one second"},
 
     /* HTTP routes. */
     {BASE "[[http.route]]\ndestination = \"main\"\n", "http.route[0].match: missing"},
