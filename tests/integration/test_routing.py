@@ -33,6 +33,7 @@ import time
 import pytest
 
 from harness import Dovecot, Postgres, Redis, Switchyard
+from harness.clients import rendezvous_score
 from harness.util import Backoff, HarnessError, free_port, recv_line
 
 USERS = {f"{n}@example.com": f"{n}pass" for n in
@@ -413,19 +414,6 @@ def test_normalize_none_is_exact(env, marks, switchyard):
     switchyard(proxy_config(env, mapping, ports), files={"mappings.tsv": "erin@example.com new\n"})
     assert routed(env, ports, "imap", "erin@example.com") == "new"
     assert routed(env, ports, "imap", "erin@example.com", login_as="ERIN@example.com") == "legacy"
-
-
-def rendezvous_score(node, ident):
-    """The rendezvous weight, computed here independently of the proxy:
-    FNV-1a 64 over node, NUL, identifier, then splitmix64's finalizer."""
-    mask = (1 << 64) - 1
-    h = 0xcbf29ce484222325
-    for byte in node.encode() + b"\0" + ident.encode():
-        h = ((h ^ byte) * 0x100000001b3) & mask
-    h = (h + 0x9e3779b97f4a7c15) & mask
-    h = ((h ^ (h >> 30)) * 0xbf58476d1ce4e5b9) & mask
-    h = ((h ^ (h >> 27)) * 0x94d049bb133111eb) & mask
-    return h ^ (h >> 31)
 
 
 @pytest.fixture(scope="module")

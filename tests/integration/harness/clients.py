@@ -96,3 +96,16 @@ def lmtp_deliver(port=None, rcpts=("alice@example.com",), subject=None, source=N
     finally:
         c.close()
     return subject, refused
+
+
+def rendezvous_score(node, ident):
+    """The rendezvous weight, computed here independently of the proxy:
+    FNV-1a 64 over node, NUL, identifier, then splitmix64's finalizer."""
+    mask = (1 << 64) - 1
+    h = 0xcbf29ce484222325
+    for byte in node.encode() + b"\0" + ident.encode():
+        h = ((h ^ byte) * 0x100000001b3) & mask
+    h = (h + 0x9e3779b97f4a7c15) & mask
+    h = ((h ^ (h >> 30)) * 0xbf58476d1ce4e5b9) & mask
+    h = ((h ^ (h >> 27)) * 0x94d049bb133111eb) & mask
+    return h ^ (h >> 31)
