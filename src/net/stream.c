@@ -599,6 +599,14 @@ int sy_stream_read_start(sy_stream *s, sy_stream_read_cb cb)
 {
 	if (s->closing)
 		return UV_EINVAL;
+	/* An error reported to a previous reader (or to none: a write failed
+	 * before anyone read, e.g. the greeting to a client that reset the
+	 * connection right after its TLS handshake) was not heard by this one.
+	 * Watch the socket again: a dead socket is readable at once, so the
+	 * EOF or the error reaches the new reader on the next loop turn,
+	 * instead of the session waiting for its timeout. */
+	if (s->eof_seen && cb != s->read_cb)
+		s->eof_seen = false;
 	s->read_cb = cb;
 	s->reading = true;
 	s->splice_to = NULL;

@@ -29,7 +29,8 @@ class Redis:
     Readiness is the "Ready to accept connections" line on its stdout (read
     through a pipe: an event), confirmed with PING -> PONG."""
 
-    def __init__(self, password=None):
+    def __init__(self, password=None, persist=False):
+        self.persist = persist  # an append-only file synced on every write: survives SIGKILL
         self.port = free_port()
         self.host = "127.0.0.1"
         self.password = password
@@ -50,6 +51,10 @@ class Redis:
                "--appendonly", "no", "--dir", self.dir, "--daemonize", "no", "--protected-mode", "no"]
         if self.password:
             cmd += ["--requirepass", self.password]
+        if self.persist:
+            cmd[cmd.index("--appendonly") + 1] = "yes"
+            cmd += ["--appendfsync", "always"]
+        self._ready = threading.Event()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -94,6 +99,14 @@ class Redis:
         if self._reader:
             self._reader.join(timeout)
         return self.proc.returncode
+
+    def restart(self, timeout=DEFAULT_TIMEOUT):
+        """Starts again on the same port (after stop() or a kill)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+        if self._reader:
+            self._reader.join(timeout)
+        return self.start(timeout)
 
     def cleanup(self):
         try:
@@ -184,6 +197,24 @@ class Postgres:
         p = run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-h", self.host, "-p", str(self.port), "-U",
                  self.user, "-d", database or self.database, "-At", "-c", sql], check=check, timeout=30)
         return p.stdout.strip()
+
+    def kill(self, timeout=30):
+        """Stops at once, as a crash would (`pg_ctl -m immediate`: no
+        shutdown checkpoint, clients cut off)."""
+        self._as_postgres([f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", "immediate", "-w", "-t",
+                           str(int(timeout)), "stop"], timeout=timeout + 10)
+        self.started = False
+
+    def restart(self, timeout=30):
+        """Starts the existing cluster again on the same port (after kill())."""
+        opts = (f"-c listen_addresses={self.host} -p {self.port} -k {self.dir} "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        p = self._as_postgres([f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", self.log_path, "-o", opts,
+                               "-w", "-t", str(int(timeout)), "start"], timeout=timeout + 10, check=False)
+        if p.returncode != 0:
+            raise HarnessError(f"pg_ctl start failed:\n{p.stdout}{p.stderr}\n{read_text(self.log_path)}")
+        self.started = True
+        return self
 
     def stop(self, timeout=30):
         # Also after a failed or interrupted start: whatever wrote a
