@@ -64,7 +64,11 @@ bearer_token = "{TOKEN}"
 def exposed(scrape):
     names = set()
     for line in scrape.splitlines():
-        if line and not line.startswith("#"):
+        if line.startswith("# TYPE "):
+            # A declared family is exposed even before it has a series
+            # (the discovery families, without discovered clusters).
+            names.add(line.split()[2])
+        elif line and not line.startswith("#"):
             names.add(re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0))
     assert "switchyard_build_info" in names
     return names
