@@ -124,6 +124,15 @@ typedef struct sy_metrics_discovery {
 	uint64_t last_sync_ms; /* wall clock, ms since the epoch; 0 = never */
 } sy_metrics_discovery;
 
+/* Fleet events (route.h sy_fleet_stats), indexed by type: invalidate,
+ * kick, delay. */
+typedef struct sy_metrics_fleet {
+	bool active;     /* the mapping source carries events (redis, sql) */
+	bool subscribed; /* the subscription is up */
+	uint64_t published[3], received[3], resubscribes;
+	double seconds_since_event; /* -1: none yet */
+} sy_metrics_fleet;
+
 typedef struct sy_metrics_view {
 	size_t nworkers;
 	bool draining;
@@ -138,6 +147,7 @@ typedef struct sy_metrics_view {
 	uint64_t cache_hits, cache_misses, cache_entries;
 	const sy_metrics_discovery *discovery;
 	size_t ndiscovery;
+	sy_metrics_fleet fleet;
 } sy_metrics_view;
 
 /*

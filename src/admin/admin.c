@@ -52,8 +52,24 @@ struct sy_admin {
 	sy_http_server *http;
 	sy_route_ctx *route_ctx; /* NULL without a router */
 	bool tls;
+	/* Held by the port and by every request waiting for a store or the
+	 * workers, so their completions may still read `a` after admin_stop. */
+	int refs;
+	bool stopped;
 	lockout_entry lockout[LOCKOUT_TABLE];
 };
+
+static struct sy_admin *admin_ref(struct sy_admin *a)
+{
+	a->refs++;
+	return a;
+}
+
+static void admin_unref(struct sy_admin *a)
+{
+	if (--a->refs == 0)
+		free(a);
+}
 
 /* ---- small helpers ------------------------------------------------------------------------- */
 
@@ -120,6 +136,115 @@ static char *normalize(const sy_config *cfg, const char *raw)
 	if (identifier_extract(&c, cfg, &id) != SY_IDENT_OK)
 		return NULL;
 	return id;
+}
+
+/* ---- fleet events ------------------------------------------------------------------------- */
+
+/*
+ * Management actions that change routing or sessions act on every replica:
+ * the local replica acts first, then the event is published on the shared
+ * store (route.h, events.c) and the answer says so in X-Switchyard-Fleet:
+ *   published; seq=N       every replica applies it (this one already did)
+ *   local; reason=requested   ?scope=local
+ *   local; reason=store    the mapping source carries no events (file)
+ * The body stays the reference system's. When publishing fails, the local
+ * action has happened but the others did not hear of it: 503, so that a
+ * script retries (every one of these actions is idempotent).
+ */
+
+#define FLEET_HDR "X-Switchyard-Fleet: "
+
+/* Reads ?scope= ("fleet", the default, or "local"). Answers 400 and returns
+ * -1 for any other value. */
+static int read_scope(sy_http_req *req, bool *local)
+{
+	bool present = false;
+	char *v = http_query_param(req, "scope", &present);
+	int rc = 0;
+	*local = false;
+	if (present && v && strcmp(v, "local") == 0)
+		*local = true;
+	else if (present && (!v || strcmp(v, "fleet") != 0)) {
+		http_respond_text(req, 400, "scope must be fleet or local\n");
+		rc = -1;
+	}
+	free(v);
+	return rc;
+}
+
+typedef struct fleet_op {
+	sy_http_req *req;
+	int status;
+	char *body;
+	sy_fleet_type type;
+	char *identifier;
+} fleet_op;
+
+static void fleet_published(void *arg, uint64_t seq, const char *error)
+{
+	fleet_op *op = arg;
+	char hdr[96];
+	if (error) {
+		sy_log(SY_LOG_WARN,
+		       "admin: applied on this replica, but the fleet event was not published",
+		       "type", route_fleet_type_name(op->type), "identifier",
+		       op->identifier ? op->identifier : "(all)", "error", error, NULL);
+		snprintf(hdr, sizeof(hdr), FLEET_HDR "failed\r\n");
+		char body[400];
+		snprintf(body, sizeof(body),
+		         "applied on this replica only: the fleet event was not published: %s\n",
+		         error);
+		http_respond(op->req, 503, "text/plain; charset=utf-8", body, strlen(body), hdr);
+	} else {
+		snprintf(hdr, sizeof(hdr), FLEET_HDR "published; seq=%llu\r\n",
+		         (unsigned long long)seq);
+		http_respond(op->req, op->status, "text/plain; charset=utf-8", op->body,
+		             strlen(op->body), hdr);
+	}
+	free(op->body);
+	free(op->identifier);
+	free(op);
+}
+
+/* The local part of an action is done and `body` is its answer: publishes
+ * the event unless `local`, then answers. `identifier` is normalized (NULL:
+ * invalidate everything). */
+static void fleet_finish(struct sy_admin *a, sy_http_req *req, bool local, int status,
+                         const char *body, sy_fleet_type type, const char *identifier,
+                         unsigned seconds)
+{
+	const char *why = local ? "requested" : NULL;
+	if (!why && (a->stopped || !a->route_ctx || !route_fleet_available(a->route_ctx)))
+		why = "store";
+	if (!why) {
+		fleet_op *op = calloc(1, sizeof(*op));
+		if (op) {
+			op->req = req;
+			op->status = status;
+			op->type = type;
+			op->body = strdup(body);
+			op->identifier = identifier ? strdup(identifier) : NULL;
+		}
+		if (!op || !op->body || (identifier && !op->identifier) ||
+		    route_fleet_publish(a->route_ctx, type, identifier, seconds, fleet_published,
+		                        op) != 0) {
+			if (op) {
+				free(op->body);
+				free(op->identifier);
+				free(op);
+			}
+			sy_log(SY_LOG_WARN, "admin: cannot publish the fleet event", "type",
+			       route_fleet_type_name(type), NULL);
+			const char *m = "applied on this replica only: the fleet event could not "
+			                "be published\n";
+			http_respond(req, 503, "text/plain; charset=utf-8", m, strlen(m),
+			             FLEET_HDR "failed\r\n");
+		}
+		return;
+	}
+	char hdr[64];
+	snprintf(hdr, sizeof(hdr), FLEET_HDR "local; reason=%s\r\n", why);
+	http_respond(req, status, "text/plain; charset=utf-8", body, strlen(body), hdr);
 }
 
 /* ---- authentication and lockout ----------------------------------------------------------------
@@ -327,12 +452,38 @@ static void h_stats(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 		route_stats(router, &st);
 	sy_admin_state hs;
 	host_state(a, &hs);
-	respond_json(req, 200,
-	             json_pack("{s:I,s:I,s:f,s:I,s:I,s:I,s:b}", "cache_hits", (json_int_t)st.hits,
-	                       "cache_misses", (json_int_t)st.misses, "hit_rate_pct",
-	                       st.hit_rate_pct, "cache_entries", (json_int_t)st.entries,
-	                       "active_connections", (json_int_t)hs.active_connections, "workers",
-	                       (json_int_t)hs.nworkers, "draining", hs.draining));
+	json_t *j = json_pack("{s:I,s:I,s:f,s:I,s:I,s:I,s:b}", "cache_hits", (json_int_t)st.hits,
+	                      "cache_misses", (json_int_t)st.misses, "hit_rate_pct",
+	                      st.hit_rate_pct, "cache_entries", (json_int_t)st.entries,
+	                      "active_connections", (json_int_t)hs.active_connections, "workers",
+	                      (json_int_t)hs.nworkers, "draining", hs.draining);
+	/* Fleet events: an addition to the reference's fields. */
+	sy_fleet_stats fs;
+	route_fleet_stats(router, &fs);
+	json_t *f = json_object();
+	if (j && f) {
+		json_object_set_new(f, "subscription",
+		                    json_string(!fs.active      ? "none"
+		                                : fs.subscribed ? "up"
+		                                                : "down"));
+		json_t *pub = json_object(), *rcv = json_object();
+		for (int t = 0; t < 3; t++) {
+			json_object_set_new(pub, route_fleet_type_name((sy_fleet_type)t),
+			                    json_integer((json_int_t)fs.published[t]));
+			json_object_set_new(rcv, route_fleet_type_name((sy_fleet_type)t),
+			                    json_integer((json_int_t)fs.received[t]));
+		}
+		json_object_set_new(f, "published", pub);
+		json_object_set_new(f, "received", rcv);
+		json_object_set_new(f, "resubscribes", json_integer((json_int_t)fs.resubscribes));
+		json_object_set_new(f, "seconds_since_last_event",
+		                    fs.seconds_since_event < 0 ? json_null()
+		                                               : json_real(fs.seconds_since_event));
+		json_object_set_new(j, "fleet", f);
+	} else {
+		json_decref(f);
+	}
+	respond_json(req, 200, j);
 }
 
 static json_t *dest_json(sy_dest_rt *d, uint64_t now)
@@ -422,16 +573,21 @@ static void h_destinations_reset(struct sy_admin *a, sy_http_req *req, sy_snapsh
 /* An asynchronous mapping operation: holds the request and the snapshot
  * until the router answers. */
 typedef struct map_op {
+	struct sy_admin *a;
 	sy_http_req *req;
 	sy_snapshot *snap;
 	char *identifier, *destination;
+	char *key;  /* normalized identifier for the fleet event (NULL: none) */
+	bool local; /* ?scope=local */
 } map_op;
 
-static map_op *map_op_new(sy_http_req *req, sy_snapshot *snap, char *identifier, char *dest)
+static map_op *map_op_new(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap, char *identifier,
+                          char *dest)
 {
 	map_op *op = calloc(1, sizeof(*op));
 	if (!op)
 		return NULL;
+	op->a = admin_ref(a);
 	op->req = req;
 	op->snap = snapshot_ref(snap);
 	op->identifier = identifier;
@@ -441,10 +597,22 @@ static map_op *map_op_new(sy_http_req *req, sy_snapshot *snap, char *identifier,
 
 static void map_op_free(map_op *op)
 {
+	admin_unref(op->a);
 	snapshot_unref(op->snap);
 	free(op->identifier);
 	free(op->destination);
+	free(op->key);
 	free(op);
+}
+
+/* The mapping changed (or was absent) here: every replica drops its cached
+ * answer for it. */
+static void map_op_finish(map_op *op, const char *body)
+{
+	if (op->key)
+		fleet_finish(op->a, op->req, op->local, 200, body, SY_FLEET_INVALIDATE, op->key, 0);
+	else
+		http_respond_text(op->req, 200, body);
 }
 
 static void on_explained(void *arg, const sy_route_explain *e)
@@ -473,7 +641,7 @@ static void on_put(void *arg, sy_route_admin_status st, const char *error)
 	case SY_ROUTE_ADMIN_OK:
 		sy_log(SY_LOG_INFO, "admin: mapping set", "identifier", op->identifier,
 		       "destination", op->destination, NULL);
-		http_respond_text(op->req, 200, "ok\n");
+		map_op_finish(op, "ok\n");
 		break;
 	case SY_ROUTE_ADMIN_READONLY:
 		respond_text_msg(op->req, 501, "", error ? error : "mapping store is read-only");
@@ -499,10 +667,12 @@ static void on_deleted(void *arg, sy_route_admin_status st, const char *error)
 	switch (st) {
 	case SY_ROUTE_ADMIN_REMOVED:
 		sy_log(SY_LOG_INFO, "admin: mapping removed", "identifier", op->identifier, NULL);
-		http_respond_text(op->req, 200, "removed\n");
+		map_op_finish(op, "removed\n");
 		break;
 	case SY_ROUTE_ADMIN_ABSENT:
-		http_respond_text(op->req, 200, "absent\n");
+		/* Another replica may still hold an answer the store no longer
+		 * has (a change made straight in the store). */
+		map_op_finish(op, "absent\n");
 		break;
 	case SY_ROUTE_ADMIN_READONLY:
 		respond_text_msg(op->req, 501, "", error ? error : "mapping store is read-only");
@@ -531,6 +701,11 @@ static void h_mappings(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 		http_respond_text(req, 400, "missing parameter: identifier\n");
 		return;
 	}
+	bool local = false;
+	if (req->method != SY_HTTP_GET && read_scope(req, &local) != 0) {
+		free(id);
+		return;
+	}
 	char *dest = NULL;
 	if (req->method == SY_HTTP_PUT) {
 		dest = http_query_param(req, "destination", NULL);
@@ -541,13 +716,16 @@ static void h_mappings(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 			return;
 		}
 	}
-	map_op *op = map_op_new(req, snap, id, dest);
+	map_op *op = map_op_new(a, req, snap, id, dest);
 	if (!op) {
 		free(id);
 		free(dest);
 		http_respond_text(req, 500, "out of memory\n");
 		return;
 	}
+	op->local = local;
+	if (req->method != SY_HTTP_GET)
+		op->key = normalize(snap->cfg, id);
 	/* The callbacks may run before these calls return. */
 	if (req->method == SY_HTTP_GET)
 		route_explain(a->route_ctx, op->snap, op->identifier, on_explained, op);
@@ -601,7 +779,9 @@ static void h_cache_invalidate(struct sy_admin *a, sy_http_req *req, sy_snapshot
 		http_respond_text(req, 501, "no router\n");
 		return;
 	}
-	bool present = false;
+	bool present = false, local = false;
+	if (read_scope(req, &local) != 0)
+		return;
 	char *id = http_query_param(req, "identifier", &present);
 	if (present && (!id || !*id)) {
 		free(id);
@@ -612,7 +792,12 @@ static void h_cache_invalidate(struct sy_admin *a, sy_http_req *req, sy_snapshot
 	if (log_enabled(SY_LOG_DEBUG))
 		sy_log(SY_LOG_DEBUG, "admin: cache invalidated", "identifier", id ? id : "(all)",
 		       NULL);
-	http_respond_text(req, 200, "ok\n");
+	char *key = id ? normalize(snap->cfg, id) : NULL;
+	if (id && !key)
+		http_respond_text(req, 200, "ok\n"); /* not routable: nothing is cached */
+	else
+		fleet_finish(a, req, local, 200, "ok\n", SY_FLEET_INVALIDATE, key, 0);
+	free(key);
 	free(id);
 }
 
@@ -620,8 +805,10 @@ static void h_cache_invalidate(struct sy_admin *a, sy_http_req *req, sy_snapshot
  */
 
 typedef struct kick_op {
+	struct sy_admin *a;
 	sy_http_req *req;
 	char *identifier; /* normalized */
+	bool local;
 } kick_op;
 
 /* Worker side: closes the account's bridged sessions. */
@@ -638,13 +825,19 @@ static void kick_done(void *arg, long total)
 	snprintf(n, sizeof(n), "%ld", total);
 	sy_log(SY_LOG_INFO, "admin: sessions kicked", "identifier", op->identifier, "sessions", n,
 	       NULL);
-	respond_textf(op->req, 200, "kicked %ld\n", total);
+	char body[48];
+	snprintf(body, sizeof(body), "kicked %ld\n", total);
+	fleet_finish(op->a, op->req, op->local, 200, body, SY_FLEET_KICK, op->identifier, 0);
+	admin_unref(op->a);
 	free(op->identifier);
 	free(op);
 }
 
 static void h_kick(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 {
+	bool local = false;
+	if (read_scope(req, &local) != 0)
+		return;
 	char *raw = http_query_param(req, "identifier", NULL);
 	if (!raw || !*raw) {
 		free(raw);
@@ -663,9 +856,12 @@ static void h_kick(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 		http_respond_text(req, 500, "out of memory\n");
 		return;
 	}
+	op->a = admin_ref(a);
 	op->req = req;
 	op->identifier = id;
+	op->local = local;
 	if (a->host.broadcast(a->host.arg, kick_on_worker, op, kick_done, op) != 0) {
+		admin_unref(a);
 		free(id);
 		free(op);
 		http_respond_text(req, 503, "shutting down\n");
@@ -674,7 +870,9 @@ static void h_kick(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 
 static void h_delay(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 {
-	(void)a;
+	bool local = false;
+	if (read_scope(req, &local) != 0)
+		return;
 	char *raw = http_query_param(req, "identifier", NULL);
 	char *secs = http_query_param(req, "seconds", NULL);
 	if (!raw || !*raw || !secs || !*secs) {
@@ -703,7 +901,7 @@ static void h_delay(struct sy_admin *a, sy_http_req *req, sy_snapshot *snap)
 	char n[24];
 	snprintf(n, sizeof(n), "%lu", s);
 	sy_log(SY_LOG_INFO, "admin: logins delayed", "identifier", id, "seconds", n, NULL);
-	http_respond_text(req, 200, "ok\n");
+	fleet_finish(a, req, local, 200, "ok\n", SY_FLEET_DELAY, id, (unsigned)s);
 	free(id);
 out:
 	free(raw);
@@ -839,6 +1037,7 @@ int admin_start(const sy_admin_host *host, sy_admin **out, const char **error_r)
 	}
 	a->host = *host;
 	a->tls = ac->tls;
+	a->refs = 1;
 	a->http = http_server_start(host->loop, &ac->bind, ac->tls ? new_ssl : NULL, a, on_request,
 	                            a, error_r);
 	if (!a->http) {
@@ -878,7 +1077,9 @@ void admin_stop(sy_admin *a)
 		return;
 	http_server_stop(a->http);
 	router_ctx_close(a->route_ctx);
-	/* Responses still pending (a store call) hold only their request and
-	 * snapshot, not `a`. */
-	free(a);
+	a->route_ctx = NULL;
+	a->stopped = true;
+	/* Responses still pending (a store call, a broadcast) hold a reference;
+	 * they answer into the void. */
+	admin_unref(a);
 }

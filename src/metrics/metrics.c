@@ -605,6 +605,35 @@ char *metrics_render(const sy_metrics_view *v, size_t *len)
 		put(&o, "\n");
 	}
 
+	/* ---- fleet events ---- */
+	static const char *const fleet_types[3] = {"invalidate", "kick", "delay"};
+	family(&o, "fleet_events_published_total", "counter",
+	       "Fleet events this replica published on the mapping store, by type.");
+	for (int t = 0; t < 3; t++)
+		put(&o, "switchyard_fleet_events_published_total{type=\"%s\"} %llu\n",
+		    fleet_types[t], (unsigned long long)v->fleet.published[t]);
+	family(&o, "fleet_events_received_total", "counter",
+	       "Fleet events of other replicas (or of the store) applied here, by type.");
+	for (int t = 0; t < 3; t++)
+		put(&o, "switchyard_fleet_events_received_total{type=\"%s\"} %llu\n",
+		    fleet_types[t], (unsigned long long)v->fleet.received[t]);
+	family(&o, "fleet_subscription_up", "gauge",
+	       "1 while the fleet events subscription is up (absent: the mapping source has "
+	       "none).");
+	if (v->fleet.active)
+		put(&o, "switchyard_fleet_subscription_up %d\n", v->fleet.subscribed ? 1 : 0);
+	family(&o, "fleet_resubscribes_total", "counter",
+	       "Fleet events subscriptions restored after a loss (each clears the cache once).");
+	put(&o, "switchyard_fleet_resubscribes_total %llu\n",
+	    (unsigned long long)v->fleet.resubscribes);
+	family(&o, "fleet_seconds_since_last_event", "gauge",
+	       "Seconds since the last fleet event was applied here (absent: none yet).");
+	if (v->fleet.seconds_since_event >= 0) {
+		put(&o, "switchyard_fleet_seconds_since_last_event ");
+		put_double(&o, v->fleet.seconds_since_event);
+		put(&o, "\n");
+	}
+
 	family(&o, "admin_auth_failures_total", "counter",
 	       "Management API requests refused for a missing or wrong token.");
 	put(&o, "switchyard_admin_auth_failures_total %llu\n",

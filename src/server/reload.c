@@ -11,6 +11,11 @@
  * hashed (SHA-256) and a reload runs only when the hash differs from the
  * last content seen. A periodic check does the same, for file systems
  * without inotify and for a watch that died with its directory.
+ *
+ * The mapping file ([mapping] source = "file") is watched the same way,
+ * and a change re-reads it all or nothing (route_reload_file): an invalid
+ * edit is logged and the old table kept. So a ConfigMap edit reaches every
+ * replica within the debounce (plus the kubelet's sync period).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,22 +27,30 @@
 
 #include "switchyard/log.h"
 #include "switchyard/reload.h"
+#include "switchyard/route.h"
 
 #define DEBOUNCE_MS    200
 #define PERIODIC_MS    10000
 #define HASH_FILE_MAX  (16u << 20)
 #define CONFIGMAP_LINK "..data"
 
-struct sy_reload_watch {
-	sy_server *srv;
+/* One watched file: `changed` runs (debounced) when its content differs
+ * from the last content seen. */
+typedef struct file_watch {
+	uv_loop_t *loop;
+	void (*changed)(void *arg, const char *why);
+	void *arg;
 	uv_fs_event_t ev;
 	uv_timer_t debounce;
 	uv_timer_t periodic;
-	bool ev_started;
 	int closes_pending;
-	char *dir, *base;
+	char *path, *dir, *base;
 	unsigned char hash[32];
 	bool have_hash;
+} file_watch;
+
+struct sy_reload_watch {
+	file_watch *config, *mapping;
 };
 
 /* SHA-256 of the file's content (following symlinks). Returns 0 or -1. */
@@ -72,21 +85,19 @@ out:
 	return rc;
 }
 
-/* Reloads when the content differs from what was last seen. */
-static void check(struct sy_reload_watch *rw, const char *why)
+/* Runs `changed` when the content differs from what was last seen. */
+static void check(file_watch *fw, const char *why)
 {
 	unsigned char h[32];
-	if (hash_file(rw->srv->config_path, h) != 0)
+	if (hash_file(fw->path, h) != 0)
 		return; /* mid-replacement or gone: the next event or tick retries */
-	if (rw->have_hash && memcmp(h, rw->hash, sizeof(h)) == 0)
+	if (fw->have_hash && memcmp(h, fw->hash, sizeof(h)) == 0)
 		return;
-	/* Remember it before reloading: an invalid edit is reported once,
-	 * not at every tick, and the next edit is noticed again. */
-	memcpy(rw->hash, h, sizeof(h));
-	rw->have_hash = true;
-	char *err = NULL;
-	server_reload(rw->srv, why, &err);
-	free(err);
+	/* Remember it before acting: an invalid edit is reported once, not at
+	 * every tick, and the next edit is noticed again. */
+	memcpy(fw->hash, h, sizeof(h));
+	fw->have_hash = true;
+	fw->changed(fw->arg, why);
 }
 
 static void on_debounce(uv_timer_t *t)
@@ -102,77 +113,151 @@ static void on_periodic(uv_timer_t *t)
 static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int status)
 {
 	(void)events;
-	struct sy_reload_watch *rw = h->data;
+	file_watch *fw = h->data;
 	if (status < 0)
 		return;
-	if (filename && strcmp(filename, rw->base) != 0 && strcmp(filename, CONFIGMAP_LINK) != 0)
+	if (filename && strcmp(filename, fw->base) != 0 && strcmp(filename, CONFIGMAP_LINK) != 0)
 		return;
-	uv_timer_start(&rw->debounce, on_debounce, DEBOUNCE_MS, 0);
+	uv_timer_start(&fw->debounce, on_debounce, DEBOUNCE_MS, 0);
 }
 
-void reload_watch_start(sy_server *srv)
+static void fw_free(file_watch *fw)
 {
-	if (!srv->config_path || srv->watch)
-		return;
-	struct sy_reload_watch *rw = calloc(1, sizeof(*rw));
-	if (!rw)
-		return;
-	rw->srv = srv;
-	const char *slash = strrchr(srv->config_path, '/');
+	free(fw->path);
+	free(fw->dir);
+	free(fw->base);
+	free(fw);
+}
+
+static file_watch *fw_start(uv_loop_t *loop, const char *path, const char *what,
+                            void (*changed)(void *arg, const char *why), void *arg)
+{
+	file_watch *fw = calloc(1, sizeof(*fw));
+	if (!fw)
+		return NULL;
+	fw->loop = loop;
+	fw->changed = changed;
+	fw->arg = arg;
+	fw->path = strdup(path);
+	const char *slash = strrchr(path, '/');
 	if (slash) {
-		rw->dir =
-		    strndup(srv->config_path,
-		            slash == srv->config_path ? 1 : (size_t)(slash - srv->config_path));
-		rw->base = strdup(slash + 1);
+		fw->dir = strndup(path, slash == path ? 1 : (size_t)(slash - path));
+		fw->base = strdup(slash + 1);
 	} else {
-		rw->dir = strdup(".");
-		rw->base = strdup(srv->config_path);
+		fw->dir = strdup(".");
+		fw->base = strdup(path);
 	}
-	if (!rw->dir || !rw->base) {
-		free(rw->dir);
-		free(rw->base);
-		free(rw);
-		return;
+	if (!fw->path || !fw->dir || !fw->base) {
+		fw_free(fw);
+		return NULL;
 	}
-	rw->have_hash = hash_file(srv->config_path, rw->hash) == 0;
-	uv_timer_init(srv->main_loop, &rw->debounce);
-	uv_timer_init(srv->main_loop, &rw->periodic);
-	rw->debounce.data = rw->periodic.data = rw;
-	uv_timer_start(&rw->periodic, on_periodic, PERIODIC_MS, PERIODIC_MS);
-	uv_fs_event_init(srv->main_loop, &rw->ev);
-	rw->ev.data = rw;
-	int r = uv_fs_event_start(&rw->ev, on_fs_event, rw->dir, 0);
+	fw->have_hash = hash_file(path, fw->hash) == 0;
+	uv_timer_init(loop, &fw->debounce);
+	uv_timer_init(loop, &fw->periodic);
+	fw->debounce.data = fw->periodic.data = fw;
+	uv_timer_start(&fw->periodic, on_periodic, PERIODIC_MS, PERIODIC_MS);
+	uv_fs_event_init(loop, &fw->ev);
+	fw->ev.data = fw;
+	int r = uv_fs_event_start(&fw->ev, on_fs_event, fw->dir, 0);
 	if (r != 0)
-		sy_log(SY_LOG_WARN, "cannot watch the configuration directory; checking every 10s",
-		       "directory", rw->dir, "error", uv_strerror(r), NULL);
-	srv->watch = rw;
+		sy_log(SY_LOG_WARN, "cannot watch a file's directory; checking every 10s", "file",
+		       what, "directory", fw->dir, "error", uv_strerror(r), NULL);
+	return fw;
 }
 
 static void on_closed(uv_handle_t *h)
 {
-	struct sy_reload_watch *rw = h->data;
-	if (--rw->closes_pending > 0)
+	file_watch *fw = h->data;
+	if (--fw->closes_pending == 0)
+		fw_free(fw);
+}
+
+static void fw_stop(file_watch *fw)
+{
+	if (!fw)
 		return;
-	free(rw->dir);
-	free(rw->base);
-	free(rw);
+	fw->closes_pending = 3;
+	uv_close((uv_handle_t *)&fw->ev, on_closed);
+	uv_close((uv_handle_t *)&fw->debounce, on_closed);
+	uv_close((uv_handle_t *)&fw->periodic, on_closed);
+}
+
+/* ---- the configuration file ---- */
+
+static void config_changed(void *arg, const char *why)
+{
+	char *err = NULL;
+	server_reload(arg, why, &err);
+	free(err);
+}
+
+static struct sy_reload_watch *watches(sy_server *srv)
+{
+	if (!srv->watch)
+		srv->watch = calloc(1, sizeof(*srv->watch));
+	return srv->watch;
+}
+
+void reload_watch_start(sy_server *srv)
+{
+	struct sy_reload_watch *w = watches(srv);
+	if (!w)
+		return;
+	if (srv->config_path && !w->config)
+		w->config = fw_start(srv->main_loop, srv->config_path, "configuration",
+		                     config_changed, srv);
+	mapping_watch_sync(srv);
 }
 
 void reload_watch_stop(sy_server *srv)
 {
-	struct sy_reload_watch *rw = srv->watch;
-	if (!rw)
+	struct sy_reload_watch *w = srv->watch;
+	if (!w)
 		return;
 	srv->watch = NULL;
-	rw->closes_pending = 3;
-	uv_close((uv_handle_t *)&rw->ev, on_closed);
-	uv_close((uv_handle_t *)&rw->debounce, on_closed);
-	uv_close((uv_handle_t *)&rw->periodic, on_closed);
+	fw_stop(w->config);
+	fw_stop(w->mapping);
+	free(w);
 }
 
 void reload_watch_loaded(sy_server *srv)
 {
-	struct sy_reload_watch *rw = srv->watch;
-	if (rw)
-		rw->have_hash = hash_file(srv->config_path, rw->hash) == 0;
+	struct sy_reload_watch *w = srv->watch;
+	if (w && w->config)
+		w->config->have_hash = hash_file(srv->config_path, w->config->hash) == 0;
+	mapping_watch_sync(srv);
+}
+
+/* ---- the mapping file ([mapping] source = "file") ---- */
+
+static void mapping_changed(void *arg, const char *why)
+{
+	sy_server *srv = arg;
+	sy_snapshot *snap = server_snapshot(srv);
+	char *err = NULL;
+	if (srv->router && route_reload_file(srv->router, snap, &err) != 0)
+		sy_log(SY_LOG_ERROR, "mapping file reload failed: keeping the old table", "trigger",
+		       why, "path", snap->cfg->mapping.file.path, "error", err ? err : "?", NULL);
+	free(err);
+	snapshot_unref(snap);
+}
+
+void mapping_watch_sync(sy_server *srv)
+{
+	sy_snapshot *snap = server_snapshot(srv);
+	const sy_mapping_config *m = &snap->cfg->mapping;
+	const char *path = m->source == SY_MAP_FILE && srv->router ? m->file.path : NULL;
+	struct sy_reload_watch *w = path ? watches(srv) : srv->watch;
+	if (w) {
+		if (w->mapping && (!path || strcmp(w->mapping->path, path) != 0)) {
+			fw_stop(w->mapping);
+			w->mapping = NULL;
+		}
+		if (path && !w->mapping)
+			w->mapping =
+			    fw_start(srv->main_loop, path, "mapping", mapping_changed, srv);
+		else if (w->mapping) /* the router just read it */
+			w->mapping->have_hash = hash_file(path, w->mapping->hash) == 0;
+	}
+	snapshot_unref(snap);
 }

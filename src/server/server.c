@@ -629,6 +629,16 @@ static char *host_metrics(void *arg, size_t *len)
 			v.cache_misses = st.misses;
 			v.cache_entries = st.entries;
 		}
+		sy_fleet_stats fs;
+		route_fleet_stats(srv->router, &fs);
+		v.fleet = (sy_metrics_fleet){.active = fs.active,
+		                             .subscribed = fs.subscribed,
+		                             .resubscribes = fs.resubscribes,
+		                             .seconds_since_event = fs.seconds_since_event};
+		for (int t = 0; t < 3; t++) {
+			v.fleet.published[t] = fs.published[t];
+			v.fleet.received[t] = fs.received[t];
+		}
 		size_t nd = discovery_count(srv);
 		sy_metrics_discovery *disc = nd ? calloc(nd, sizeof(*disc)) : NULL;
 		if (disc) {
