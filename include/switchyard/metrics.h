@@ -91,6 +91,11 @@ void metrics_store_lookup(double seconds, bool ok);
 void metrics_bridged(sy_proto p, bool from_client, size_t n);
 /* A session ended after `seconds` (accept to close). */
 void metrics_session_closed(sy_proto p, double seconds);
+/* One HTTP request answered (relayed or proxy-generated), by listener slot
+ * and status; and an upgrade (101) that turned the connection into a
+ * bridge. */
+void metrics_http_request(size_t listener, int status);
+void metrics_http_upgrade(size_t listener);
 /* Main thread only: a configuration reload finished. */
 void metrics_config_reload(bool ok);
 /* Main thread only: an admin request failed authentication. */

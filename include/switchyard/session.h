@@ -64,7 +64,8 @@ struct sy_session {
 	 * is shutting down. This layer calls them without knowing the module. */
 	void (*proto_release)(sy_session *s);
 	void (*proto_shutdown)(sy_session *s);
-	/* The routing identifier of the login that was bridged (malloc'd,
+	/* The routing identifier of the login that was bridged, or of an HTTP
+	 * connection's latest request (malloc'd,
 	 * set when bridging starts; NULL before, and for pass-through). The
 	 * admin port's /connections/kick matches on it. */
 	char *identifier;

@@ -52,6 +52,8 @@ typedef struct block {
 	counter store_errors;
 	counter bytes[SY_PROTO_COUNT][2]; /* [0] client -> backend, [1] backend -> client */
 	hist duration[SY_PROTO_COUNT];
+	counter http_requests[SY_METRICS_MAX_LISTENERS][5]; /* status class 1xx..5xx */
+	counter http_upgrades[SY_METRICS_MAX_LISTENERS];
 } block;
 
 static struct {
@@ -163,6 +165,21 @@ void metrics_conn_accepted(size_t listener)
 	block *b = blk();
 	if (b && listener < SY_METRICS_MAX_LISTENERS)
 		add(&b->accepted[listener], 1);
+}
+
+void metrics_http_request(size_t listener, int status)
+{
+	block *b = blk();
+	int k = status / 100 - 1;
+	if (b && listener < SY_METRICS_MAX_LISTENERS && k >= 0 && k < 5)
+		add(&b->http_requests[listener][k], 1);
+}
+
+void metrics_http_upgrade(size_t listener)
+{
+	block *b = blk();
+	if (b && listener < SY_METRICS_MAX_LISTENERS)
+		add(&b->http_upgrades[listener], 1);
 }
 
 void metrics_conn_rejected(size_t listener, sy_reject_reason why)
@@ -413,6 +430,27 @@ char *metrics_render(const sy_metrics_view *v, size_t *len)
 		put_label(&o, v->listeners[l].name);
 		put(&o, "\",protocol=\"%s\"} %llu\n", sy_proto_name(v->listeners[l].protocol),
 		    (unsigned long long)SUM(accepted[l]));
+	}
+	family(&o, "http_requests_total", "counter",
+	       "HTTP requests answered, by listener and status class (relayed or the proxy's own).");
+	for (size_t l = 0; l < v->nlisteners && l < SY_METRICS_MAX_LISTENERS; l++) {
+		if (v->listeners[l].protocol != SY_PROTO_HTTP)
+			continue;
+		for (int k = 0; k < 5; k++) {
+			put(&o, "switchyard_http_requests_total{listener=\"");
+			put_label(&o, v->listeners[l].name);
+			put(&o, "\",code=\"%dxx\"} %llu\n", k + 1,
+			    (unsigned long long)SUM(http_requests[l][k]));
+		}
+	}
+	family(&o, "http_upgrades_total", "counter",
+	       "HTTP connections upgraded (101, e.g. WebSocket) and bridged, by listener.");
+	for (size_t l = 0; l < v->nlisteners && l < SY_METRICS_MAX_LISTENERS; l++) {
+		if (v->listeners[l].protocol != SY_PROTO_HTTP)
+			continue;
+		put(&o, "switchyard_http_upgrades_total{listener=\"");
+		put_label(&o, v->listeners[l].name);
+		put(&o, "\"} %llu\n", (unsigned long long)SUM(http_upgrades[l]));
 	}
 	family(&o, "connections_rejected_total", "counter",
 	       "Client connections closed right after accept, by reason.");

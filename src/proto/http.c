@@ -1,19 +1,41 @@
 /*
  * HTTP routing (SPEC.md section 5): one protocol module of the connection
- * core. The client's request head is read and checked (HTTP/1.1 only, the
- * request-smuggling rules), routed by [[http.route]] (fixed destination or
- * an identifier extracted from the request and resolved like a mail login),
- * rewritten toward the backend (hop-by-hop headers removed, Forwarded /
- * X-Forwarded-For per the listener and destination) and sent; from then on
- * the connection is the opaque bridge.
+ * core. Each request on a client connection is read and checked (HTTP/1.1
+ * only, the request-smuggling rules), routed by [[http.route]] (a fixed
+ * destination, or an identifier extracted from the request and resolved
+ * like a mail login), rewritten toward the backend (hop-by-hop headers
+ * removed, exactly one framing header, Forwarded / X-Forwarded-For per the
+ * listener and destination) and sent; the response is streamed back.
  *
- * Current limit: one request per client connection. The backend is asked
- * for `Connection: close` (an `Upgrade: websocket` request keeps its
- * upgrade), so it closes after its response and the bridge closes the
- * client leg; clients open a new connection for the next request, which is
- * then routed on its own.
+ * Keep-alive: the connection's first request binds it to a destination;
+ * the backend connection is reused while later requests resolve to the
+ * same destination (it is dialled again if the backend closed it), and a
+ * request that resolves elsewhere gets 421 and the connection closes.
+ * Requests are handled one at a time: pipelined bytes wait in the buffer
+ * (and the client is not read) until the response before them is complete.
+ *
+ * Framing is http-parser's, in both directions, while the bytes themselves
+ * are relayed as they arrive (never buffered to the end: Server-Sent
+ * Events reach the client event by event):
+ *   - the request body: a second parser fed a synthetic head with the
+ *     request's framing header, then the body bytes; it stops at the
+ *     body's end, so bytes after it belong to the next request;
+ *   - the response: a parser per response fed the backend's bytes, told
+ *     that 1xx, 204, 304 and answers to HEAD have no body whatever their
+ *     headers say; interim 1xx are relayed in order; a body delimited by
+ *     the backend's close ends the client connection too.
+ * `101 Switching Protocols` to an upgrade request turns the connection into
+ * the opaque bridge (src/session/bridge.c, spliced on plain legs). A final
+ * response that arrives while the client waits for `100 Continue` ends the
+ * connection after it, and body bytes sent after it never reach the
+ * backend.
+ *
+ * Each request routes with the configuration current when its head
+ * arrives (a reload's new routes apply from a kept-alive connection's next
+ * request); the session keeps the snapshot that owns its destination.
  */
 #include <ctype.h>
+#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +47,7 @@
 
 #include "switchyard/hex.h"
 #include "switchyard/log.h"
+#include "switchyard/metrics.h"
 #include "switchyard/protocols.h"
 #include "switchyard/proxy_protocol.h"
 #include "switchyard/route.h"
@@ -39,12 +62,24 @@ typedef struct hdr {
 	size_t nlen, vlen;
 } hdr;
 
+typedef enum hstate {
+	H_HEAD,     /* reading a request head */
+	H_BODYWAIT, /* a body-extract route: gathering the body before routing */
+	H_ROUTING,  /* resolving the destination, dialling */
+	H_EXCHANGE, /* request sent (its body streaming), the response streaming back */
+	H_CLOSING,  /* the last response is flushing; the connection then closes */
+} hstate;
+
 typedef struct hctx {
 	sy_session *s;
-	char *buf;  /* the client bytes read so far (malloc'd) */
-	char *pbuf; /* the parsed copy of the head: url and headers point here */
+	hstate st;
+	unsigned nreq;       /* requests completed on this connection */
+	sy_snapshot *rsnap;  /* the configuration the current request routes with */
+	sy_snapshot *dsnap;  /* the configuration that owns s->dest */
+	char *buf;           /* client bytes not consumed yet (malloc'd) */
+	char *pbuf;          /* the parsed copy of the head: url and headers point here */
 	size_t len, cap, head_len;
-	/* parsed head */
+	/* the parsed head */
 	http_parser parser;
 	const char *url;
 	size_t url_len;
@@ -55,9 +90,27 @@ typedef struct hctx {
 	sy_route_req *route;
 	const sy_http_route *rt;
 	char *identifier;
-	uint64_t t0;
-	int status; /* proxy-generated status, or 0 when relayed */
-	bool upgrade;
+	uint64_t t0, in0, out0; /* the request's start and the client byte counts then */
+	int status;             /* the status the request was answered with */
+	/* the request */
+	bool upgrade;         /* Upgrade + Connection: upgrade */
+	bool req_close;       /* Connection: close asked (or the last allowed request) */
+	bool expect_100;      /* the client waits for 100 Continue */
+	bool expect_answered; /* ... and the proxy sent it (body extraction) */
+	bool head_request;
+	bool body_ready; /* body extraction: the whole body is in buf */
+	size_t body_len;
+	http_parser bp; /* the body's framing */
+	bool body_done;
+	bool withheld; /* a final response came while the client waited: drop its body */
+	bool client_eof;
+	bool client_paused, backend_paused; /* read stopped for backpressure */
+	/* the response */
+	http_parser rp;
+	int resp_status; /* of the last head seen */
+	bool relayed;    /* some response bytes went to the client */
+	bool got_100, resp_done, resp_close, resp_upgrade;
+	bool draining; /* shutting down: close after the current exchange */
 } hctx;
 
 /* ---- small helpers ------------------------------------------------------------------- */
@@ -126,6 +179,7 @@ static void path_of(const hctx *c, char *out, size_t len)
 	out[n] = '\0';
 }
 
+/* One line per request: never the query string, a credential or a token. */
 static void log_request(hctx *c, int status)
 {
 	sy_session *s = c->s;
@@ -133,67 +187,14 @@ static void log_request(hctx *c, int status)
 	path_of(c, path, sizeof(path));
 	snprintf(st, sizeof(st), "%d", status);
 	snprintf(dur, sizeof(dur), "%llu", (unsigned long long)(uv_now(&s->w->loop) - c->t0));
-	snprintf(bin, sizeof(bin), "%llu", (unsigned long long)s->client.bytes_in);
-	snprintf(bout, sizeof(bout), "%llu", (unsigned long long)s->client.bytes_out);
+	snprintf(bin, sizeof(bin), "%llu", (unsigned long long)(s->client.bytes_in - c->in0));
+	snprintf(bout, sizeof(bout), "%llu", (unsigned long long)(s->client.bytes_out - c->out0));
 	session_peer_str(s, peer, sizeof(peer));
 	sy_log(SY_LOG_INFO, "http request", "listener", s->lcfg->name, "client", peer, "method",
 	       c->method ? c->method : "-", "path", path, "status", st, "destination",
 	       s->dest ? s->dest->cfg->id : "-", "bytes_in", bin, "bytes_out", bout, "ms", dur,
 	       NULL);
-}
-
-static void on_flushed_close(sy_stream *st)
-{
-	session_close(st->owner, "closed after proxy response");
-}
-
-static void on_grace_timer(uv_timer_t *t)
-{
-	session_close(t->data, "proxy response not acknowledged");
-}
-
-static void on_drain_read(sy_stream *st, const char *data, ssize_t n)
-{
-	(void)data;
-	if (n < 0)
-		session_close(st->owner, "client closed after proxy response");
-}
-
-/* A complete proxy-generated response, then close. */
-static void respond(hctx *c, int status, const char *extra)
-{
-	sy_session *s = c->s;
-	if (s->state == SS_CLOSING)
-		return;
-	c->status = status;
-	char body[128], msg[512];
-	int bl = snprintf(body, sizeof(body), "%d %s\n", status, reason_of(status));
-	int n = snprintf(msg, sizeof(msg),
-	                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-	                 "%sConnection: close\r\n\r\n%s",
-	                 status, reason_of(status), bl, extra ? extra : "", body);
-	log_request(c, status);
-	uv_timer_stop(&s->timer);
-	if (s->dial) {
-		dial_cancel(s->dial);
-		s->dial = NULL;
-	}
-	if (n <= 0 || (size_t)n >= sizeof(msg) ||
-	    sy_stream_write(&s->client, msg, (size_t)n) != 0) {
-		session_close(s, "client write failed");
-		return;
-	}
-	if (s->state == SS_CLOSING)
-		return;
-	sy_stream_shutdown(&s->client);
-	/* Unread client bytes would turn our close into a reset that can
-	 * discard the response: read and drop until the client hangs up. */
-	sy_stream_read_start(&s->client, on_drain_read);
-	if (s->state != SS_CLOSING) {
-		sy_stream_set_drain_cb(&s->client, NULL);
-		uv_timer_start(&s->timer, on_grace_timer, CLOSE_GRACE_MS, 0);
-	}
-	(void)on_flushed_close;
+	metrics_http_request(s->lrt->slot, status);
 }
 
 /* ---- head parsing -------------------------------------------------------------------- */
@@ -445,6 +446,31 @@ static char *trimmed_dup(const char *v, size_t len)
 	return strndup(v, len);
 }
 
+/* Capture group 1 of the route's regex over the body that came with the
+ * head (body_wait gathered it), form-decoded; NULL when it does not match. */
+static char *body_capture(hctx *c)
+{
+	if (!c->body_ready || !c->rt->regex)
+		return NULL;
+	regex_t re;
+	if (regcomp(&re, c->rt->regex, REG_EXTENDED) != 0)
+		return NULL; /* validated at load: cannot happen */
+	size_t n = c->body_len;
+	char *body = malloc(n + 1);
+	char *out = NULL;
+	if (body) {
+		memcpy(body, c->buf + c->head_len, n);
+		body[n] = '\0'; /* a NUL in the body ends the subject */
+		regmatch_t m[2];
+		if (regexec(&re, body, 2, m, 0) == 0 && m[1].rm_so >= 0)
+			out = form_decode(body + m[1].rm_so, (size_t)(m[1].rm_eo - m[1].rm_so));
+		OPENSSL_cleanse(body, n);
+		free(body);
+	}
+	regfree(&re);
+	return out;
+}
+
 /* Builds credentials from the request as the route says; false when there
  * is nothing to extract. */
 static bool extract_creds(hctx *c, sy_credentials *cr)
@@ -503,8 +529,10 @@ static bool extract_creds(hctx *c, sy_credentials *cr)
 			cr->authcid = strndup(h->value, h->vlen);
 		break;
 	}
+	case SY_HTTP_EXTRACT_BODY:
+		cr->authcid = body_capture(c);
+		break;
 	default:
-		/* body extraction: not yet implemented; the fallback applies */
 		return false;
 	}
 	cr->mech = SY_MECH_PLAIN;
@@ -586,6 +614,8 @@ static void build_head(hctx *c, obuf *o)
 		const hdr *h = &c->h[i];
 		if (hop_by_hop(c, h))
 			continue;
+		if (c->expect_answered && ieq(h->name, h->nlen, "expect"))
+			continue; /* the proxy answered 100 Continue itself */
 		if (ieq(h->name, h->nlen, "content-length")) {
 			if (cl_done)
 				continue; /* equal duplicates: exactly one toward the backend */
@@ -613,9 +643,466 @@ static void build_head(hctx *c, obuf *o)
 		puts_(o, "Connection: upgrade\r\nUpgrade: ");
 		put(o, u->value, u->vlen);
 		puts_(o, "\r\n\r\n");
-	} else {
+	} else if (c->req_close) {
 		puts_(o, "Connection: close\r\n\r\n");
+	} else {
+		puts_(o, "\r\n"); /* HTTP/1.1: persistent by default */
 	}
+}
+
+/* ---- ending the connection ------------------------------------------------------------- */
+
+static void on_grace_timer(uv_timer_t *t)
+{
+	session_close(t->data, "response not acknowledged");
+}
+
+static void on_linger_drained(sy_stream *st)
+{
+	session_close(st->owner, "closed after the last response");
+}
+
+static void on_linger_read(sy_stream *st, const char *data, ssize_t n)
+{
+	(void)data;
+	if (n < 0)
+		session_close(st->owner, "client closed after the last response");
+}
+
+static void drop_backend(hctx *c);
+
+/* The last response is queued: flush it, send FIN, and close once the
+ * client hangs up (or after a grace period). Unread client bytes would turn
+ * our close into a reset that can discard the response, so they are read
+ * and dropped meanwhile. */
+static void linger_close(hctx *c)
+{
+	sy_session *s = c->s;
+	if (s->state == SS_CLOSING)
+		return;
+	c->st = H_CLOSING;
+	uv_timer_stop(&s->timer);
+	if (s->dial) {
+		dial_cancel(s->dial);
+		s->dial = NULL;
+	}
+	if (c->route) {
+		route_cancel(c->route);
+		c->route = NULL;
+	}
+	drop_backend(c);
+	sy_stream_shutdown(&s->client);
+	if (c->client_eof) {
+		/* No EOF will come again: close once the response is out. */
+		if (sy_stream_pending(&s->client) == 0) {
+			session_close(s, "closed after the last response");
+			return;
+		}
+		sy_stream_set_drain_cb(&s->client, on_linger_drained);
+	} else {
+		sy_stream_set_drain_cb(&s->client, NULL);
+	}
+	sy_stream_read_start(&s->client, on_linger_read);
+	if (s->state != SS_CLOSING)
+		uv_timer_start(&s->timer, on_grace_timer, CLOSE_GRACE_MS, 0);
+}
+
+/* A complete proxy-generated response, then close. */
+static void respond(hctx *c, int status, const char *extra)
+{
+	sy_session *s = c->s;
+	if (s->state == SS_CLOSING || c->st == H_CLOSING)
+		return;
+	c->status = status;
+	char body[128], msg[512];
+	int bl = snprintf(body, sizeof(body), "%d %s\n", status, reason_of(status));
+	int n = snprintf(msg, sizeof(msg),
+	                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+	                 "%sConnection: close\r\n\r\n%s",
+	                 status, reason_of(status), bl, extra ? extra : "", body);
+	log_request(c, status);
+	if (n <= 0 || (size_t)n >= sizeof(msg) ||
+	    sy_stream_write(&s->client, msg, (size_t)n) != 0) {
+		session_close(s, "client write failed");
+		return;
+	}
+	linger_close(c);
+}
+
+static void on_old_backend_closed(sy_stream *st)
+{
+	free(st);
+}
+
+/* Closes the backend connection while the session goes on (the backend
+ * closed an idle keep-alive connection, or it cannot be reused). */
+static void drop_backend(hctx *c)
+{
+	sy_session *s = c->s;
+	if (!s->backend)
+		return;
+	sy_stream *b = s->backend;
+	s->backend = NULL;
+	c->backend_paused = false;
+	sy_stream_close(b, on_old_backend_closed);
+}
+
+/* ---- the request body toward the backend ------------------------------------------------- */
+
+static int on_body_complete(http_parser *p)
+{
+	hctx *c = p->data;
+	c->body_done = true;
+	http_parser_pause(p, 1);
+	return 0;
+}
+
+static const http_parser_settings body_settings = {
+    .on_message_complete = on_body_complete,
+};
+
+/* Sets up the body's framing from the request's headers. */
+static void body_start(hctx *c)
+{
+	const hdr *te = find_hdr(c, "transfer-encoding", NULL);
+	const hdr *cl = find_hdr(c, "content-length", NULL);
+	char synth[96];
+	int n;
+	c->body_done = false;
+	if (te)
+		n = snprintf(synth, sizeof(synth), "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+	else if (cl && !(cl->vlen == 1 && cl->value[0] == '0'))
+		n = snprintf(synth, sizeof(synth), "POST / HTTP/1.1\r\nContent-Length: %.*s\r\n\r\n",
+		             (int)(cl->vlen > 40 ? 40 : cl->vlen), cl->value);
+	else {
+		c->body_done = true; /* no body */
+		return;
+	}
+	http_parser_init(&c->bp, HTTP_REQUEST);
+	c->bp.data = c;
+	http_parser_execute(&c->bp, &body_settings, synth, (size_t)n);
+	if (HTTP_PARSER_ERRNO(&c->bp) != HPE_OK)
+		c->body_done = true; /* a length too large for the parser: check_head refused it */
+}
+
+/* Feeds body bytes; returns how many belong to the body (the rest is the
+ * next request), or -1 when the chunked framing is broken. */
+static ssize_t body_feed(hctx *c, const char *d, size_t n)
+{
+	if (c->body_done || n == 0)
+		return 0; /* (a zero length would tell the parser the stream ended) */
+	size_t k = http_parser_execute(&c->bp, &body_settings, d, n);
+	enum http_errno e = HTTP_PARSER_ERRNO(&c->bp);
+	if (e != HPE_OK && e != HPE_PAUSED)
+		return -1;
+	return (ssize_t)k;
+}
+
+/* Sends the body bytes at d toward the backend (or drops them when
+ * withheld); what follows the body stays in c->buf. Returns 0 or -1 (the
+ * session is closing). */
+static int forward_body(hctx *c, const char *d, size_t n, size_t *used)
+{
+	sy_session *s = c->s;
+	ssize_t k = body_feed(c, d, n);
+	if (k < 0) {
+		session_close(s, "malformed chunked request body");
+		return -1;
+	}
+	*used = (size_t)k;
+	if (k > 0 && !c->withheld && s->backend &&
+	    sy_stream_write(s->backend, d, (size_t)k) != 0) {
+		session_close(s, "backend write failed");
+		return -1;
+	}
+	return 0;
+}
+
+/* Appends client bytes to c->buf. */
+static int buf_append(hctx *c, const char *d, size_t n)
+{
+	if (c->len + n > c->cap) {
+		size_t cap = c->cap * 2 + n;
+		char *b = realloc(c->buf, cap);
+		if (!b)
+			return -1;
+		c->buf = b;
+		c->cap = cap;
+	}
+	memcpy(c->buf + c->len, d, n);
+	c->len += n;
+	return 0;
+}
+
+/* Drops the first `n` bytes of c->buf. */
+static void buf_consume(hctx *c, size_t n)
+{
+	if (n >= c->len) {
+		c->len = 0;
+		return;
+	}
+	memmove(c->buf, c->buf + n, c->len - n);
+	c->len -= n;
+}
+
+/* ---- the response toward the client ----------------------------------------------------------- */
+
+static void finish_exchange(hctx *c);
+static void go_upgrade(hctx *c, const char *rest, size_t n);
+static void on_client_read(sy_stream *st, const char *data, ssize_t n);
+static void on_backend_read(sy_stream *st, const char *data, ssize_t n);
+
+static int on_resp_headers(http_parser *p)
+{
+	hctx *c = p->data;
+	int st = (int)p->status_code;
+	c->resp_status = st;
+	if (st >= 200 && c->expect_100 && !c->got_100 && !c->body_done && !c->expect_answered)
+		c->withheld = true; /* "the client was told to wait": its body must not follow */
+	bool no_body = st / 100 == 1 || st == 204 || st == 304 || c->head_request;
+	return no_body ? 1 : 0;
+}
+
+static int on_resp_complete(http_parser *p)
+{
+	hctx *c = p->data;
+	int st = (int)p->status_code;
+	if (st == 101 && c->upgrade) {
+		c->resp_upgrade = true;
+	} else if (st / 100 == 1) {
+		if (st == 100)
+			c->got_100 = true;
+	} else {
+		c->resp_done = true;
+		c->resp_close = !http_should_keep_alive(p);
+	}
+	http_parser_pause(p, 1);
+	return 0;
+}
+
+static const http_parser_settings resp_settings = {
+    .on_headers_complete = on_resp_headers,
+    .on_message_complete = on_resp_complete,
+};
+
+static void resp_start(hctx *c)
+{
+	http_parser_init(&c->rp, HTTP_RESPONSE);
+	c->rp.data = c;
+	c->resp_status = 0;
+	c->relayed = c->got_100 = c->resp_done = c->resp_close = c->resp_upgrade = false;
+}
+
+/* A response that cannot be relayed: 502 when the client has seen nothing
+ * of it yet, else the connection ends (the client sees a truncated
+ * response, as from the backend itself). */
+static void response_failed(hctx *c, const char *why)
+{
+	char peer[64];
+	session_peer_str(c->s, peer, sizeof(peer));
+	sy_log(SY_LOG_WARN, "http: bad or broken backend response", "listener", c->s->lcfg->name,
+	       "client", peer, "destination", c->s->dest ? c->s->dest->cfg->id : "-", "reason",
+	       why, NULL);
+	if (!c->relayed) {
+		drop_backend(c);
+		respond(c, 502, NULL);
+	} else {
+		session_close(c->s, why);
+	}
+}
+
+/* Relays backend bytes, stopping at the end of the final response. */
+static void feed_response(hctx *c, const char *d, size_t n)
+{
+	sy_session *s = c->s;
+	size_t off = 0;
+	for (;;) {
+		size_t k = http_parser_execute(&c->rp, &resp_settings, d ? d + off : NULL, n - off);
+		enum http_errno e = HTTP_PARSER_ERRNO(&c->rp);
+		if (e != HPE_OK && e != HPE_PAUSED) {
+			response_failed(c, http_errno_name(e));
+			return;
+		}
+		if (k > 0) {
+			if (sy_stream_write(&s->client, d + off, k) != 0) {
+				session_close(s, "client write failed");
+				return;
+			}
+			c->relayed = true;
+			off += k;
+		}
+		if (c->resp_upgrade) {
+			go_upgrade(c, d ? d + off : NULL, n - off);
+			return;
+		}
+		if (e == HPE_PAUSED) {
+			http_parser_pause(&c->rp, 0);
+			if (c->resp_done) {
+				if (off < n)
+					c->resp_close = true; /* bytes after the response: not reusable */
+				finish_exchange(c);
+				return;
+			}
+			if (off < n)
+				continue; /* an interim 1xx: the next head follows */
+		}
+		break;
+	}
+	if (n == 0) {
+		/* The backend closed: only a body delimited by the close ends
+		 * well here (the parser completes it on EOF). */
+		response_failed(c, "backend closed before the response was complete");
+		return;
+	}
+	if (sy_stream_pending(&s->client) > 0 && s->backend) {
+		sy_stream_read_stop(s->backend);
+		c->backend_paused = true;
+	}
+}
+
+/* ---- the exchange ----------------------------------------------------------------------------- */
+
+static void reset_request(hctx *c);
+static void process_head(hctx *c);
+
+static void on_relay_idle(uv_timer_t *t)
+{
+	session_close(t->data, "http relay_idle");
+}
+
+static void touch(hctx *c)
+{
+	uv_timer_start(&c->s->timer, on_relay_idle, c->rsnap->cfg->http.relay_idle_ms, 0);
+}
+
+static void on_client_drain(sy_stream *st)
+{
+	sy_session *s = st->owner;
+	hctx *c = s->proto;
+	if (c && c->st == H_EXCHANGE && c->backend_paused && s->backend) {
+		c->backend_paused = false;
+		sy_stream_read_start(s->backend, on_backend_read);
+	}
+}
+
+static void on_backend_drain(sy_stream *st)
+{
+	sy_session *s = st->owner;
+	hctx *c = s->proto;
+	if (c && c->st == H_EXCHANGE && c->client_paused && !c->body_done) {
+		c->client_paused = false;
+		sy_stream_read_start(&s->client, on_client_read);
+	}
+}
+
+/* The head (and the body bytes after it) go to the backend; the response
+ * is awaited. */
+static void send_request(hctx *c)
+{
+	sy_session *s = c->s;
+	obuf o = {0};
+	build_head(c, &o);
+	if (o.fail || sy_stream_write(s->backend, o.p, o.len) != 0) {
+		free(o.p);
+		session_close(s, "backend write failed");
+		return;
+	}
+	free(o.p);
+	if (s->state == SS_CLOSING)
+		return;
+	c->st = H_EXCHANGE;
+	free(s->identifier); /* what /connections/kick matches */
+	s->identifier = c->identifier;
+	c->identifier = NULL;
+	body_start(c);
+	size_t used = 0;
+	if (forward_body(c, c->buf + c->head_len, c->len - c->head_len, &used) != 0)
+		return;
+	buf_consume(c, c->head_len + used);
+	c->head_len = 0;
+	resp_start(c);
+	touch(c);
+	sy_stream_set_drain_cb(&s->client, on_client_drain);
+	sy_stream_set_drain_cb(s->backend, on_backend_drain);
+	c->backend_paused = false;
+	sy_stream_read_start(s->backend, on_backend_read);
+	if (s->state == SS_CLOSING || c->st != H_EXCHANGE)
+		return;
+	c->client_paused = false;
+	if (!c->body_done && sy_stream_pending(s->backend) == 0)
+		sy_stream_read_start(&s->client, on_client_read);
+	else if (!c->body_done)
+		c->client_paused = true;
+}
+
+static void finish_exchange(hctx *c)
+{
+	sy_session *s = c->s;
+	log_request(c, c->resp_status);
+	c->nreq++;
+	if (c->resp_close)
+		drop_backend(c);
+	/* Connection: close from either side (or a body the backend's close
+	 * ended, which http_should_keep_alive reports the same way). */
+	if (c->req_close || c->resp_close || c->withheld || !c->body_done || c->draining ||
+	    c->client_eof || s->state == SS_CLOSING) {
+		linger_close(c);
+		return;
+	}
+	if (s->backend) {
+		sy_stream_read_stop(s->backend);
+		c->backend_paused = false;
+		/* Idle: an EOF from the backend now just drops the connection. */
+		sy_stream_read_start(s->backend, on_backend_read);
+	}
+	reset_request(c);
+	process_head(c);
+}
+
+/* 101 to an upgrade request: the rest is the opaque bridge. */
+static void go_upgrade(hctx *c, const char *rest, size_t n)
+{
+	sy_session *s = c->s;
+	log_request(c, 101);
+	metrics_http_upgrade(s->lrt->slot);
+	if (n > 0 && sy_stream_write(&s->client, rest, n) != 0) {
+		session_close(s, "client write failed");
+		return;
+	}
+	if (c->len > 0 && sy_stream_write(s->backend, c->buf, c->len) != 0) {
+		session_close(s, "backend write failed");
+		return;
+	}
+	c->len = 0;
+	c->st = H_CLOSING; /* this module is done with the connection */
+	uv_timer_stop(&s->timer);
+	sy_stream_read_stop(&s->client);
+	sy_stream_read_stop(s->backend);
+	bridge_start(s);
+}
+
+static void on_backend_read(sy_stream *st, const char *data, ssize_t n)
+{
+	sy_session *s = st->owner;
+	hctx *c = s->proto;
+	if (!c || s->state == SS_CLOSING)
+		return;
+	if (c->st != H_EXCHANGE) {
+		/* Between requests: the backend closed its idle connection (or
+		 * sent bytes nobody asked for). Dial again for the next one. */
+		drop_backend(c);
+		return;
+	}
+	touch(c);
+	if (n > 0) {
+		feed_response(c, data, (size_t)n);
+		return;
+	}
+	if (n == UV_EOF) {
+		feed_response(c, NULL, 0);
+		return;
+	}
+	response_failed(c, "backend connection error");
 }
 
 static void on_dialed(void *arg, sy_stream *stream, int status, const char *reason)
@@ -633,39 +1120,41 @@ static void on_dialed(void *arg, sy_stream *stream, int status, const char *reas
 		return;
 	}
 	s->backend = stream;
-	obuf o = {0};
-	build_head(c, &o);
-	/* Body bytes that came with the head. */
-	put(&o, c->buf + c->head_len, c->len - c->head_len);
-	if (o.fail || sy_stream_write(s->backend, o.p, o.len) != 0) {
-		free(o.p);
-		session_close(s, "backend write failed");
-		return;
-	}
-	free(o.p);
-	if (s->state == SS_CLOSING)
-		return;
-	log_request(c, 0);
-	free(s->identifier);
-	s->identifier = c->identifier;
-	c->identifier = NULL;
-	uv_timer_stop(&s->timer);
-	bridge_start(s);
+	stream->owner = s;
+	send_request(c);
 }
 
-static void dial_dest(hctx *c, sy_dest_rt *d, sy_node_set *hold)
+/* Sends the request to `d`: over the kept-alive backend connection when it
+ * is the connection's destination, else a new one; a destination other
+ * than the connection's gets 421. */
+static void use_dest(hctx *c, sy_dest_rt *d, sy_node_set *hold)
 {
 	sy_session *s = c->s;
-	session_set_dest(s, d, hold);
+	if (s->dest && strcmp(s->dest->cfg->id, d->cfg->id) != 0) {
+		respond(c, 421, NULL);
+		return;
+	}
+	if (s->backend) {
+		send_request(c);
+		return;
+	}
+	if (c->dsnap != c->rsnap) {
+		session_set_dest(s, d, hold);
+		snapshot_unref(c->dsnap);
+		c->dsnap = snapshot_ref(c->rsnap);
+	} else if (!s->dest) {
+		session_set_dest(s, d, hold);
+	}
+	c->st = H_ROUTING;
 	sy_dial_params p = {
 	    .w = s->w,
-	    .snap = s->snap,
-	    .dest = d,
+	    .snap = c->dsnap,
+	    .dest = s->dest,
 	    .proto = SY_PROTO_HTTP,
 	    .client = (const struct sockaddr *)&s->peer,
 	    .local = (const struct sockaddr *)&s->local,
 	    .proxy_header = false, /* HTTP legs never carry a PROXY header */
-	    .timeout_ms = s->snap->cfg->server.backend_timeout_ms,
+	    .timeout_ms = c->rsnap->cfg->server.backend_timeout_ms,
 	    .stream_owner = s,
 	    .cb = on_dialed,
 	    .arg = c,
@@ -677,8 +1166,8 @@ static sy_dest_rt *fallback_dest(hctx *c)
 {
 	/* "default" names the default destination unless a target is
 	 * actually called that (docs/CONFIGURATION.md). */
-	sy_dest_rt *d = c->rt->fallback ? snapshot_dest(c->s->snap, c->rt->fallback) : NULL;
-	return d ? d : snapshot_dest(c->s->snap, c->s->snap->cfg->routing.default_destination);
+	sy_dest_rt *d = c->rt->fallback ? snapshot_dest(c->rsnap, c->rt->fallback) : NULL;
+	return d ? d : snapshot_dest(c->rsnap, c->rsnap->cfg->routing.default_destination);
 }
 
 static void on_routed(void *arg, const sy_route_result *r)
@@ -688,7 +1177,8 @@ static void on_routed(void *arg, const sy_route_result *r)
 	if (c->s->state == SS_CLOSING)
 		return;
 	if (r->status != SY_ROUTE_OK) {
-		respond(c, 503, "Retry-After: 5\r\n");
+		respond(c, r->status == SY_ROUTE_TEMPFAIL ? 503 : 502,
+		        r->status == SY_ROUTE_TEMPFAIL ? "Retry-After: 5\r\n" : NULL);
 		return;
 	}
 	sy_dest_rt *d = r->dest;
@@ -701,69 +1191,7 @@ static void on_routed(void *arg, const sy_route_result *r)
 		respond(c, 502, NULL);
 		return;
 	}
-	dial_dest(c, d, hold);
-}
-
-static void route_request(hctx *c)
-{
-	sy_session *s = c->s;
-	const sy_http_config *hc = &s->snap->cfg->http;
-	size_t plen = path_len(c);
-	c->rt = NULL;
-	for (size_t i = 0; i < hc->nroutes; i++)
-		if (route_matches(hc->routes[i].match, c->url, plen)) {
-			c->rt = &hc->routes[i];
-			break;
-		}
-	if (!c->rt) {
-		respond(c, 404, NULL);
-		return;
-	}
-	size_t nu;
-	const hdr *u = find_hdr(c, "upgrade", &nu);
-	c->upgrade = nu == 1 && u->value && listed_in_connection(c, "upgrade", 7);
-	if (c->rt->extract == SY_HTTP_EXTRACT_NONE) {
-		sy_dest_rt *d = snapshot_dest(s->snap, c->rt->destination);
-		if (!d) {
-			/* a cluster target: resolved through the router's pinning */
-			sy_route_req *req =
-			    route_resolve(s->w, s->snap, NULL, s->id, SY_PROTO_HTTP, on_routed, c);
-			if (req)
-				c->route = req;
-			return;
-		}
-		dial_dest(c, d, NULL);
-		return;
-	}
-	sy_credentials cr;
-	char *id = NULL;
-	if (extract_creds(c, &cr)) {
-		sy_ident_result ir = identifier_extract(&cr, s->snap->cfg, &id);
-		if (ir != SY_IDENT_OK)
-			id = NULL;
-	}
-	credentials_wipe(&cr);
-	if (!id) {
-		sy_dest_rt *d = fallback_dest(c);
-		if (!d) {
-			respond(c, 502, NULL);
-			return;
-		}
-		dial_dest(c, d, NULL);
-		return;
-	}
-	c->identifier = id;
-	sy_route_req *req = route_resolve(s->w, s->snap, id, s->id, SY_PROTO_HTTP, on_routed, c);
-	if (req)
-		c->route = req;
-}
-
-/* ---- the client leg ------------------------------------------------------------------------ */
-
-static void on_head_timeout(uv_timer_t *t)
-{
-	sy_session *s = t->data;
-	respond(s->proto, 408, NULL);
+	use_dest(c, d, hold);
 }
 
 static void on_route_timeout(uv_timer_t *t)
@@ -777,58 +1205,253 @@ static void on_route_timeout(uv_timer_t *t)
 	respond(c, 502, NULL);
 }
 
-static void on_client_read(sy_stream *st, const char *data, ssize_t n)
+static void route_request(hctx *c)
 {
-	sy_session *s = st->owner;
-	hctx *c = s->proto;
-	if (n < 0) {
-		session_close(s, "client closed before a complete request head");
-		return;
-	}
-	uint64_t max = s->snap->cfg->http.max_head_size;
-	if (c->len + (size_t)n > c->cap) {
-		size_t cap = c->cap * 2 + (size_t)n;
-		char *b = realloc(c->buf, cap);
-		if (!b) {
-			session_close(s, "out of memory");
+	sy_session *s = c->s;
+	c->st = H_ROUTING;
+	uv_timer_start(&s->timer, on_route_timeout, c->rsnap->cfg->server.backend_timeout_ms, 0);
+	if (c->rt->extract == SY_HTTP_EXTRACT_NONE) {
+		sy_dest_rt *d = snapshot_dest(c->rsnap, c->rt->destination);
+		if (!d) {
+			/* a cluster target: the router picks the node (pinned by
+			 * the connection's id, as an opaque login is) */
+			sy_route_req *req =
+			    route_resolve(s->w, c->rsnap, NULL, s->id, SY_PROTO_HTTP, on_routed, c);
+			if (req)
+				c->route = req;
 			return;
 		}
-		c->buf = b;
-		c->cap = cap;
+		use_dest(c, d, NULL);
+		return;
 	}
-	memcpy(c->buf + c->len, data, (size_t)n);
-	size_t from = c->len > 3 ? c->len - 3 : 0;
-	c->len += (size_t)n;
-	char *end = NULL;
-	for (size_t i = from; i + 3 < c->len + 0 && i + 4 <= c->len; i++)
-		if (memcmp(c->buf + i, "\r\n\r\n", 4) == 0) {
-			end = c->buf + i + 4;
+	sy_credentials cr;
+	char *id = NULL;
+	if (extract_creds(c, &cr)) {
+		sy_ident_result ir = identifier_extract(&cr, c->rsnap->cfg, &id);
+		if (ir != SY_IDENT_OK)
+			id = NULL;
+	}
+	credentials_wipe(&cr);
+	if (!id) {
+		sy_dest_rt *d = fallback_dest(c);
+		if (!d) {
+			respond(c, 502, NULL);
+			return;
+		}
+		use_dest(c, d, NULL);
+		return;
+	}
+	free(c->identifier);
+	c->identifier = id;
+	sy_route_req *req = route_resolve(s->w, c->rsnap, id, s->id, SY_PROTO_HTTP, on_routed, c);
+	if (req)
+		c->route = req;
+}
+
+/* ---- the client leg ------------------------------------------------------------------------ */
+
+static void on_head_timeout(uv_timer_t *t)
+{
+	sy_session *s = t->data;
+	hctx *c = s->proto;
+	if (c->nreq > 0 && c->len == 0) {
+		session_close(s, "http keepalive_timeout");
+		return;
+	}
+	respond(c, 408, NULL);
+}
+
+static void reset_request(hctx *c)
+{
+	sy_session *s = c->s;
+	c->st = H_HEAD;
+	c->head_len = 0;
+	c->url = NULL;
+	c->url_len = 0;
+	c->nh = 0;
+	c->in_value = c->too_many = c->done = false;
+	c->method = NULL;
+	c->rt = NULL;
+	c->status = 0;
+	c->upgrade = c->req_close = c->expect_100 = c->expect_answered = false;
+	c->head_request = c->body_ready = c->withheld = c->client_paused = false;
+	c->body_done = true;
+	c->body_len = 0;
+	c->t0 = uv_now(&s->w->loop);
+	c->in0 = s->client.bytes_in - c->len; /* what is buffered belongs to this request */
+	c->out0 = s->client.bytes_out;
+	if (c->nreq > 0) {
+		/* A kept-alive connection: routes of the configuration current now. */
+		sy_snapshot *now = s->w->hooks->snapshot(s->w);
+		snapshot_unref(c->rsnap);
+		c->rsnap = now;
+		/* Idle: keepalive_timeout until a byte comes, then the head
+		 * deadline (preauth_timeout) from that byte. */
+		uv_timer_start(&s->timer, on_head_timeout,
+		               c->len ? s->lcfg->preauth_timeout_ms
+		                      : c->rsnap->cfg->http.keepalive_timeout_ms,
+		               0);
+	}
+}
+
+/* The request's head is complete and checked: route it. */
+static void head_ready(hctx *c)
+{
+	sy_session *s = c->s;
+	const sy_http_config *hc = &c->rsnap->cfg->http;
+	size_t plen = path_len(c);
+	for (size_t i = 0; i < hc->nroutes; i++)
+		if (route_matches(hc->routes[i].match, c->url, plen)) {
+			c->rt = &hc->routes[i];
 			break;
 		}
+	if (!c->rt) {
+		respond(c, 404, NULL);
+		return;
+	}
+	size_t nu;
+	const hdr *u = find_hdr(c, "upgrade", &nu);
+	c->upgrade = nu == 1 && u->value && listed_in_connection(c, "upgrade", 7);
+	c->req_close = listed_in_connection(c, "close", 5) ||
+	               (hc->max_keepalive_requests && c->nreq + 1 >= hc->max_keepalive_requests);
+	const hdr *ex = find_hdr(c, "expect", NULL);
+	c->expect_100 = ex && ex->value && ieq(ex->value, ex->vlen, "100-continue");
+	c->head_request = c->parser.method == HTTP_HEAD;
+	if (c->rt->extract == SY_HTTP_EXTRACT_BODY) {
+		const hdr *cl = find_hdr(c, "content-length", NULL);
+		unsigned long long n = cl ? strtoull(cl->value, NULL, 10) : 0;
+		if (cl && !find_hdr(c, "transfer-encoding", NULL) && n > 0 &&
+		    n <= hc->body_extract_cap) {
+			c->body_len = (size_t)n;
+			if (c->expect_100) {
+				static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+				if (sy_stream_write(&s->client, cont, sizeof(cont) - 1) != 0) {
+					session_close(s, "client write failed");
+					return;
+				}
+				c->expect_answered = true;
+			}
+			c->st = H_BODYWAIT;
+			uv_timer_start(&s->timer, on_route_timeout,
+			               c->rsnap->cfg->server.backend_timeout_ms, 0);
+			if (c->len - c->head_len >= c->body_len) {
+				c->body_ready = true;
+				route_request(c);
+			} else {
+				sy_stream_read_start(&s->client, on_client_read);
+			}
+			return;
+		}
+	}
+	route_request(c);
+}
+
+/* Looks for a complete head at the start of c->buf. */
+static void process_head(hctx *c)
+{
+	sy_session *s = c->s;
+	uint64_t max = c->rsnap->cfg->http.max_head_size;
+	char *end = c->len >= 4 ? memmem(c->buf, c->len, "\r\n\r\n", 4) : NULL;
 	if (!end) {
 		/* a bare LF ending the head is malformed: look for "\n\n" too */
-		if (memmem(c->buf, c->len, "\n\n", 2)) {
+		if (c->len >= 2 && memmem(c->buf, c->len, "\n\n", 2)) {
 			c->head_len = c->len;
 			respond(c, 400, NULL);
 			return;
 		}
-		if (c->len > max)
+		if (c->len > max) {
 			respond(c, 431, NULL);
+			return;
+		}
+		sy_stream_read_start(&s->client, on_client_read);
 		return;
 	}
-	c->head_len = (size_t)(end - c->buf);
+	c->head_len = (size_t)(end + 4 - c->buf);
 	if (c->head_len > max) {
 		respond(c, 431, NULL);
 		return;
 	}
 	sy_stream_read_stop(&s->client);
-	int st_ = check_head(c);
-	if (st_) {
-		respond(c, st_, NULL);
+	int st = check_head(c);
+	if (st) {
+		respond(c, st, NULL);
 		return;
 	}
-	uv_timer_start(&s->timer, on_route_timeout, s->snap->cfg->server.backend_timeout_ms, 0);
-	route_request(c);
+	head_ready(c);
+}
+
+static void on_client_read(sy_stream *st, const char *data, ssize_t n)
+{
+	sy_session *s = st->owner;
+	hctx *c = s->proto;
+	if (n < 0) {
+		c->client_eof = true;
+		if (c->st == H_EXCHANGE && c->body_done && n == UV_EOF) {
+			/* Half-closed after a complete request: answer it, then end. */
+			sy_stream_read_stop(&s->client);
+			return;
+		}
+		session_close(s, c->st == H_HEAD && c->len == 0 ? "client closed"
+		                                                 : "client closed mid-request");
+		return;
+	}
+	switch (c->st) {
+	case H_HEAD: {
+		bool first_byte = c->len == 0 && c->nreq > 0;
+		if (buf_append(c, data, (size_t)n) != 0) {
+			session_close(s, "out of memory");
+			return;
+		}
+		if (first_byte)
+			uv_timer_start(&s->timer, on_head_timeout, s->lcfg->preauth_timeout_ms, 0);
+		process_head(c);
+		return;
+	}
+	case H_BODYWAIT:
+		if (buf_append(c, data, (size_t)n) != 0) {
+			session_close(s, "out of memory");
+			return;
+		}
+		if (c->len - c->head_len >= c->body_len) {
+			sy_stream_read_stop(&s->client);
+			c->body_ready = true;
+			route_request(c);
+		}
+		return;
+	case H_EXCHANGE: {
+		touch(c);
+		size_t used = 0;
+		if (!c->body_done && forward_body(c, data, (size_t)n, &used) != 0)
+			return;
+		if (used < (size_t)n) {
+			/* The next request, pipelined: it waits for this response. */
+			if (buf_append(c, data + used, (size_t)n - used) != 0) {
+				session_close(s, "out of memory");
+				return;
+			}
+			sy_stream_read_stop(&s->client);
+		} else if (s->backend && sy_stream_pending(s->backend) > 0) {
+			sy_stream_read_stop(&s->client);
+			c->client_paused = true;
+		}
+		if (c->body_done)
+			sy_stream_read_stop(&s->client);
+		return;
+	}
+	default:
+		sy_stream_read_stop(&s->client);
+		return;
+	}
+}
+
+static void http_shutdown(sy_session *s)
+{
+	hctx *c = s->proto;
+	if (!c)
+		return;
+	c->draining = true;
+	if (c->st == H_HEAD && c->len == 0)
+		session_close(s, "shutting down");
 }
 
 static void http_release(sy_session *s)
@@ -838,6 +1461,10 @@ static void http_release(sy_session *s)
 		return;
 	if (c->route)
 		route_cancel(c->route);
+	if (c->rsnap)
+		snapshot_unref(c->rsnap);
+	if (c->dsnap)
+		snapshot_unref(c->dsnap);
 	free(c->buf);
 	free(c->pbuf);
 	free(c->identifier);
@@ -855,13 +1482,16 @@ void http_start(sy_session *s)
 	c->s = s;
 	c->cap = 4096;
 	c->buf = malloc(c->cap);
-	c->t0 = uv_now(&s->w->loop);
+	c->rsnap = snapshot_ref(s->snap);
+	c->dsnap = snapshot_ref(s->snap);
 	s->proto = c;
 	s->proto_release = http_release;
+	s->proto_shutdown = http_shutdown;
 	if (!c->buf) {
 		session_close(s, "out of memory");
 		return;
 	}
+	reset_request(c);
 	uint64_t deadline = s->start_ms + s->lcfg->preauth_timeout_ms;
 	uint64_t now = uv_now(&s->w->loop);
 	uv_timer_start(&s->timer, on_head_timeout, deadline > now ? deadline - now : 1, 0);
@@ -870,13 +1500,14 @@ void http_start(sy_session *s)
 		size_t pl = s->pending_len;
 		s->pending = NULL;
 		s->pending_len = 0;
-		on_client_read(&s->client, p, (ssize_t)pl);
+		int rc = buf_append(c, p, pl);
 		pool_put(&s->w->pool, p);
-		if (s->state != SS_CLOSING && c->head_len == 0)
-			sy_stream_read_start(&s->client, on_client_read);
-		return;
+		if (rc != 0) {
+			session_close(s, "out of memory");
+			return;
+		}
 	}
-	sy_stream_read_start(&s->client, on_client_read);
+	process_head(c);
 }
 
 int http_request_head_status(const char *head, size_t len, size_t *nheaders)

@@ -521,7 +521,9 @@ long session_kick(sy_worker *w, const char *identifier, const char *why)
 	for (sy_session *s = w->sessions; s; s = next) {
 		/* session_close never frees synchronously: next stays valid. */
 		next = s->next;
-		if (s->state != SS_BRIDGING || !s->identifier ||
+		/* Bridged mail sessions, and HTTP connections (whose identifier
+		 * is their latest request's); before that, identifier is NULL. */
+		if (s->state == SS_CLOSING || !s->identifier ||
 		    strcmp(s->identifier, identifier) != 0)
 			continue;
 		session_close(s, why);
