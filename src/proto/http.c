@@ -1312,7 +1312,7 @@ static void head_ready(hctx *c)
 	size_t nu;
 	const hdr *u = find_hdr(c, "upgrade", &nu);
 	c->upgrade = nu == 1 && u->value && listed_in_connection(c, "upgrade", 7);
-	c->req_close = listed_in_connection(c, "close", 5) ||
+	c->req_close = listed_in_connection(c, "close", 5) || hc->keepalive_timeout_ms == 0 ||
 	               (hc->max_keepalive_requests && c->nreq + 1 >= hc->max_keepalive_requests);
 	const hdr *ex = find_hdr(c, "expect", NULL);
 	c->expect_100 = ex && ex->value && ieq(ex->value, ex->vlen, "100-continue");
