@@ -45,6 +45,14 @@
  * straight from the stream's read callback, which runs from the loop; a
  * callback may issue requests or close the store.
  *
+ * Subscriber mode (store_redis_subscribe): one connection and no requests.
+ * Once READY it asks CONFIG GET notify-keyspace-events when watch_keyspace
+ * is set (refusing the keyspace pattern, with an error line, when the
+ * server's setting cannot deliver the events), then sends SUBSCRIBE (and
+ * PSUBSCRIBE); from then on every reply is a push: confirmations and
+ * messages. The state callback reports the confirmed subscription and its
+ * loss.
+ *
  * Closing: every connection's stream is closed (its requests fail with
  * "redis: store closed"), the timers are closed and lookups cancelled; the
  * store is freed once every handle's close callback has run.
@@ -52,9 +60,6 @@
 #include "switchyard/store.h"
 
 #include <arpa/inet.h>
-#include <ctype.h>
-#include <errno.h>
-#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
