@@ -94,6 +94,20 @@ def test_rediss_server_name_override_and_mutual_tls(certs, driver):
         assert d.finish() == ["CLOSED"]
 
 
+def test_rediss_host_name_is_resolved_and_verified(tls_redis, certs, driver):
+    # "localhost" resolves (off the loop) to ::1 and 127.0.0.1; the server
+    # listens on 127.0.0.1 only, so an address that refuses is skipped at
+    # once. The certificate is checked against the name (DNS:localhost).
+    r = tls_redis
+    r.command("SET", "k", "v")
+    d = driver("redis", url=f"rediss://:{PASSWORD}@localhost:{r.port}", tls_ca_file=certs.ca_cert, log="debug")
+    res, took = d.timed("get k")
+    assert res == "FOUND v"
+    assert took < PROMPT
+    assert d.finish() == ["CLOSED"]
+    assert "server=localhost:" in d.stderr_text()
+
+
 @pytest.mark.parametrize("case", ["untrusted-ca", "self-signed", "wrong-name", "ip-not-in-cert"])
 def test_rediss_bad_certificate_is_refused(certs, driver, case):
     cert = {"self-signed": certs.selfsigned, "ip-not-in-cert": certs.mail}.get(case, certs.localhost)
