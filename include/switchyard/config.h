@@ -187,6 +187,13 @@ typedef struct sy_mapping_config {
 		uint32_t pool_size;   /* 16 */
 		char *events_channel; /* NULL: "<key_prefix>events" */
 		bool watch_keyspace;  /* follow keyspace notifications (false) */
+		/* rediss:// only: verification and mutual TLS, named as on
+		 * destinations (plus tls_ca_file: NULL = platform store). */
+		char *tls_ca_file;
+		char *tls_server_name; /* NULL = the URL's host */
+		bool tls_allow_invalid_certs;
+		char *tls_client_cert;
+		char *tls_client_key;
 	} redis;
 	struct {
 		char *url;

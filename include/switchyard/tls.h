@@ -118,6 +118,32 @@ typedef struct sy_tls_client sy_tls_client;
 int tls_client_create(const sy_destination_config *d, sy_tls_client **out, const char **error_r);
 
 /*
+ * The settings of an outbound context, for users that are not a destination
+ * (the Redis mapping store over rediss://). `key` is the config table they
+ * come from ("destination.<id>", "mapping.redis"): error messages name
+ * "<key>.<setting>". `name` is the expected server name (SNI and the
+ * certificate check, as tls_client_new_ssl describes). Trust is the platform
+ * store, or with `ca_file` only the CA certificates in that PEM file. The pin
+ * (32 bytes, when has_pin) and allow_invalid_certs work as for destinations;
+ * client_cert and client_key (both or neither) enable mutual TLS. Strings are
+ * not kept.
+ */
+typedef struct sy_tls_client_opts {
+	const char *key;
+	const char *name;
+	bool has_pin;
+	const unsigned char *pin;
+	bool allow_invalid_certs;
+	const char *ca_file;
+	const char *client_cert;
+	const char *client_key;
+} sy_tls_client_opts;
+
+/* Builds a context from `o`; returns as tls_client_create (which is this
+ * function with the destination's settings). */
+int tls_client_create_opts(const sy_tls_client_opts *o, sy_tls_client **out, const char **error_r);
+
+/*
  * Frees c. Every SSL made from it must have been freed first (they point at
  * its SSL_CTX callbacks' state). NULL is ignored.
  */

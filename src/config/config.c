@@ -1204,6 +1204,11 @@ static const field mapping_redis_fields[] = {
     FLD("pool_size", sy_mapping_config, F_U32, redis.pool_size, .flags = NONZERO, .max = 1024),
     FLD("events_channel", sy_mapping_config, F_STR, redis.events_channel),
     FLD("watch_keyspace", sy_mapping_config, F_BOOL, redis.watch_keyspace),
+    FLD("tls_ca_file", sy_mapping_config, F_PATH, redis.tls_ca_file),
+    FLD("tls_server_name", sy_mapping_config, F_STR, redis.tls_server_name),
+    FLD("tls_allow_invalid_certs", sy_mapping_config, F_BOOL, redis.tls_allow_invalid_certs),
+    FLD("tls_client_cert", sy_mapping_config, F_PATH, redis.tls_client_cert),
+    FLD("tls_client_key", sy_mapping_config, F_PATH, redis.tls_client_key),
 };
 
 static const field mapping_sql_fields[] = {
@@ -1905,6 +1910,10 @@ void config_free(sy_config *cfg)
 	free(m->redis.url);
 	free(m->redis.key_prefix);
 	free(m->redis.events_channel);
+	free(m->redis.tls_ca_file);
+	free(m->redis.tls_server_name);
+	free(m->redis.tls_client_cert);
+	free(m->redis.tls_client_key);
 	free(m->sql.events_channel);
 	free(m->sql.url);
 	free(m->sql.query);

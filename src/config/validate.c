@@ -694,6 +694,68 @@ static void check_mapped_targets(vctx *v, const sy_mapfile *mf)
 	free(seen);
 }
 
+/* [mapping.redis] tls_*: only meaningful with rediss://, and the files must
+ * load as the store will load them. */
+static void check_redis_tls(vctx *v, bool tls)
+{
+	const sy_mapping_config *m = &v->cfg->mapping;
+	const struct {
+		const char *key;
+		bool set;
+	} keys[] = {
+	    {"mapping.redis.tls_ca_file", m->redis.tls_ca_file != NULL},
+	    {"mapping.redis.tls_server_name", m->redis.tls_server_name != NULL},
+	    {"mapping.redis.tls_allow_invalid_certs", m->redis.tls_allow_invalid_certs},
+	    {"mapping.redis.tls_client_cert", m->redis.tls_client_cert != NULL},
+	    {"mapping.redis.tls_client_key", m->redis.tls_client_key != NULL},
+	};
+	if (!tls) {
+		for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+			if (keys[i].set)
+				verr(
+				    v, keys[i].key,
+				    "only applies to Redis over TLS; use a rediss:// url or remove "
+				    "it");
+		}
+		return;
+	}
+	if (m->redis.tls_allow_invalid_certs)
+		vwarn(v, "mapping.redis.tls_allow_invalid_certs",
+		      "the Redis server's certificate is not verified: anyone on the path can "
+		      "read and change the mappings; set tls_ca_file (or tls_server_name) "
+		      "instead");
+	if (m->redis.tls_server_name != NULL && m->redis.tls_server_name[0] == '\0')
+		verr(v, "mapping.redis.tls_server_name",
+		     "must not be empty; remove it to check the certificate against the url's "
+		     "host");
+	if (m->redis.tls_ca_file != NULL) {
+		FILE *f = open_readable(v, "mapping.redis.tls_ca_file", m->redis.tls_ca_file,
+		                        "CA certificate");
+		if (f != NULL) {
+			char why[256];
+			ERR_clear_error();
+			X509 *x = PEM_read_X509(f, NULL, no_passphrase, NULL);
+			fclose(f);
+			if (x == NULL)
+				verr(v, "mapping.redis.tls_ca_file",
+				     "%s is not a PEM certificate (%s); it must hold the CA "
+				     "certificate(s) that issued the Redis server's certificate",
+				     m->redis.tls_ca_file, ssl_reason(why, sizeof(why)));
+			X509_free(x);
+		}
+	}
+	if ((m->redis.tls_client_cert == NULL) != (m->redis.tls_client_key == NULL))
+		verr(v,
+		     m->redis.tls_client_cert == NULL ? "mapping.redis.tls_client_cert"
+		                                      : "mapping.redis.tls_client_key",
+		     "missing while %s is set; mutual TLS needs both the client certificate and "
+		     "its key",
+		     m->redis.tls_client_cert == NULL ? "tls_client_key" : "tls_client_cert");
+	else if (m->redis.tls_client_cert != NULL)
+		check_cert_pair(v, "mapping.redis.tls_client_cert", m->redis.tls_client_cert,
+		                "mapping.redis.tls_client_key", m->redis.tls_client_key);
+}
+
 static void check_mapping(vctx *v)
 {
 	const sy_config *cfg = v->cfg;
@@ -712,11 +774,8 @@ static void check_mapping(vctx *v)
 		else if (redis_url_parse(m->redis.url, &u, &uerr) != 0)
 			verr(v, "mapping.redis.url", "%s",
 			     uerr + (strncmp(uerr, "mapping.redis.url: ", 19) == 0 ? 19 : 0));
-		else if (u.tls)
-			verr(v, "mapping.redis.url",
-			     "rediss:// (Redis over TLS) is not supported by this build: Debian's "
-			     "hiredis has no TLS; use redis:// over a protected network, or a "
-			     "TLS tunnel (e.g. stunnel) to the Redis server");
+		else
+			check_redis_tls(v, u.tls);
 		redis_url_free(&u);
 	}
 

@@ -1,92 +1,128 @@
 /*
  * The Redis mapping store (store.h): GET/SET/DEL <key_prefix><key> over a
- * small pool of hiredis async connections driven by the worker's libuv loop.
+ * small pool of connections on the worker's libuv loop, plain (redis://) or
+ * TLS (rediss://).
  *
- * Why our own event adapter rather than <hiredis/adapters/libuv.h>: the one
- * shipped with hiredis 0.14 ignores a poll callback with a non-zero status,
- * and libuv reports POLLERR (which is what a refused non-blocking connect
- * produces) as exactly that, after stopping the handle. With the stock
- * adapter a connection attempt to a server that is down never completes and
- * is never retried. Ours hands such an event to hiredis as "readable and
- * writable", so hiredis reads the socket error and fails the attempt. Owning
- * the poll handle also lets close() wait for every handle's close callback
- * before reporting completion.
+ * I/O is the project's own: each connection is a sy_stream (stream.h), with
+ * a client SSL from tls.h for rediss://. hiredis is used for the protocol
+ * only: redisFormatCommandArgv builds the commands and a redisReader per
+ * connection parses the replies. Debian's hiredis 0.14 has no TLS, and its
+ * async context would also resolve host names synchronously and, with the
+ * libuv adapter it ships, never notice a refused connect; owning the socket
+ * avoids all three. The store has its own block pool for the streams (it
+ * runs on worker loops and on the main loop alike), keeping at most two free
+ * blocks.
+ *
+ * TLS follows the backend legs' rules: the server's certificate must chain
+ * to the platform trust store (or to [mapping.redis] tls_ca_file) and carry
+ * the expected name (tls_server_name, else the URL's host; an IP literal is
+ * checked against the certificate's IP addresses), unless
+ * tls_allow_invalid_certs; tls_client_cert/tls_client_key add a client
+ * certificate. Sessions are resumed across reconnects.
  *
  * Connection life cycle, per pool slot:
- *   DOWN --timer--> RESOLVING (hostnames only, uv_getaddrinfo: hiredis would
- *   resolve synchronously and block the loop) --> CONNECTING (TCP connect,
- *   then AUTH and SELECT when configured) --> READY --(error or EOF)--> DOWN.
+ *   DOWN --timer--> RESOLVING (hostnames only, uv_getaddrinfo, so the loop
+ *   never blocks on DNS) --> CONNECTING (TCP connect) --> HANDSHAKE
+ *   (rediss:// only) --> SETUP (AUTH and SELECT when configured) --> READY
+ *   --(error or EOF)--> DOWN.
  * A failed attempt tries the next resolved address at once; when none is
- * left, the slot waits (100 ms, doubling to 5 s) and starts over.
+ * left, the slot waits (100 ms, doubling to 5 s) and starts over. The whole
+ * attempt (connect, handshake, setup) is bounded by lookup_timeout (5 s when
+ * that is 0).
  *
- * Requests go round-robin to READY slots (Redis pipelines, so there is no
- * per-connection queue). With no READY slot they fail at once, except while
- * the very first attempt of some slot is still under way: a store is
- * created just before the worker starts accepting, and failing the first
- * logins only because the connection handshake had not finished would turn
- * a normal start into temporary failures.
+ * Requests go round-robin to READY slots; Redis answers in order, so each
+ * connection keeps the requests it sent in a FIFO and matches every reply
+ * to the oldest one (pipelining). With no READY slot they fail at once,
+ * except while the very first attempt of some slot is still under way: a
+ * store is created just before the worker starts accepting, and failing the
+ * first logins only because the connection handshake had not finished would
+ * turn a normal start into temporary failures.
  *
  * Completions that happen inside our own entry points (a request with no
- * connection, close()) are deferred to an idle callback, because store.h
- * promises the callback never runs re-entrantly from the request function.
- * Replies are delivered straight from hiredis's reply callback, which runs
- * from the loop.
+ * connection or whose write fails, close(), a lost connection's requests)
+ * are deferred to an idle callback, because store.h promises the callback
+ * never runs re-entrantly from the request function. Replies are delivered
+ * straight from the stream's read callback, which runs from the loop; a
+ * callback may issue requests or close the store.
+ *
+ * Subscriber mode (store_redis_subscribe): one connection and no requests.
+ * Once READY it asks CONFIG GET notify-keyspace-events when watch_keyspace
+ * is set (refusing the keyspace pattern, with an error line, when the
+ * server's setting cannot deliver the events), then sends SUBSCRIBE (and
+ * PSUBSCRIBE); from then on every reply is a push: confirmations and
+ * messages. The state callback reports the confirmed subscription and its
+ * loss.
+ *
+ * Closing: every connection's stream is closed (its requests fail with
+ * "redis: store closed"), the timers are closed and lookups cancelled; the
+ * store is freed once every handle's close callback has run.
  */
 #include "switchyard/store.h"
 
 #include <arpa/inet.h>
-#include <ctype.h>
-#include <errno.h>
-#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <hiredis/read.h>
+#include <openssl/err.h>
 
 #include "store_common.h"
 #include "switchyard/log.h"
+#include "switchyard/pool.h"
 #include "switchyard/redis_url.h"
+#include "switchyard/stream.h"
+#include "switchyard/tls.h"
 
 #define BACKOFF_FIRST_MS   100
 #define BACKOFF_MAX_MS     5000
 #define CONNECT_TIMEOUT_MS 5000 /* when lookup_timeout is 0 */
 #define MAX_ADDRS          8
 #define STARTUP_QUEUE_MAX  1024
+#define POOL_MAX_FREE      2
+/* A reply still incomplete beyond this is a protocol error: mapping values
+ * are short, and nothing else we ask for is large. */
+#define MAX_PARTIAL_REPLY (1024 * 1024)
 
 typedef enum conn_state {
 	CONN_DOWN,      /* waiting for the reconnect timer */
 	CONN_RESOLVING, /* uv_getaddrinfo in flight */
 	CONN_CONNECTING,
+	CONN_HANDSHAKE, /* TLS */
+	CONN_SETUP,     /* AUTH/SELECT replies awaited */
 	CONN_READY,
 } conn_state;
 
 typedef struct redis_store redis_store;
 typedef struct conn conn;
 
-/* Our hiredis event adapter: one poll handle per hiredis context, heap
- * allocated because the handle's memory may only be released in its close
- * callback, which runs after hiredis has freed the context. */
-typedef struct redis_ev {
-	uv_poll_t poll;
-	redisAsyncContext *ac; /* NULL once hiredis has called cleanup */
+/* One TCP connection: heap allocated because the stream's memory may only
+ * be released in its close callback, which can run after the slot has moved
+ * on to a new connection. The reader lives as long as the link, so a reply
+ * loop interrupted by a close never touches freed memory. */
+typedef struct rlink {
+	sy_stream st; /* st.owner points back at the link */
+	uv_connect_t creq;
+	conn *c; /* NULL once the slot dropped this link */
 	redis_store *s;
-	int events;
-} redis_ev;
+	redisReader *reader;
+} rlink;
 
 struct conn {
 	redis_store *s;
 	conn_state state;
-	redisAsyncContext *ac;  /* the current context, NULL when none */
-	uv_timer_t timer;       /* reconnect delay, or connect timeout */
-	uv_getaddrinfo_t *gai;  /* in flight, or NULL */
-	char *addrs[MAX_ADDRS]; /* numeric addresses of the current attempt */
+	rlink *ln;                                /* the current connection, NULL when none */
+	uv_timer_t timer;                         /* reconnect delay, or attempt timeout */
+	uv_getaddrinfo_t *gai;                    /* in flight, or NULL */
+	struct sockaddr_storage addrs[MAX_ADDRS]; /* the current attempt's */
 	unsigned naddrs, addr_i;
 	unsigned setup_pending; /* AUTH/SELECT replies still awaited */
-	bool setup_failed;      /* AUTH or SELECT was refused on this context */
+	bool config_pending;    /* subscriber: the CONFIG GET reply is awaited */
+	bool subscribing;       /* subscriber: SUBSCRIBE sent, replies are pushes */
+	sy_req_list inflight;   /* sent requests, in the order of their replies */
 	uint64_t backoff_ms;
 	bool first_attempt; /* the slot's first attempt has not ended yet */
 	bool logged_down;   /* the current outage has been logged */
@@ -95,6 +131,7 @@ struct conn {
 struct redis_store {
 	sy_store base;
 	uv_loop_t *loop;
+	sy_pool pool; /* read and output blocks of the streams */
 	/* From the URL. */
 	char *host; /* without brackets */
 	bool host_numeric;
@@ -105,6 +142,7 @@ struct redis_store {
 	char *server; /* "host:port" for log lines (never the credentials) */
 	char *prefix;
 	uint64_t connect_timeout_ms;
+	sy_tls_client *tls; /* rediss://; NULL for redis:// */
 
 	conn *conns;
 	unsigned nconns;
@@ -126,6 +164,7 @@ static void start_attempt(conn *c);
 static void connect_addr(conn *c);
 static void sub_start(conn *c);
 static void sub_lost(redis_store *s);
+static void handle_reply(conn *c, redisReply *r);
 
 /* Completes `r` with an error from the idle callback. */
 static void fail_later(redis_store *s, sy_store_req *r, const char *error)
@@ -133,92 +172,55 @@ static void fail_later(redis_store *s, sy_store_req *r, const char *error)
 	completions_fail(&s->life.completions, r, error);
 }
 
-/* ---- the event adapter ---- */
+/* ---- links ---- */
 
-static void ev_poll_cb(uv_poll_t *h, int status, int events)
+static void link_closed(sy_stream *st)
 {
-	redis_ev *ev = h->data;
-	/* On an error libuv has already stopped the handle and reports no
-	 * events: let hiredis look at the socket for whatever it was waiting
-	 * for, so it sees the error and tears the context down. */
-	if (status < 0)
-		events = ev->events ? ev->events : UV_READABLE;
-	if (ev->ac && (events & UV_READABLE))
-		redisAsyncHandleRead(ev->ac);
-	/* The read may have freed the context (cleanup clears ev->ac). */
-	if (ev->ac && (events & UV_WRITABLE))
-		redisAsyncHandleWrite(ev->ac);
-}
-
-static void ev_update(redis_ev *ev, int add, int del)
-{
-	int events = (ev->events | add) & ~del;
-	if (events == ev->events)
-		return;
-	ev->events = events;
-	if (events)
-		uv_poll_start(&ev->poll, events, ev_poll_cb);
-	else
-		uv_poll_stop(&ev->poll);
-}
-
-static void ev_add_read(void *p)
-{
-	ev_update(p, UV_READABLE, 0);
-}
-
-static void ev_del_read(void *p)
-{
-	ev_update(p, 0, UV_READABLE);
-}
-
-static void ev_add_write(void *p)
-{
-	ev_update(p, UV_WRITABLE, 0);
-}
-
-static void ev_del_write(void *p)
-{
-	ev_update(p, 0, UV_WRITABLE);
-}
-
-static void ev_closed(uv_handle_t *h)
-{
-	redis_ev *ev = h->data;
-	redis_store *s = ev->s;
-	free(ev);
+	rlink *ln = st->owner;
+	redis_store *s = ln->s;
+	redisReaderFree(ln->reader);
+	free(ln);
 	store_life_handle_closed(&s->life);
 }
 
-/* hiredis calls this while freeing the context, before it closes the
- * socket: uv_close stops polling the descriptor first, as libuv requires. */
-static void ev_cleanup(void *p)
+/* Lets go of the slot's connection: its stream closes, the requests it
+ * carried fail (later) with `error`. Safe from inside the link's own
+ * callbacks. */
+static void drop_link(conn *c, const char *error)
 {
-	redis_ev *ev = p;
-	ev->ac = NULL;
-	uv_close((uv_handle_t *)&ev->poll, ev_closed);
+	rlink *ln = c->ln;
+	c->ln = NULL;
+	c->setup_pending = 0;
+	c->config_pending = false;
+	c->subscribing = false;
+	sy_store_req *r;
+	while ((r = req_list_pop(&c->inflight)) != NULL)
+		fail_later(c->s, r, error);
+	if (ln) {
+		ln->c = NULL;
+		sy_stream_close(&ln->st, link_closed);
+	}
 }
 
-static int ev_attach(redis_store *s, redisAsyncContext *ac)
+/* Formats and queues one command on the slot's connection. */
+static int send_argv(conn *c, int argc, const char **argv, const size_t *lens)
 {
-	redis_ev *ev = calloc(1, sizeof(*ev));
-	if (!ev)
+	char *cmd = NULL;
+	if (!c->ln)
 		return -1;
-	if (uv_poll_init(s->loop, &ev->poll, ac->c.fd) != 0) {
-		free(ev);
+	int n = redisFormatCommandArgv(&cmd, argc, argv, lens);
+	if (n < 0)
 		return -1;
-	}
-	ev->poll.data = ev;
-	ev->ac = ac;
-	ev->s = s;
-	s->life.open++;
-	ac->ev.data = ev;
-	ac->ev.addRead = ev_add_read;
-	ac->ev.delRead = ev_del_read;
-	ac->ev.addWrite = ev_add_write;
-	ac->ev.delWrite = ev_del_write;
-	ac->ev.cleanup = ev_cleanup;
-	return 0;
+	int r = sy_stream_write(&c->ln->st, cmd, (size_t)n);
+	redisFreeCommand(cmd);
+	return r == 0 ? 0 : -1;
+}
+
+static int send2(conn *c, const char *a, const char *b)
+{
+	const char *argv[2] = {a, b};
+	size_t lens[2] = {strlen(a), b ? strlen(b) : 0};
+	return send_argv(c, b ? 2 : 1, argv, lens);
 }
 
 /* ---- connection management ---- */
@@ -247,22 +249,12 @@ static void first_attempt_over(conn *c)
 	}
 }
 
-static void free_addrs(conn *c)
-{
-	for (unsigned i = 0; i < c->naddrs; i++) {
-		free(c->addrs[i]);
-		c->addrs[i] = NULL;
-	}
-	c->naddrs = 0;
-	c->addr_i = 0;
-}
-
 static void on_retry_timer(uv_timer_t *t)
 {
 	conn *c = t->data;
 	if (c->s->life.closing)
 		return;
-	if (c->state == CONN_CONNECTING && c->addr_i < c->naddrs)
+	if (c->state == CONN_CONNECTING && !c->ln && c->addr_i < c->naddrs)
 		connect_addr(c);
 	else
 		start_attempt(c);
@@ -271,9 +263,9 @@ static void on_retry_timer(uv_timer_t *t)
 /* The slot is down: wait (backoff), then start over. */
 static void went_down(conn *c)
 {
+	drop_link(c, "redis: connection lost");
 	c->state = CONN_DOWN;
-	c->ac = NULL;
-	free_addrs(c);
+	c->naddrs = c->addr_i = 0;
 	if (c->s->life.closing)
 		return;
 	first_attempt_over(c);
@@ -296,14 +288,16 @@ static void attempt_failed(conn *c, const char *why)
 }
 
 /* This address did not work: try the next one of the same lookup at once
- * (from the timer, so hiredis has finished freeing the old context), or
- * give up on the attempt. */
+ * (from the timer, so we are out of the failed stream's callbacks), or give
+ * up on the attempt. */
 static void address_failed(conn *c, const char *why)
 {
-	c->ac = NULL;
+	drop_link(c, "redis: connection lost");
 	if (c->s->life.closing)
 		return;
 	if (c->addr_i + 1 < c->naddrs) {
+		sy_log(SY_LOG_DEBUG, "redis: address failed, trying the next one", "server",
+		       c->s->server, "error", why, NULL);
 		c->addr_i++;
 		c->state = CONN_CONNECTING;
 		uv_timer_start(&c->timer, on_retry_timer, 0, 0);
@@ -312,15 +306,31 @@ static void address_failed(conn *c, const char *why)
 	attempt_failed(c, why);
 }
 
+/* The connection broke: after READY that is an outage of its own (logged,
+ * requests in flight fail, the subscription is lost); before, it is this
+ * address failing. */
+static void conn_broken(conn *c, const char *why)
+{
+	if (c->state != CONN_READY) {
+		address_failed(c, why);
+		return;
+	}
+	sy_log(SY_LOG_WARN, "redis: connection lost", "server", c->s->server, "error", why, NULL);
+	c->logged_down = true;
+	c->backoff_ms = BACKOFF_FIRST_MS;
+	went_down(c);
+	sub_lost(c->s);
+}
+
 static void conn_ready(conn *c)
 {
 	redis_store *s = c->s;
 	uv_timer_stop(&c->timer);
 	c->state = CONN_READY;
 	c->backoff_ms = BACKOFF_FIRST_MS;
-	free_addrs(c);
+	c->naddrs = c->addr_i = 0;
 	sy_log(c->logged_down ? SY_LOG_INFO : SY_LOG_DEBUG, "redis: connected", "server", s->server,
-	       NULL);
+	       "tls", s->tls ? "yes" : "no", NULL);
 	c->logged_down = false;
 	first_attempt_over(c);
 	if (s->sub_mode)
@@ -329,122 +339,170 @@ static void conn_ready(conn *c)
 		flush_startup(s);
 }
 
-static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_read(sy_stream *st, const char *data, ssize_t n)
 {
-	conn *c = privdata;
-	redisReply *r = reply;
-	if (c->ac != ac || r == NULL)
-		return; /* a context we dropped, or this one is going away */
-	if (c->setup_failed)
-		return; /* one refusal is enough to log */
-	if (r->type == REDIS_REPLY_ERROR) {
-		/* The server's text ("WRONGPASS ...", "invalid DB index") names
-		 * the problem without echoing the password. */
-		sy_log(c->logged_down ? SY_LOG_DEBUG : SY_LOG_WARN,
-		       "redis: connection setup refused", "server", c->s->server, "error", r->str,
-		       NULL);
-		c->logged_down = true;
-		c->setup_failed = true;
-		redisAsyncDisconnect(ac); /* on_disconnect then retries later */
+	rlink *ln = st->owner;
+	conn *c = ln->c;
+	if (!c)
+		return;
+	if (n < 0) {
+		char why[160];
+		if (n == UV_EOF)
+			snprintf(why, sizeof(why), "closed by the server");
+		else if (n == SY_ETLS)
+			snprintf(why, sizeof(why), "TLS error");
+		else
+			snprintf(why, sizeof(why), "%s", uv_strerror((int)n));
+		ERR_clear_error();
+		conn_broken(c, why);
 		return;
 	}
-	if (--c->setup_pending == 0)
-		conn_ready(c);
+	if (redisReaderFeed(ln->reader, data, (size_t)n) != REDIS_OK) {
+		conn_broken(c, "out of memory");
+		return;
+	}
+	/* Every reply may end with the link dropped (a refusal, a callback
+	 * closing the store): stop as soon as it is no longer ours. */
+	while (ln->c == c) {
+		void *reply = NULL;
+		if (redisReaderGetReply(ln->reader, &reply) != REDIS_OK) {
+			char why[160];
+			snprintf(why, sizeof(why), "protocol error: %s", ln->reader->errstr);
+			conn_broken(c, why);
+			return;
+		}
+		if (!reply)
+			break;
+		handle_reply(c, reply);
+		freeReplyObject(reply);
+	}
+	if (ln->c == c && ln->reader->len - ln->reader->pos > MAX_PARTIAL_REPLY)
+		conn_broken(c, "protocol error: a reply larger than 1 MiB");
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
+/* TCP (and TLS) is up: read, then AUTH and SELECT when configured. Redis
+ * answers in order, so the slot becomes READY when the last one succeeds. */
+static void link_up(conn *c)
 {
-	conn *c = ac->data;
-	if (c->ac != ac)
+	redis_store *s = c->s;
+	if (sy_stream_read_start(&c->ln->st, on_read) != 0) {
+		address_failed(c, "cannot read from the socket");
 		return;
-	if (status != REDIS_OK) {
-		/* hiredis frees the context when this returns. */
-		address_failed(c, ac->errstr[0] ? ac->errstr : "connection failed");
+	}
+	c->setup_pending = 0;
+	c->state = CONN_SETUP;
+	int rc = 0;
+	if (s->password) {
+		const char *argv[3] = {"AUTH", s->user ? s->user : s->password, s->password};
+		size_t lens[3] = {4, strlen(argv[1]), strlen(s->password)};
+		rc = send_argv(c, s->user ? 3 : 2, argv, lens);
+		c->setup_pending++;
+	}
+	if (rc == 0 && s->db >= 0) {
+		char db[16];
+		snprintf(db, sizeof(db), "%d", s->db);
+		rc = send2(c, "SELECT", db);
+		c->setup_pending++;
+	}
+	if (rc != 0) {
+		address_failed(c, "write failed");
 		return;
 	}
 	if (c->setup_pending == 0)
 		conn_ready(c);
 }
 
-static void on_disconnect(const redisAsyncContext *ac, int status)
+static void on_handshake(sy_stream *st, int status)
 {
-	(void)status;
-	conn *c = ac->data;
-	if (c->ac != ac)
-		return; /* we dropped it ourselves */
-	if (c->state == CONN_READY) {
-		sy_log(SY_LOG_WARN, "redis: connection lost", "server", c->s->server, "error",
-		       ac->errstr[0] ? ac->errstr : "closed", NULL);
-		c->logged_down = true;
-		c->backoff_ms = BACKOFF_FIRST_MS;
-		went_down(c);
-		sub_lost(c->s);
+	rlink *ln = st->owner;
+	conn *c = ln->c;
+	if (!c)
+		return;
+	if (status != 0) {
+		char why[300];
+		const char *verify = st->ssl ? tls_client_verify_error(st->ssl) : NULL;
+		unsigned long e = ERR_peek_last_error();
+		const char *reason = e ? ERR_reason_error_string(e) : NULL;
+		if (verify)
+			snprintf(why, sizeof(why),
+			         "TLS handshake failed: certificate verification failed: %s",
+			         verify);
+		else
+			snprintf(why, sizeof(why), "TLS handshake failed: %s",
+			         reason ? reason : "handshake error or connection closed");
+		ERR_clear_error();
+		address_failed(c, why);
 		return;
 	}
-	/* Lost during AUTH/SELECT. */
-	address_failed(c, ac->errstr[0] ? ac->errstr : "closed during setup");
+	tls_client_handshake_done(c->s->tls, st->ssl);
+	link_up(c);
 }
 
-static void on_connect_timeout(uv_timer_t *t)
+static void on_tcp_connect(uv_connect_t *req, int status)
+{
+	rlink *ln = req->data;
+	conn *c = ln->c;
+	if (!c || status == UV_ECANCELED)
+		return;
+	if (status < 0) {
+		address_failed(c, uv_strerror(status));
+		return;
+	}
+	redis_store *s = c->s;
+	if (!s->tls) {
+		link_up(c);
+		return;
+	}
+	SSL *ssl = tls_client_new_ssl(s->tls);
+	if (!ssl) {
+		ERR_clear_error();
+		address_failed(c, "cannot create a TLS session");
+		return;
+	}
+	c->state = CONN_HANDSHAKE;
+	/* The handshake callback may run before this returns (and drop the
+	 * link); the stream stays valid until its close callback. */
+	if (sy_stream_start_tls(&ln->st, ssl, false, on_handshake) != 0 && ln->c == c)
+		address_failed(c, "cannot start TLS");
+}
+
+static void on_attempt_timeout(uv_timer_t *t)
 {
 	conn *c = t->data;
-	redisAsyncContext *ac = c->ac;
-	if (c->s->life.closing || c->state != CONN_CONNECTING)
+	if (c->s->life.closing || !c->ln)
 		return;
-	/* Clearing c->ac first makes the callbacks redisAsyncFree runs
-	 * (pending setup replies, the disconnect notice) ignore this context. */
-	c->ac = NULL;
-	if (ac)
-		redisAsyncFree(ac);
-	address_failed(c, "connect timed out");
+	address_failed(c, c->state == CONN_HANDSHAKE ? "TLS handshake timed out"
+	                  : c->state == CONN_SETUP   ? "AUTH/SELECT timed out"
+	                                             : "connect timed out");
 }
 
 static void connect_addr(conn *c)
 {
 	redis_store *s = c->s;
-	const char *addr = c->addrs[c->addr_i];
-	redisAsyncContext *ac = redisAsyncConnect(addr, s->port);
-
 	c->state = CONN_CONNECTING;
-	if (!ac) {
+	rlink *ln = calloc(1, sizeof(*ln));
+	if (ln)
+		ln->reader = redisReaderCreate();
+	if (!ln || !ln->reader || sy_stream_init(&ln->st, s->loop, &s->pool, ln) != 0) {
+		if (ln)
+			redisReaderFree(ln->reader);
+		free(ln);
 		attempt_failed(c, "out of memory");
 		return;
 	}
-	if (ac->err) {
-		char why[128];
-		snprintf(why, sizeof(why), "%s", ac->errstr);
-		redisAsyncFree(ac);
-		address_failed(c, why);
+	ln->c = c;
+	ln->s = s;
+	ln->creq.data = ln;
+	s->life.open++;
+	c->ln = ln;
+	uv_tcp_nodelay(&ln->st.tcp, 1);
+	int r = uv_tcp_connect(&ln->creq, &ln->st.tcp,
+	                       (const struct sockaddr *)&c->addrs[c->addr_i], on_tcp_connect);
+	if (r != 0) {
+		address_failed(c, uv_strerror(r));
 		return;
 	}
-	if (ev_attach(s, ac) != 0) {
-		redisAsyncFree(ac);
-		attempt_failed(c, "cannot poll the socket");
-		return;
-	}
-	ac->data = c;
-	c->ac = ac;
-	redisAsyncSetConnectCallback(ac, on_connect);
-	redisAsyncSetDisconnectCallback(ac, on_disconnect);
-
-	/* hiredis buffers these until the connection is up, and Redis answers
-	 * in order, so the slot becomes READY when the last one succeeds. */
-	c->setup_pending = 0;
-	c->setup_failed = false;
-	if (s->password) {
-		int rc;
-		if (s->user)
-			rc = redisAsyncCommand(ac, on_setup_reply, c, "AUTH %s %s", s->user,
-			                       s->password);
-		else
-			rc = redisAsyncCommand(ac, on_setup_reply, c, "AUTH %s", s->password);
-		if (rc == REDIS_OK)
-			c->setup_pending++;
-	}
-	if (s->db >= 0 && redisAsyncCommand(ac, on_setup_reply, c, "SELECT %d", s->db) == REDIS_OK)
-		c->setup_pending++;
-
-	uv_timer_start(&c->timer, on_connect_timeout, s->connect_timeout_ms, 0);
+	uv_timer_start(&c->timer, on_attempt_timeout, s->connect_timeout_ms, 0);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -467,18 +525,18 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 		attempt_failed(c, why);
 		return;
 	}
-	free_addrs(c);
+	c->naddrs = c->addr_i = 0;
 	for (struct addrinfo *ai = res; ai && c->naddrs < MAX_ADDRS; ai = ai->ai_next) {
-		char buf[INET6_ADDRSTRLEN];
-		const void *a = ai->ai_family == AF_INET6
-		                    ? (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr
-		                    : (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr;
 		if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
-		    !inet_ntop(ai->ai_family, a, buf, sizeof(buf)))
+		    ai->ai_addrlen > sizeof(c->addrs[0]))
 			continue;
-		char *dup = strdup(buf);
-		if (dup)
-			c->addrs[c->naddrs++] = dup;
+		struct sockaddr_storage *ss = &c->addrs[c->naddrs++];
+		memset(ss, 0, sizeof(*ss));
+		memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+		if (ai->ai_family == AF_INET)
+			((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)s->port);
+		else
+			((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)s->port);
 	}
 	uv_freeaddrinfo(res);
 	if (c->naddrs == 0) {
@@ -492,19 +550,19 @@ static void start_attempt(conn *c)
 {
 	redis_store *s = c->s;
 
-	free_addrs(c);
+	c->naddrs = c->addr_i = 0;
 	if (s->host_numeric) {
-		c->addrs[0] = strdup(s->host);
-		if (!c->addrs[0]) {
-			attempt_failed(c, "out of memory");
+		struct sockaddr_storage *ss = &c->addrs[0];
+		memset(ss, 0, sizeof(*ss));
+		if (uv_ip4_addr(s->host, s->port, (struct sockaddr_in *)ss) != 0 &&
+		    uv_ip6_addr(s->host, s->port, (struct sockaddr_in6 *)ss) != 0) {
+			attempt_failed(c, "unusable address");
 			return;
 		}
 		c->naddrs = 1;
 		connect_addr(c);
 		return;
 	}
-	/* hiredis would call getaddrinfo() itself, blocking every session on
-	 * this worker while DNS is slow; resolve on the thread pool instead. */
 	uv_getaddrinfo_t *req = calloc(1, sizeof(*req));
 	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
 	if (!req) {
@@ -522,21 +580,58 @@ static void start_attempt(conn *c)
 	s->life.open++;
 }
 
-/* ---- requests ---- */
+/* Every reply, in order: the setup commands' first, then (subscriber) the
+ * CONFIG GET's, then the requests', and in subscriber mode the
+ * subscriptions' pushes. */
+static void on_setup_reply(conn *c, redisReply *r);
+static void on_config_reply(conn *c, redisReply *r);
+static void on_sub_reply(conn *c, redisReply *r);
+static void complete_req(redis_store *s, sy_store_req *rq, redisReply *r);
 
-static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+static void handle_reply(conn *c, redisReply *r)
 {
-	(void)ac;
-	sy_store_req *rq = privdata;
-	redis_store *s = rq->owner;
-	redisReply *r = reply;
-
-	if (r == NULL) {
-		/* The context is being freed: the connection broke, or close(). */
-		fail_later(s, rq,
-		           s->life.closing ? "redis: store closed" : "redis: connection lost");
+	if (c->setup_pending > 0) {
+		on_setup_reply(c, r);
 		return;
 	}
+	if (c->config_pending) {
+		c->config_pending = false;
+		on_config_reply(c, r);
+		return;
+	}
+	sy_store_req *rq = req_list_pop(&c->inflight);
+	if (rq) {
+		complete_req(c->s, rq, r);
+		return;
+	}
+	if (c->s->sub_mode && c->subscribing) {
+		on_sub_reply(c, r);
+		return;
+	}
+	conn_broken(c, "protocol error: a reply nobody asked for");
+}
+
+static void on_setup_reply(conn *c, redisReply *r)
+{
+	if (r->type == REDIS_REPLY_ERROR) {
+		/* The server's text ("WRONGPASS ...", "invalid DB index") names
+		 * the problem without echoing the password. */
+		sy_log(c->logged_down ? SY_LOG_DEBUG : SY_LOG_WARN,
+		       "redis: connection setup refused", "server", c->s->server, "error", r->str,
+		       NULL);
+		c->logged_down = true;
+		address_failed(c, "connection setup refused");
+		return;
+	}
+	if (--c->setup_pending == 0)
+		conn_ready(c);
+}
+
+/* ---- requests ---- */
+
+static void complete_req(redis_store *s, sy_store_req *rq, redisReply *r)
+{
+	(void)s;
 	sy_store_status st = SY_STORE_ERROR;
 	const char *value = NULL, *error = NULL;
 	char ebuf[256];
@@ -616,8 +711,11 @@ static void dispatch(redis_store *s, sy_store_req *r)
 			argv[argc] = r->value;
 			lens[argc++] = r->valuelen;
 		}
-		if (redisAsyncCommandArgv(c->ac, on_reply, r, argc, argv, lens) != REDIS_OK)
-			fail_later(s, r, "redis: connection is closing");
+		/* Queued first: a failed write fails it with the rest of the
+		 * connection's requests (deferred). */
+		req_list_push(&c->inflight, r);
+		if (send_argv(c, argc, argv, lens) != 0)
+			conn_broken(c, "write failed");
 		return;
 	}
 	if (s->life.starting > 0 && s->life.startup.len < STARTUP_QUEUE_MAX) {
@@ -696,12 +794,10 @@ static bool reply_str(const redisReply *r, size_t i)
 }
 
 /* Every reply of the subscriptions: confirmations and messages. */
-static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_sub_reply(conn *c, redisReply *r)
 {
-	conn *c = privdata;
 	redis_store *s = c->s;
-	redisReply *r = reply;
-	if (!r || c->ac != ac || s->life.closing || !reply_str(r, 0))
+	if (s->life.closing || !reply_str(r, 0))
 		return;
 	const char *kind = r->element[0]->str;
 	if (strcasecmp(kind, "subscribe") == 0) {
@@ -729,19 +825,10 @@ static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata)
 static void sub_send(conn *c, bool keyspace)
 {
 	redis_store *s = c->s;
-	const char *argv[2] = {"SUBSCRIBE", s->channel};
-	size_t lens[2] = {9, strlen(s->channel)};
-	if (redisAsyncCommandArgv(c->ac, on_sub_reply, c, 2, argv, lens) != REDIS_OK) {
-		redisAsyncDisconnect(c->ac);
-		return;
-	}
-	if (keyspace) {
-		argv[0] = "PSUBSCRIBE";
-		argv[1] = s->ks_pattern;
-		lens[0] = 10;
-		lens[1] = strlen(s->ks_pattern);
-		redisAsyncCommandArgv(c->ac, on_sub_reply, c, 2, argv, lens);
-	}
+	c->subscribing = true;
+	if (send2(c, "SUBSCRIBE", s->channel) != 0 ||
+	    (keyspace && send2(c, "PSUBSCRIBE", s->ks_pattern) != 0))
+		conn_broken(c, "write failed");
 }
 
 /* Keyspace notifications for SET, DEL and expiry need K (keyspace
@@ -754,12 +841,10 @@ static bool keyspace_flags_ok(const char *f)
 	return strchr(f, 'A') || (strchr(f, '$') && strchr(f, 'g') && strchr(f, 'x'));
 }
 
-static void on_config_reply(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_config_reply(conn *c, redisReply *r)
 {
-	conn *c = privdata;
 	redis_store *s = c->s;
-	redisReply *r = reply;
-	if (!r || c->ac != ac || s->life.closing)
+	if (s->life.closing)
 		return;
 	bool keyspace = true;
 	if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 && reply_str(r, 1)) {
@@ -796,9 +881,11 @@ static void sub_start(conn *c)
 		sub_send(c, false);
 		return;
 	}
-	if (redisAsyncCommand(c->ac, on_config_reply, c, "CONFIG GET notify-keyspace-events") !=
-	    REDIS_OK)
-		redisAsyncDisconnect(c->ac);
+	const char *argv[3] = {"CONFIG", "GET", "notify-keyspace-events"};
+	size_t lens[3] = {6, 3, 22};
+	c->config_pending = true;
+	if (send_argv(c, 3, argv, lens) != 0)
+		conn_broken(c, "write failed");
 }
 
 /* ---- teardown ---- */
@@ -812,10 +899,6 @@ static void free_store_cb(void *s)
 
 static void free_store(redis_store *s)
 {
-	if (s->conns) {
-		for (unsigned i = 0; i < s->nconns; i++)
-			free_addrs(&s->conns[i]);
-	}
 	free(s->conns);
 	free(s->host);
 	free(s->user);
@@ -831,6 +914,9 @@ static void free_store(redis_store *s)
 	free(s->prefix);
 	free(s->channel);
 	free(s->ks_pattern);
+	/* Every stream (and so every SSL made from the context) is closed. */
+	tls_client_free(s->tls);
+	pool_destroy(&s->pool);
 	free(s);
 }
 
@@ -853,15 +939,10 @@ static void redis_close(sy_store *base, void (*done)(void *arg), void *arg)
 		uv_close((uv_handle_t *)&c->timer, timer_closed);
 		if (c->gai)
 			uv_cancel((uv_req_t *)c->gai); /* on_resolved still runs */
-		redisAsyncContext *ac = c->ac;
-		c->ac = NULL;
+		/* Safe from inside this connection's own read callback: the
+		 * stream and its reader go away in the close callback. */
+		drop_link(c, "redis: store closed");
 		c->state = CONN_DOWN;
-		/* Runs the pending reply callbacks with no reply (they queue
-		 * their errors) and closes the poll handle; when called from
-		 * inside this context's own reply callback hiredis postpones
-		 * it until the callback returns. */
-		if (ac)
-			redisAsyncFree(ac);
 	}
 	store_life_maybe_finish(&s->life);
 }
@@ -876,21 +957,14 @@ static const sy_store_ops redis_ops = {
     .publish = redis_publish,
 };
 
-/* ---- URL ---- */
+/* ---- URL and TLS ---- */
 
 /* Messages name the problem, never the URL itself: it may hold a password. */
-static int parse_url(redis_store *s, const char *url, const char **error_r)
+static int parse_url(redis_store *s, const sy_mapping_config *cfg, const char **error_r)
 {
 	sy_redis_url u;
-	if (redis_url_parse(url, &u, error_r) != 0) {
+	if (redis_url_parse(cfg->redis.url, &u, error_r) != 0) {
 		redis_url_free(&u);
-		return -1;
-	}
-	if (u.tls) {
-		redis_url_free(&u);
-		*error_r =
-		    "mapping.redis.url: rediss:// needs hiredis with TLS support, which this "
-		    "build lacks";
 		return -1;
 	}
 	/* The store takes the strings over. */
@@ -909,6 +983,18 @@ static int parse_url(redis_store *s, const char *url, const char **error_r)
 		return -1;
 	}
 	snprintf(s->server, n, strchr(s->host, ':') ? "[%s]:%d" : "%s:%d", s->host, s->port);
+	if (u.tls) {
+		const sy_tls_client_opts o = {
+		    .key = "mapping.redis",
+		    .name = cfg->redis.tls_server_name ? cfg->redis.tls_server_name : s->host,
+		    .allow_invalid_certs = cfg->redis.tls_allow_invalid_certs,
+		    .ca_file = cfg->redis.tls_ca_file,
+		    .client_cert = cfg->redis.tls_client_cert,
+		    .client_key = cfg->redis.tls_client_key,
+		};
+		if (tls_client_create_opts(&o, &s->tls, error_r) != 0)
+			return -1;
+	}
 	return 0;
 }
 
@@ -922,7 +1008,8 @@ static sy_store *create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned 
 	}
 	s->base.ops = &redis_ops;
 	s->loop = loop;
-	if (parse_url(s, cfg->redis.url, error_r) != 0) {
+	pool_init(&s->pool, POOL_MAX_FREE);
+	if (parse_url(s, cfg, error_r) != 0) {
 		free_store(s);
 		return NULL;
 	}

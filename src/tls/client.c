@@ -221,70 +221,105 @@ static int pin_verify_cb(int ok, X509_STORE_CTX *xs)
 	return 0;
 }
 
-static int load_client_cert(sy_tls_client *c, const sy_destination_config *d, const char **error_r)
+static int load_client_cert(sy_tls_client *c, const sy_tls_client_opts *o, const char **error_r)
 {
-	if (d->tls_client_cert == NULL && d->tls_client_key == NULL)
+	const char *k = o->key;
+	if (o->client_cert == NULL && o->client_key == NULL)
 		return 0;
-	if (d->tls_client_cert == NULL || d->tls_client_key == NULL)
-		return fail(error_r, false, "destination.%s.%s: required when %s is set", d->id,
-		            d->tls_client_cert == NULL ? "tls_client_cert" : "tls_client_key",
-		            d->tls_client_cert == NULL ? "tls_client_key" : "tls_client_cert");
-	if (!tls_file_readable(d->tls_client_cert))
-		return fail(error_r, false, "destination.%s.tls_client_cert: cannot read %s: %s",
-		            d->id, d->tls_client_cert, strerror(errno));
-	if (!SSL_CTX_use_certificate_chain_file(c->ctx, d->tls_client_cert))
-		return fail(error_r, true,
-		            "destination.%s.tls_client_cert: %s is not a PEM certificate chain",
-		            d->id, d->tls_client_cert);
-	EVP_PKEY *key = tls_read_key(d->tls_client_key);
+	if (o->client_cert == NULL || o->client_key == NULL)
+		return fail(error_r, false, "%s.%s: required when %s is set", k,
+		            o->client_cert == NULL ? "tls_client_cert" : "tls_client_key",
+		            o->client_cert == NULL ? "tls_client_key" : "tls_client_cert");
+	if (!tls_file_readable(o->client_cert))
+		return fail(error_r, false, "%s.tls_client_cert: cannot read %s: %s", k,
+		            o->client_cert, strerror(errno));
+	if (!SSL_CTX_use_certificate_chain_file(c->ctx, o->client_cert))
+		return fail(error_r, true, "%s.tls_client_cert: %s is not a PEM certificate chain",
+		            k, o->client_cert);
+	EVP_PKEY *key = tls_read_key(o->client_key);
 	if (key == NULL && errno != 0)
-		return fail(error_r, false, "destination.%s.tls_client_key: cannot read %s: %s",
-		            d->id, d->tls_client_key, strerror(errno));
+		return fail(error_r, false, "%s.tls_client_key: cannot read %s: %s", k,
+		            o->client_key, strerror(errno));
 	if (key == NULL)
-		return fail(
-		    error_r, true,
-		    "destination.%s.tls_client_key: %s holds no unencrypted PEM private key", d->id,
-		    d->tls_client_key);
+		return fail(error_r, true,
+		            "%s.tls_client_key: %s holds no unencrypted PEM private key", k,
+		            o->client_key);
 	if (!X509_check_private_key(SSL_CTX_get0_certificate(c->ctx), key)) {
 		EVP_PKEY_free(key);
-		return fail(
-		    error_r, false,
-		    "destination.%s.tls_client_key: %s does not match the certificate in %s", d->id,
-		    d->tls_client_key, d->tls_client_cert);
+		return fail(error_r, false,
+		            "%s.tls_client_key: %s does not match the certificate in %s", k,
+		            o->client_key, o->client_cert);
 	}
 	int ok = SSL_CTX_use_PrivateKey(c->ctx, key);
 	EVP_PKEY_free(key);
 	if (!ok)
-		return fail(error_r, true, "destination.%s.tls_client_key: cannot use %s", d->id,
-		            d->tls_client_key);
+		return fail(error_r, true, "%s.tls_client_key: cannot use %s", k, o->client_key);
+	return 0;
+}
+
+/* Trust: the platform store, or only the CA certificates of `ca_file`. */
+static int load_trust(sy_tls_client *c, const sy_tls_client_opts *o, const char **error_r)
+{
+	if (o->ca_file == NULL) {
+		/* A missing platform store is not an error here: pinned and
+		 * unverified destinations do not need one, and verified ones
+		 * fail their handshake with a verify error that names the
+		 * problem. */
+		if (!SSL_CTX_set_default_verify_paths(c->ctx))
+			ERR_clear_error();
+		return 0;
+	}
+	if (!tls_file_readable(o->ca_file))
+		return fail(error_r, false, "%s.tls_ca_file: cannot read %s: %s", o->key,
+		            o->ca_file, strerror(errno));
+	if (!SSL_CTX_load_verify_locations(c->ctx, o->ca_file, NULL))
+		return fail(error_r, true, "%s.tls_ca_file: %s holds no PEM CA certificate", o->key,
+		            o->ca_file);
 	return 0;
 }
 
 int tls_client_create(const sy_destination_config *d, sy_tls_client **out, const char **error_r)
 {
+	char key[300];
+	snprintf(key, sizeof(key), "destination.%s", d->id != NULL ? d->id : "?");
+	const sy_tls_client_opts o = {
+	    .key = key,
+	    .name = d->tls_server_name != NULL ? d->tls_server_name : d->host,
+	    .has_pin = d->has_pin,
+	    .pin = d->tls_pinned_cert_sha256,
+	    .allow_invalid_certs = d->tls_allow_invalid_certs,
+	    .client_cert = d->tls_client_cert,
+	    .client_key = d->tls_client_key,
+	};
+	return tls_client_create_opts(&o, out, error_r);
+}
+
+int tls_client_create_opts(const sy_tls_client_opts *o, sy_tls_client **out, const char **error_r)
+{
 	*out = NULL;
-	const char *id = d->id != NULL ? d->id : "?";
+	const char *id = o->key;
 	pthread_once(&idx_once, init_index);
 	if (ssl_pin_idx < 0)
-		return fail(error_r, true, "destination.%s: cannot allocate SSL ex_data index", id);
-	const char *name = d->tls_server_name != NULL ? d->tls_server_name : d->host;
+		return fail(error_r, true, "%s: cannot allocate SSL ex_data index", id);
+	const char *name = o->name;
 	if (name == NULL || name[0] == '\0')
-		return fail(error_r, false, "destination.%s.host: required", id);
+		return fail(error_r, false, "%s.host: required", id);
 
 	sy_tls_client *c = calloc(1, sizeof(*c));
 	if (c == NULL)
-		return fail(error_r, false, "destination.%s: out of memory", id);
+		return fail(error_r, false, "%s: out of memory", id);
 	if (pthread_mutex_init(&c->lock, NULL) != 0) {
 		free(c);
-		return fail(error_r, false, "destination.%s: cannot create a mutex", id);
+		return fail(error_r, false, "%s: cannot create a mutex", id);
 	}
 	c->name = strdup(name);
 	c->ip = ip_literal(name);
-	c->has_pin = d->has_pin;
-	memcpy(c->pin, d->tls_pinned_cert_sha256, sizeof(c->pin));
+	c->has_pin = o->has_pin && o->pin != NULL;
+	if (c->has_pin)
+		memcpy(c->pin, o->pin, sizeof(c->pin));
 	c->ctx = SSL_CTX_new(TLS_client_method());
 	if (c->name == NULL || c->ctx == NULL) {
-		fail(error_r, true, "destination.%s: cannot create an SSL context", id);
+		fail(error_r, true, "%s: cannot create an SSL context", id);
 		tls_client_free(c);
 		return -1;
 	}
@@ -297,22 +332,21 @@ int tls_client_create(const sy_destination_config *d, sy_tls_client **out, const
 	                               SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
 	SSL_CTX_sess_set_new_cb(c->ctx, new_session_cb);
 	if (!SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION)) {
-		fail(error_r, true, "destination.%s: cannot set the minimum TLS version", id);
+		fail(error_r, true, "%s: cannot set the minimum TLS version", id);
 		tls_client_free(c);
 		return -1;
 	}
-	/* A missing platform store is not an error here: pinned and unverified
-	 * destinations do not need one, and verified ones fail their handshake
-	 * with a verify error that names the problem. */
-	if (!SSL_CTX_set_default_verify_paths(c->ctx))
-		ERR_clear_error();
-	if (d->has_pin)
+	if (load_trust(c, o, error_r) != 0) {
+		tls_client_free(c);
+		return -1;
+	}
+	if (c->has_pin)
 		SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, pin_verify_cb);
-	else if (d->tls_allow_invalid_certs)
+	else if (o->allow_invalid_certs)
 		SSL_CTX_set_verify(c->ctx, SSL_VERIFY_NONE, NULL);
 	else
 		SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
-	if (load_client_cert(c, d, error_r) != 0) {
+	if (load_client_cert(c, o, error_r) != 0) {
 		tls_client_free(c);
 		return -1;
 	}

@@ -137,9 +137,10 @@ tls = "plain"
 
 
 def test_check_config_refuses_what_startup_would():
-    """--check-config runs the same URL parsers as the stores: a rediss://
-    URL (this build has no Redis TLS) or a URL libpq cannot parse is
-    refused here, naming the key, not only when the process starts."""
+    """--check-config runs the same URL parsers and file checks as the
+    stores: a rediss:// URL whose CA file cannot be read, or a URL libpq
+    cannot parse, is refused here, naming the key, not only when the process
+    starts. A plain rediss:// URL is accepted."""
     base = """
 [routing]
 default_destination = "main"
@@ -150,8 +151,9 @@ port = 993
 tls = "implicit"
 [mapping]
 """
-    for store, want in (('source = "redis"\n[mapping.redis]\nurl = "rediss://:pw@127.0.0.1:6380"\n',
-                         "mapping.redis.url: rediss://"),
+    for store, want in (('source = "redis"\n[mapping.redis]\nurl = "rediss://:pw@127.0.0.1:6380"\n'
+                         'tls_ca_file = "/nonexistent/redis-ca.pem"\n',
+                         "mapping.redis.tls_ca_file: cannot read /nonexistent/redis-ca.pem"),
                         ('source = "sql"\n[mapping.sql]\nurl = "postgres://u@h/db?nosuch=1"\n',
                          "mapping.sql.url: libpq cannot parse it")):
         with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
@@ -162,6 +164,14 @@ tls = "implicit"
             os.unlink(f.name)
         assert r.returncode == 1 and want in r.stderr, r.stderr
         assert "pw@" not in r.stderr  # the URL's password is never echoed
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        valid = base.replace('host = "127.0.0.1"\n', 'host = "127.0.0.1"\ntls_server_name = "mail.example.com"\n')
+        f.write(valid + 'source = "redis"\n[mapping.redis]\nurl = "rediss://:pw@127.0.0.1:6380"\n')
+    try:
+        r = run("--check-config", f.name)
+    finally:
+        os.unlink(f.name)
+    assert r.returncode == 0 and r.stdout.strip() == "configuration ok", r.stdout + r.stderr
 
 
 def test_running_proxy_is_not_dumpable():

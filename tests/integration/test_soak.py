@@ -337,7 +337,9 @@ tls = "plain"
 # --- store flapping -----------------------------------------------------------------------------
 
 
-def flapping_mapping(kind, store):
+def flapping_mapping(kind, store, certs=None):
+    tls = f'tls_ca_file = "{certs.ca_cert}"\n' if kind == "rediss" else ""
+    kind = "redis" if kind == "rediss" else kind
     common = """
 [mapping]
 source = "%s"
@@ -348,20 +350,21 @@ lookup_timeout = "1s"
 on_store_error = "tempfail"
 """ % kind
     if kind == "redis":
-        return common + f'[mapping.redis]\nurl = "{store.url}"\nkey_prefix = "route:"\npool_size = 2\n'
+        return common + f'[mapping.redis]\nurl = "{store.url}"\nkey_prefix = "route:"\npool_size = 2\n' + tls
     return common + (f'[mapping.sql]\nurl = "{store.url}"\n'
                      'query = "SELECT destination FROM routes WHERE account = $1"\npool_size = 2\n')
 
 
-@pytest.mark.parametrize("kind", ["redis", "sql"])
-def test_store_flapping_never_misroutes(switchyard, pair, kind):
+@pytest.mark.parametrize("kind", ["redis", "rediss", "sql"])
+def test_store_flapping_never_misroutes(switchyard, pair, certs, kind):
     """The mapping store killed and restarted again and again under a login
     loop: every login lands on the account's mapped backend or gets the
-    temporary-failure reply; none lands anywhere else."""
+    temporary-failure reply; none lands anywhere else. rediss: the same over
+    Redis TLS (a new handshake, with session resumption, on every reconnect)."""
     cycles = n(3, 10)
     expect = {u: ("new" if int(u[4:6]) % 2 == 0 else "legacy") for u in USERS}
-    if kind == "redis":
-        store = Redis(persist=True).start()
+    if kind in ("redis", "rediss"):
+        store = Redis(persist=True, tls=certs if kind == "rediss" else None).start()
         for u, d in expect.items():
             store.command("SET", f"route:{u}", d)
     else:
@@ -374,12 +377,12 @@ def test_store_flapping_never_misroutes(switchyard, pair, kind):
         store.psql("CHECKPOINT")
     try:
         imap_port, admin_port = free_port(), free_port()
-        sy = switchyard(base_config(pair, imap_port, admin_port, flapping_mapping(kind, store)))
+        sy = switchyard(base_config(pair, imap_port, admin_port, flapping_mapping(kind, store, certs)))
         with LoginLoop(imap_port, expect, threads=3) as loop:
             loop.wait_ok(10)
             for _ in range(cycles):
                 before = dict(loop.counts)
-                if kind == "redis":
+                if kind != "sql":
                     store.proc.kill()
                     store.proc.wait()
                 else:

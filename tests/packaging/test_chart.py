@@ -79,7 +79,7 @@ def test_rendered_config_passes_check_config(helm_bin, switchyard_bin, placehold
                        stderr=subprocess.STDOUT, text=True, timeout=30)
     assert p.returncode == 0 and "configuration ok" in p.stdout, p.stdout
     # Every absolute path the config names is one of the pod's mounts.
-    path_keys = r"(?:cert|key|path|bearer_token_file|token_file|ca_file|kubeconfig|tls_client_cert|tls_client_key)"
+    path_keys = r"(?:cert|key|path|bearer_token_file|token_file|ca_file|tls_ca_file|kubeconfig|tls_client_cert|tls_client_key)"
     for m in re.finditer(r'(?m)^\s*' + path_keys + r'\s*=\s*"(/[^"]+)"', config_map(objs)["data"]["switchyard.toml"]):
         assert m.group(1).startswith((CONFIG_DIR + "/", SECRETS_DIR + "/")), m.group(1)
 

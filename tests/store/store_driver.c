@@ -3,6 +3,8 @@
  * Redis or PostgreSQL, for tests/integration/test_stores.py.
  *
  *   store-driver redis url=redis://127.0.0.1:6379 [prefix=route:] [conns=N]
+ *                [tls_ca_file=PEM] [tls_server_name=NAME] [tls_allow_invalid_certs=1]
+ *                [tls_client_cert=PEM tls_client_key=PEM]   (for rediss://)
  *   store-driver sql url=postgresql://... [query=...] [upsert=...] [delete=...] [conns=N]
  *   common: [timeout=MS] (lookup_timeout, used as the connect timeout) [log=LEVEL]
  *
@@ -292,6 +294,16 @@ int main(int argc, char **argv)
 			cfg.sql.upsert_query = (char *)v;
 		} else if (strcmp(k, "delete") == 0) {
 			cfg.sql.delete_query = (char *)v;
+		} else if (strcmp(k, "tls_ca_file") == 0) {
+			cfg.redis.tls_ca_file = (char *)v;
+		} else if (strcmp(k, "tls_server_name") == 0) {
+			cfg.redis.tls_server_name = (char *)v;
+		} else if (strcmp(k, "tls_allow_invalid_certs") == 0) {
+			cfg.redis.tls_allow_invalid_certs = strcmp(v, "1") == 0;
+		} else if (strcmp(k, "tls_client_cert") == 0) {
+			cfg.redis.tls_client_cert = (char *)v;
+		} else if (strcmp(k, "tls_client_key") == 0) {
+			cfg.redis.tls_client_key = (char *)v;
 		} else if (strcmp(k, "conns") == 0) {
 			conns = (unsigned)strtoul(v, NULL, 10);
 		} else if (strcmp(k, "timeout") == 0) {

@@ -247,6 +247,11 @@ static void test_defaults(void **state)
 	assert_int_equal(m->sql.pool_size, 16);
 	assert_null(m->redis.events_channel);
 	assert_false(m->redis.watch_keyspace);
+	assert_null(m->redis.tls_ca_file);
+	assert_null(m->redis.tls_server_name);
+	assert_false(m->redis.tls_allow_invalid_certs);
+	assert_null(m->redis.tls_client_cert);
+	assert_null(m->redis.tls_client_key);
 	assert_null(m->sql.events_channel);
 
 	/* [capabilities.*] */
@@ -548,6 +553,47 @@ static void test_passthrough_xclient_is_a_warning(void **state)
 	/* A configuration without such a key has no warnings. */
 	cfg = load_ok(BASE);
 	assert_int_equal(cfg->warnings.len, 0);
+	config_free(cfg);
+}
+
+/* rediss:// with its TLS keys: paths resolve against the config directory,
+ * and tls_allow_invalid_certs is accepted with a warning. */
+static void test_redis_tls_keys(void **state)
+{
+	(void)state;
+	sy_config *cfg = load_ok(BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\n"
+	                              "url = \"rediss://:pw@10.0.0.5:6380/1\"\n"
+	                              "tls_ca_file = \"cert.pem\"\n"
+	                              "tls_server_name = \"redis.example.com\"\n"
+	                              "tls_client_cert = \"cert2.pem\"\n"
+	                              "tls_client_key = \"key2.pem\"\n");
+	char want[300];
+	const sy_mapping_config *m = &cfg->mapping;
+	snprintf(want, sizeof(want), "%s/cert.pem", tmpdir);
+	assert_string_equal(m->redis.tls_ca_file, want);
+	assert_string_equal(m->redis.tls_server_name, "redis.example.com");
+	snprintf(want, sizeof(want), "%s/cert2.pem", tmpdir);
+	assert_string_equal(m->redis.tls_client_cert, want);
+	snprintf(want, sizeof(want), "%s/key2.pem", tmpdir);
+	assert_string_equal(m->redis.tls_client_key, want);
+	assert_false(m->redis.tls_allow_invalid_certs);
+	assert_int_equal(cfg->warnings.len, 0);
+	config_free(cfg);
+
+	/* A bare rediss:// URL needs nothing else (platform trust store). */
+	cfg = load_ok(BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\n"
+	                   "url = \"rediss://redis.example.com\"\n");
+	assert_int_equal(cfg->warnings.len, 0);
+	config_free(cfg);
+
+	cfg =
+	    load_ok(BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\n"
+	                 "url = \"rediss://redis.example.com\"\ntls_allow_invalid_certs = true\n");
+	assert_true(cfg->mapping.redis.tls_allow_invalid_certs);
+	assert_int_equal(cfg->warnings.len, 1);
+	assert_non_null(strstr(cfg->warnings.msgs[0], "mapping.redis.tls_allow_invalid_certs: "
+	                                              "the Redis server's certificate is not "
+	                                              "verified"));
 	config_free(cfg);
 }
 
@@ -930,8 +976,32 @@ static const bad_case bad_cases[] = {
     {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"http://r:6379\"\n",
      "mapping.redis.url: must start with redis:// or rediss://"},
     /* What the store would refuse at startup, --check-config refuses too. */
-    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"rediss://r:6380\"\n",
-     "mapping.redis.url: rediss:// (Redis over TLS) is not supported by this build"},
+    /* Redis over TLS: the files load as the store loads them, and the TLS
+     * keys are refused without rediss://. */
+    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"rediss://r:6380\"\n"
+          "tls_ca_file = \"missing.pem\"\n",
+     "mapping.redis.tls_ca_file: cannot read "},
+    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"rediss://r:6380\"\n"
+          "tls_ca_file = \"notpem.txt\"\n",
+     "mapping.redis.tls_ca_file: "},
+    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"redis://r:6379\"\n"
+          "tls_server_name = \"redis.example.com\"\n",
+     "mapping.redis.tls_server_name: only applies to Redis over TLS; use a rediss:// url"},
+    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"redis://r:6379\"\n"
+          "tls_allow_invalid_certs = true\n",
+     "mapping.redis.tls_allow_invalid_certs: only applies to Redis over TLS"},
+    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"rediss://r:6380\"\n"
+          "tls_server_name = \"\"\n",
+     "mapping.redis.tls_server_name: must not be empty"},
+    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"rediss://r:6380\"\n"
+          "tls_client_cert = \"cert.pem\"\n",
+     "mapping.redis.tls_client_key: missing while tls_client_cert is set"},
+    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"rediss://r:6380\"\n"
+          "tls_client_cert = \"cert.pem\"\ntls_client_key = \"key2.pem\"\n",
+     "mapping.redis.tls_client_key: "},
+    {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"rediss://r:6380\"\n"
+          "tls_allow_invalid_certs = \"yes\"\n",
+     "mapping.redis.tls_allow_invalid_certs"},
     {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"redis://user@r:6379\"\n",
      "mapping.redis.url: a user name needs a password"},
     {BASE "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl = \"redis://r:99999\"\n",
@@ -1359,6 +1429,7 @@ int main(void)
 	    cmocka_unit_test(test_explicit_values),
 	    cmocka_unit_test(test_forwarding_inference),
 	    cmocka_unit_test(test_passthrough_xclient_is_a_warning),
+	    cmocka_unit_test(test_redis_tls_keys),
 	    cmocka_unit_test(test_durations),
 	    cmocka_unit_test(test_sockaddr_parse),
 	    cmocka_unit_test(test_enum_helpers),

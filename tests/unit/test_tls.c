@@ -1051,6 +1051,56 @@ static void test_client_config_errors(void **state)
 	assert_int_equal(ERR_peek_error(), 0);
 }
 
+/* Contexts for users other than destinations (the Redis store): ca_file is
+ * the only trust, and errors name the given key. */
+static void test_client_opts_ca_file(void **state)
+{
+	(void)state;
+	sy_tls_server *s = single(server_pem, server_key);
+	sy_tls_client *c = NULL;
+	const char *error = NULL;
+	sy_tls_client_opts o = {.key = "mapping.redis", .name = "mail.test", .ca_file = ca_pem};
+	assert_int_equal(tls_client_create_opts(&o, &c, &error), 0);
+	conn_result r = connect_once(c, s, 0);
+	assert_true(r.ok);
+	assert_string_equal(r.sni, "mail.test");
+	tls_client_free(c);
+
+	/* The expected name still has to match. */
+	o.name = "other.test";
+	assert_int_equal(tls_client_create_opts(&o, &c, &error), 0);
+	r = connect_once(c, s, 0);
+	assert_false(r.ok);
+	assert_non_null(r.verify_error);
+	assert_non_null(strstr(r.verify_error, "hostname mismatch"));
+	tls_client_free(c);
+
+	/* Trusting another CA (the self-signed certificate) is not trusting ours. */
+	o.name = "mail.test";
+	o.ca_file = self_pem;
+	assert_int_equal(tls_client_create_opts(&o, &c, &error), 0);
+	r = connect_once(c, s, 0);
+	assert_false(r.ok);
+	tls_client_free(c);
+	tls_server_unref(s);
+
+	char missing[256];
+	snprintf(missing, sizeof(missing), "%s/missing.pem", tmpdir);
+	o.ca_file = missing;
+	assert_int_equal(tls_client_create_opts(&o, &c, &error), -1);
+	assert_null(c);
+	assert_non_null(strstr(error, "mapping.redis.tls_ca_file: cannot read"));
+	o.ca_file = server_key;
+	assert_int_equal(tls_client_create_opts(&o, &c, &error), -1);
+	assert_non_null(strstr(error, "mapping.redis.tls_ca_file: "));
+	o.ca_file = NULL;
+	o.client_key = client_key;
+	assert_int_equal(tls_client_create_opts(&o, &c, &error), -1);
+	assert_non_null(
+	    strstr(error, "mapping.redis.tls_client_cert: required when tls_client_key"));
+	assert_int_equal(ERR_peek_error(), 0);
+}
+
 /* Second connection resumes the first one's session, through an SNI switch
  * to a non-initial certificate context. */
 static void test_client_session_resumption(void **state)
@@ -1128,6 +1178,7 @@ int main(void)
 	    cmocka_unit_test(test_client_allow_invalid),
 	    cmocka_unit_test(test_client_mutual_tls),
 	    cmocka_unit_test(test_client_config_errors),
+	    cmocka_unit_test(test_client_opts_ca_file),
 	    cmocka_unit_test(test_client_session_resumption),
 	};
 	return cmocka_run_group_tests_name("tls", tests, setup_pki, teardown_pki);

@@ -29,11 +29,18 @@ class Redis:
     Readiness is the "Ready to accept connections" line on its stdout (read
     through a pipe: an event), confirmed with PING -> PONG."""
 
-    def __init__(self, password=None, persist=False):
+    def __init__(self, password=None, persist=False, tls=None, cert=None, auth_clients=False):
+        """tls: a harness TestPKI to serve TLS only (`--port 0 --tls-port P`)
+        with `cert` (default: the PKI's localhost certificate, which names
+        DNS:localhost and IP:127.0.0.1); auth_clients requires a client
+        certificate issued by the PKI's CA."""
         self.persist = persist  # an append-only file synced on every write: survives SIGKILL
         self.port = free_port()
         self.host = "127.0.0.1"
         self.password = password
+        self.tls = tls
+        self.cert = cert or (tls.localhost if tls else None)
+        self.auth_clients = auth_clients
         self.dir = make_tempdir("redis")
         track(self)
         self.log_path = os.path.join(self.dir, "redis.log")
@@ -44,11 +51,26 @@ class Redis:
     @property
     def url(self):
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{self.host}:{self.port}"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}{self.host}:{self.port}"
+
+    def cli_args(self):
+        """redis-cli arguments that reach this server (TLS included)."""
+        args = ["-h", self.host, "-p", str(self.port)]
+        if self.tls:
+            args += ["--tls", "--cacert", self.tls.ca_cert]
+            if self.auth_clients:
+                args += ["--cert", self.tls.client.cert, "--key", self.tls.client.key]
+        return args
 
     def start(self, timeout=DEFAULT_TIMEOUT):
         cmd = ["redis-server", "--port", str(self.port), "--bind", self.host, "--save", "",
                "--appendonly", "no", "--dir", self.dir, "--daemonize", "no", "--protected-mode", "no"]
+        if self.tls:
+            cmd[2] = "0"  # no plaintext port
+            cmd += ["--tls-port", str(self.port), "--tls-cert-file", self.cert.cert, "--tls-key-file",
+                    self.cert.key, "--tls-ca-cert-file", self.tls.ca_cert, "--tls-auth-clients",
+                    "yes" if self.auth_clients else "no"]
         if self.password:
             cmd += ["--requirepass", self.password]
         if self.persist:
@@ -78,7 +100,16 @@ class Redis:
     def command(self, *args, timeout=5.0):
         """Send one command (RESP) and return the decoded reply: str, int,
         None, list, or raise for an error reply."""
-        with socket.create_connection((self.host, self.port), timeout=timeout) as s:
+        with socket.create_connection((self.host, self.port), timeout=timeout) as raw:
+            s = raw
+            if self.tls:
+                # The tests also serve certificates for other names, and
+                # self-signed ones: this client only needs a connection.
+                ctx = self.tls.client_context(verify=self.cert.ca_signed)
+                ctx.check_hostname = False
+                if self.auth_clients:
+                    ctx.load_cert_chain(self.tls.client.cert, self.tls.client.key)
+                s = ctx.wrap_socket(raw, server_hostname=self.host)
             f = s.makefile("rb")
             if self.password:
                 s.sendall(_resp_encode(["AUTH", self.password]))
