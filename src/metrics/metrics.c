@@ -431,8 +431,9 @@ char *metrics_render(const sy_metrics_view *v, size_t *len)
 		put(&o, "\",protocol=\"%s\"} %llu\n", sy_proto_name(v->listeners[l].protocol),
 		    (unsigned long long)SUM(accepted[l]));
 	}
-	family(&o, "http_requests_total", "counter",
-	       "HTTP requests answered, by listener and status class (relayed or the proxy's own).");
+	family(
+	    &o, "http_requests_total", "counter",
+	    "HTTP requests answered, by listener and status class (relayed or the proxy's own).");
 	for (size_t l = 0; l < v->nlisteners && l < SY_METRICS_MAX_LISTENERS; l++) {
 		if (v->listeners[l].protocol != SY_PROTO_HTTP)
 			continue;

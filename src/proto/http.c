@@ -73,11 +73,11 @@ typedef enum hstate {
 typedef struct hctx {
 	sy_session *s;
 	hstate st;
-	unsigned nreq;       /* requests completed on this connection */
-	sy_snapshot *rsnap;  /* the configuration the current request routes with */
-	sy_snapshot *dsnap;  /* the configuration that owns s->dest */
-	char *buf;           /* client bytes not consumed yet (malloc'd) */
-	char *pbuf;          /* the parsed copy of the head: url and headers point here */
+	unsigned nreq;      /* requests completed on this connection */
+	sy_snapshot *rsnap; /* the configuration the current request routes with */
+	sy_snapshot *dsnap; /* the configuration that owns s->dest */
+	char *buf;          /* client bytes not consumed yet (malloc'd) */
+	char *pbuf;         /* the parsed copy of the head: url and headers point here */
 	size_t len, cap, head_len;
 	/* the parsed head */
 	http_parser parser;
@@ -770,9 +770,11 @@ static void body_start(hctx *c)
 	int n;
 	c->body_done = false;
 	if (te)
-		n = snprintf(synth, sizeof(synth), "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+		n = snprintf(synth, sizeof(synth),
+		             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
 	else if (cl && !(cl->vlen == 1 && cl->value[0] == '0'))
-		n = snprintf(synth, sizeof(synth), "POST / HTTP/1.1\r\nContent-Length: %.*s\r\n\r\n",
+		n = snprintf(synth, sizeof(synth),
+		             "POST / HTTP/1.1\r\nContent-Length: %.*s\r\n\r\n",
 		             (int)(cl->vlen > 40 ? 40 : cl->vlen), cl->value);
 	else {
 		c->body_done = true; /* no body */
@@ -810,8 +812,7 @@ static int forward_body(hctx *c, const char *d, size_t n, size_t *used)
 		return -1;
 	}
 	*used = (size_t)k;
-	if (k > 0 && !c->withheld && s->backend &&
-	    sy_stream_write(s->backend, d, (size_t)k) != 0) {
+	if (k > 0 && !c->withheld && s->backend && sy_stream_write(s->backend, d, (size_t)k) != 0) {
 		session_close(s, "backend write failed");
 		return -1;
 	}
@@ -845,7 +846,8 @@ static void buf_consume(hctx *c, size_t n)
 	c->len -= n;
 }
 
-/* ---- the response toward the client ----------------------------------------------------------- */
+/* ---- the response toward the client -----------------------------------------------------------
+ */
 
 static void finish_exchange(hctx *c);
 static void go_upgrade(hctx *c, const char *rest, size_t n);
@@ -901,8 +903,8 @@ static void response_failed(hctx *c, const char *why)
 	char peer[64];
 	session_peer_str(c->s, peer, sizeof(peer));
 	sy_log(SY_LOG_WARN, "http: bad or broken backend response", "listener", c->s->lcfg->name,
-	       "client", peer, "destination", c->s->dest ? c->s->dest->cfg->id : "-", "reason",
-	       why, NULL);
+	       "client", peer, "destination", c->s->dest ? c->s->dest->cfg->id : "-", "reason", why,
+	       NULL);
 	if (!c->relayed) {
 		drop_backend(c);
 		respond(c, 502, NULL);
@@ -939,7 +941,8 @@ static void feed_response(hctx *c, const char *d, size_t n)
 			http_parser_pause(&c->rp, 0);
 			if (c->resp_done) {
 				if (off < n)
-					c->resp_close = true; /* bytes after the response: not reusable */
+					c->resp_close =
+					    true; /* bytes after the response: not reusable */
 				finish_exchange(c);
 				return;
 			}
@@ -960,7 +963,8 @@ static void feed_response(hctx *c, const char *d, size_t n)
 	}
 }
 
-/* ---- the exchange ----------------------------------------------------------------------------- */
+/* ---- the exchange -----------------------------------------------------------------------------
+ */
 
 static void reset_request(hctx *c);
 static void process_head(hctx *c);
@@ -1281,10 +1285,6 @@ static void reset_request(hctx *c)
 	c->in0 = s->client.bytes_in - c->len; /* what is buffered belongs to this request */
 	c->out0 = s->client.bytes_out;
 	if (c->nreq > 0) {
-		/* A kept-alive connection: routes of the configuration current now. */
-		sy_snapshot *now = s->w->hooks->snapshot(s->w);
-		snapshot_unref(c->rsnap);
-		c->rsnap = now;
 		/* Idle: keepalive_timeout until a byte comes, then the head
 		 * deadline (preauth_timeout) from that byte. */
 		uv_timer_start(&s->timer, on_head_timeout,
@@ -1372,6 +1372,12 @@ static void process_head(hctx *c)
 		return;
 	}
 	sy_stream_read_stop(&s->client);
+	if (c->nreq > 0) {
+		/* A kept-alive connection: the configuration current now. */
+		sy_snapshot *now = s->w->hooks->snapshot(s->w);
+		snapshot_unref(c->rsnap);
+		c->rsnap = now;
+	}
 	int st = check_head(c);
 	if (st) {
 		respond(c, st, NULL);
@@ -1392,7 +1398,7 @@ static void on_client_read(sy_stream *st, const char *data, ssize_t n)
 			return;
 		}
 		session_close(s, c->st == H_HEAD && c->len == 0 ? "client closed"
-		                                                 : "client closed mid-request");
+		                                                : "client closed mid-request");
 		return;
 	}
 	switch (c->st) {
