@@ -66,6 +66,10 @@ void tls_server_unref(sy_tls_server *s);
  * separate ex_data index.
  */
 SSL *tls_server_new_ssl(sy_tls_server *s);
+/* The ALPN protocol this connection accepts ("http/1.1" for HTTP
+ * listeners; static text): chosen when the client offers it, else no ALPN
+ * is negotiated. Without a call, none is. */
+void tls_server_set_alpn(SSL *ssl, const char *protocol);
 
 /*
  * The selection rule, exposed for tests and logs. Returns the name of the

@@ -202,6 +202,8 @@ static void start_client_leg(sy_session *s)
 		session_close(s, "cannot create TLS session");
 		return;
 	}
+	if (s->lcfg->protocol == SY_PROTO_HTTP)
+		tls_server_set_alpn(ssl, "http/1.1");
 	s->client.read_cb = on_handshake_read;
 	sy_stream_start_tls(&s->client, ssl, true, on_client_handshake);
 	if (s->state == SS_TLS_HANDSHAKE && s->pending_len > 0) {

@@ -56,6 +56,7 @@ static _Thread_local char errbuf[512];
 /* Index of the SSL ex_data slot that holds the connection's server
  * reference; its free callback drops the reference when the SSL is freed. */
 static int ssl_server_idx = -1;
+static int ssl_alpn_idx = -1; /* the one ALPN protocol a listener offers (static text) */
 static pthread_once_t idx_once = PTHREAD_ONCE_INIT;
 
 static void ssl_server_ref_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
@@ -72,6 +73,38 @@ static void ssl_server_ref_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int
 static void init_index(void)
 {
 	ssl_server_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, ssl_server_ref_free);
+	ssl_alpn_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+/* ALPN: the listener's protocol when the client offers it; otherwise no
+ * ALPN at all (the client then speaks its default, HTTP/1.1 for HTTP; mail
+ * clients rarely offer any). Never h2: the proxy speaks HTTP/1.1 only. */
+static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                   const unsigned char *in, unsigned int inlen, void *arg)
+{
+	(void)arg;
+	const char *want = ssl_alpn_idx >= 0 ? SSL_get_ex_data(ssl, ssl_alpn_idx) : NULL;
+	if (!want)
+		return SSL_TLSEXT_ERR_NOACK;
+	size_t wl = strlen(want);
+	for (unsigned i = 0; i < inlen;) {
+		unsigned l = in[i];
+		if (i + 1 + l > inlen)
+			break;
+		if (l == wl && memcmp(in + i + 1, want, wl) == 0) {
+			*out = in + i + 1;
+			*outlen = (unsigned char)l;
+			return SSL_TLSEXT_ERR_OK;
+		}
+		i += 1 + l;
+	}
+	return SSL_TLSEXT_ERR_NOACK;
+}
+
+void tls_server_set_alpn(SSL *ssl, const char *protocol)
+{
+	if (ssl_alpn_idx >= 0)
+		SSL_set_ex_data(ssl, ssl_alpn_idx, (void *)protocol);
 }
 
 /* Formats an error into the thread-local buffer. When with_ssl is true the
@@ -300,6 +333,7 @@ static SSL_CTX *new_policy_ctx(const sy_tls_policy *p, const char **error_r)
 		return NULL;
 	}
 	SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
+	SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
 	return ctx;
 }
 

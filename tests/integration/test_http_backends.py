@@ -632,3 +632,29 @@ def test_caldav_carddav_propfind_reaches_each_users_server(switchyard):
     finally:
         for r in rads.values():
             r.cleanup()
+
+
+# --- TLS ---------------------------------------------------------------------------------------
+
+
+def test_implicit_tls_listener_offers_http11_only(switchyard, nginxes, certs):
+    """tls = "implicit": ALPN selects http/1.1 when offered, never h2; a
+    client offering only h2 gets no ALPN and speaks HTTP/1.1 anyway."""
+    import ssl
+    port, admin = free_port(), free_port()
+    cfg = config(port, admin, {n: x.port for n, x in nginxes.items()}).replace(
+        'tls = "plain"\npreauth_timeout', 'tls = "implicit"\npreauth_timeout', 1)
+    cfg += (f'\n[tls.certificate.web]\ncert = "{certs.localhost.cert}"\nkey = "{certs.localhost.key}"\n'
+            'default = true\n')
+    switchyard(cfg, files={"mappings.tsv": MAPPINGS})
+    for offer, want in ((["h2", "http/1.1"], "http/1.1"), (["h2"], None)):
+        ctx = certs.client_context()
+        ctx.set_alpn_protocols(offer)
+        c = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=WAIT)
+        c.connect()
+        assert c.sock.selected_alpn_protocol() == want
+        c.request("GET", "/static/hello.txt", headers={"Authorization": basic("bob@example.com")})
+        r = c.getresponse()
+        assert (r.status, r.getheader("X-Backend")) == (200, "new")
+        r.read()
+        c.close()
