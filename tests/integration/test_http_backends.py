@@ -658,3 +658,38 @@ def test_implicit_tls_listener_offers_http11_only(switchyard, nginxes, certs):
         assert (r.status, r.getheader("X-Backend")) == (200, "new")
         r.read()
         c.close()
+
+
+def test_client_connection_close_is_honoured(proxy, nginxes):
+    """The client's Connection: close reaches the backend as the proxy's own
+    close request, and the client connection ends after the response."""
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=WAIT)
+    s.sendall(b"GET /static/hello.txt?bye HTTP/1.1\r\nHost: h\r\nConnection: close\r\nAuthorization: " +
+              basic("bob@example.com").encode() + b"\r\n\r\n")
+    got = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"hello from new\n")
+    line = [ln for ln in nginxes["new"].log() if "hello.txt?bye" in ln][-1]
+    assert "connection=[close]" in line, line
+
+
+def test_forwarded_for_ipv6_client_is_bracketed(switchyard, nginxes):
+    """A client on ::1 reaches a destination with forwarded = true as
+    Forwarded: for="[::1]" and X-Forwarded-For: ::1."""
+    port, admin = free_port(host="::1"), free_port()
+    cfg = config(port, admin, {n: x.port for n, x in nginxes.items()}).replace(
+        f'bind = ["127.0.0.1:{port}"]', f'bind = ["[::1]:{port}"]').replace(
+        "allow_plaintext_auth = true\n", "allow_plaintext_auth = true\nforwarded = true\n")
+    switchyard(cfg, files={"mappings.tsv": MAPPINGS})
+    c = http.client.HTTPConnection("::1", port, timeout=WAIT)
+    c.request("GET", "/echo-forwarded", headers={"Authorization": basic("bob@example.com")})
+    r = c.getresponse()
+    body = r.read().decode()
+    c.close()
+    assert r.status == 200, body
+    assert 'forwarded=[for="[::1]"]' in body and "xff=[::1]" in body, body

@@ -64,6 +64,10 @@ http {{
         gzip on;
         gzip_min_length 1;
         gzip_types *;
+        location = /echo-forwarded {{
+            default_type text/plain;
+            return 200 "forwarded=[$http_forwarded] xff=[$http_x_forwarded_for]\n";
+        }}
         location /dav/ {{
             dav_methods PUT DELETE;
             create_full_put_path on;
