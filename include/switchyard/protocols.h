@@ -26,4 +26,13 @@ void http_start(sy_session *s);
  * proxy answers (400, 405, 431, 505). For the fuzz target and unit tests. */
 int http_request_head_status(const char *head, size_t len, size_t *nheaders);
 
+/* The response framing of http_start over backend bytes, for the fuzzer
+ * and tests: `data` (then the backend's close) as the answer to a request
+ * (HEAD or not, an upgrade or not). Returns 0 (incomplete), 1 (the final
+ * response ended; *used bytes belong to it and the interim responses
+ * before it), 2 (101 to the upgrade after *used bytes), 3 (malformed), or
+ * -1 (out of memory); *status is the last status seen (0: none). */
+int http_response_scan(const char *data, size_t len, bool head_request, bool upgrade, size_t *used,
+                       int *status);
+
 #endif

@@ -859,6 +859,8 @@ static int on_resp_headers(http_parser *p)
 	hctx *c = p->data;
 	int st = (int)p->status_code;
 	c->resp_status = st;
+	if (st < 100)
+		return -1; /* "050" is three digits, not a status (RFC 9110 15): 502 */
 	if (st >= 200 && c->expect_100 && !c->got_100 && !c->body_done && !c->expect_answered)
 		c->withheld = true; /* "the client was told to wait": its body must not follow */
 	bool no_body = st / 100 == 1 || st == 204 || st == 304 || c->head_request;
@@ -913,42 +915,72 @@ static void response_failed(hctx *c, const char *why)
 	}
 }
 
-/* Relays backend bytes, stopping at the end of the final response. */
-static void feed_response(hctx *c, const char *d, size_t n)
+typedef enum scan_result { SCAN_MORE, SCAN_DONE, SCAN_UPGRADE, SCAN_ERROR } scan_result;
+
+/* Parses backend bytes (d = NULL, n = 0: the backend closed) through the
+ * response parser, across interim 1xx responses, up to the end of the final
+ * response or of a 101 to an upgrade. *used is the number of bytes that
+ * belong to the responses (what is relayed). */
+static scan_result resp_scan(hctx *c, const char *d, size_t n, size_t *used, const char **err)
 {
-	sy_session *s = c->s;
 	size_t off = 0;
+	scan_result r = SCAN_MORE;
 	for (;;) {
 		size_t k = http_parser_execute(&c->rp, &resp_settings, d ? d + off : NULL, n - off);
 		enum http_errno e = HTTP_PARSER_ERRNO(&c->rp);
+		off += k;
 		if (e != HPE_OK && e != HPE_PAUSED) {
-			response_failed(c, http_errno_name(e));
-			return;
-		}
-		if (k > 0) {
-			if (sy_stream_write(&s->client, d + off, k) != 0) {
-				session_close(s, "client write failed");
-				return;
-			}
-			c->relayed = true;
-			off += k;
+			*err = http_errno_name(e);
+			r = SCAN_ERROR;
+			break;
 		}
 		if (c->resp_upgrade) {
-			go_upgrade(c, d ? d + off : NULL, n - off);
-			return;
+			r = SCAN_UPGRADE;
+			break;
 		}
 		if (e == HPE_PAUSED) {
 			http_parser_pause(&c->rp, 0);
 			if (c->resp_done) {
-				if (off < n)
-					c->resp_close =
-					    true; /* bytes after the response: not reusable */
-				finish_exchange(c);
-				return;
+				r = SCAN_DONE;
+				break;
 			}
 			if (off < n)
 				continue; /* an interim 1xx: the next head follows */
 		}
+		break;
+	}
+	*used = off;
+	return r;
+}
+
+/* Relays backend bytes, stopping at the end of the final response. */
+static void feed_response(hctx *c, const char *d, size_t n)
+{
+	sy_session *s = c->s;
+	size_t used = 0;
+	const char *err = NULL;
+	scan_result r = resp_scan(c, d, n, &used, &err);
+	if (r == SCAN_ERROR) {
+		response_failed(c, err);
+		return;
+	}
+	if (used > 0) {
+		if (sy_stream_write(&s->client, d, used) != 0) {
+			session_close(s, "client write failed");
+			return;
+		}
+		c->relayed = true;
+	}
+	switch (r) {
+	case SCAN_UPGRADE:
+		go_upgrade(c, d ? d + used : NULL, n - used);
+		return;
+	case SCAN_DONE:
+		if (used < n)
+			c->resp_close = true; /* bytes after the response: not reusable */
+		finish_exchange(c);
+		return;
+	default:
 		break;
 	}
 	if (n == 0) {
@@ -1529,4 +1561,24 @@ int http_request_head_status(const char *head, size_t len, size_t *nheaders)
 	free(c->pbuf);
 	free(c);
 	return r;
+}
+
+int http_response_scan(const char *data, size_t len, bool head_request, bool upgrade, size_t *used,
+                       int *status)
+{
+	hctx *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -1;
+	c->head_request = head_request;
+	c->upgrade = upgrade;
+	resp_start(c);
+	const char *err = NULL;
+	scan_result r = resp_scan(c, data, len, used, &err);
+	if (r == SCAN_MORE) {
+		size_t none = 0;
+		r = resp_scan(c, NULL, 0, &none, &err); /* then the backend closes */
+	}
+	*status = c->resp_status;
+	free(c);
+	return (int)r;
 }

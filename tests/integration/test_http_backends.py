@@ -693,3 +693,23 @@ def test_forwarded_for_ipv6_client_is_bracketed(switchyard, nginxes):
     c.close()
     assert r.status == 200, body
     assert 'forwarded=[for="[::1]"]' in body and "xff=[::1]" in body, body
+
+
+def test_malformed_backend_response_is_502(scripted):
+    """A status that is not one ("050", found by the fuzzer) or a response
+    with both Content-Length and chunked: 502 to the client, nothing of it
+    relayed."""
+    answers = [b"HTTP/1.1 050 Odd\r\nContent-Length: 0\r\n\r\n",
+               b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"]
+
+    def script(s, head, rest):
+        s.sendall(answers.pop(0))
+        return None
+
+    b, sy = scripted(script)
+    for _ in range(2):
+        c = http.client.HTTPConnection("127.0.0.1", sy.port, timeout=WAIT)
+        c.request("GET", "/x")
+        r = c.getresponse()
+        assert (r.status, r.read()) == (502, b"502 Bad Gateway\n")
+        c.close()
