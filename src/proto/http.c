@@ -183,6 +183,9 @@ static void path_of(const hctx *c, char *out, size_t len)
 static void log_request(hctx *c, int status)
 {
 	sy_session *s = c->s;
+	metrics_http_request(s->lrt->slot, status);
+	if (!log_enabled(SY_LOG_INFO))
+		return; /* the formatting below costs more than the rest of a request */
 	char path[256], st[8], dur[24], bin[24], bout[24], peer[64];
 	path_of(c, path, sizeof(path));
 	snprintf(st, sizeof(st), "%d", status);
@@ -194,7 +197,6 @@ static void log_request(hctx *c, int status)
 	       c->method ? c->method : "-", "path", path, "status", st, "destination",
 	       s->dest ? s->dest->cfg->id : "-", "bytes_in", bin, "bytes_out", bout, "ms", dur,
 	       NULL);
-	metrics_http_request(s->lrt->slot, status);
 }
 
 /* ---- head parsing -------------------------------------------------------------------- */
