@@ -55,6 +55,11 @@ SERVICES = {
 KINDS = ("plain", "tls", "haproxy")
 
 
+# The inet listeners Dovecot defines by default, by (name prefix, kind).
+_DEFAULT_LISTENERS = {("imap", "plain"), ("imap", "tls"), ("pop3", "plain"), ("pop3", "tls"),
+                      ("submission", "plain"), ("sieve", "plain")}
+
+
 @dataclass
 class Listener:
     service: str
@@ -149,6 +154,13 @@ class Dovecot:
             if l.kind == "haproxy":
                 out.append("    haproxy = yes\n")
             out.append("  }\n")
+        # Dovecot's built-in listeners (imaps on 993, pop3s on 995, ...) stay
+        # bound unless redefined: port 0 turns off every one not asked for,
+        # so two harness Dovecots never collide on a default port.
+        emitted = {l.kind for l in self.listeners if l.service == service}
+        for kind, name in (("plain", name_prefix), ("tls", name_prefix + "s")):
+            if kind not in emitted and (name_prefix, kind) in _DEFAULT_LISTENERS:
+                out.append(f"  inet_listener {name} {{\n    port = 0\n  }}\n")
         return "".join(out)
 
     def config_text(self):
