@@ -5,6 +5,7 @@ invocation (issue 16).
 
     /usr/bin/python3 bench/side_by_side.py [--n 1000] [--concurrency 16]
         [--repeat 3] [--bin build/switchyard] [--only switchyard,nginx,...]
+        [--before OLD_BINARY]   (adds target before-1: a before/after in one run)
 
 Needs nginx with its mail module (`apt-get install nginx-light
 libnginx-mod-mail`), Dovecot, and the release build (build/switchyard,
@@ -187,6 +188,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--bin", default=benchlib.DEFAULT_BIN)
     ap.add_argument("--only", default="switchyard-1,switchyard,nginx,dovecot,floor")
+    ap.add_argument("--before", help="another switchyard binary, run as target 'before-1' (threads = 1)")
     a = ap.parse_args()
     wanted = a.only.split(",")
     benchlib.raise_nofile(65536)
@@ -207,6 +209,10 @@ def main():
             p, pid, port = start_switchyard(d, a.bin, backend.imap, 1, "sy1")
             stops.append(p.kill)
             targets["switchyard-1"] = (pid, port)
+        if a.before:
+            p, pid, port = start_switchyard(d, a.before, backend.imap, 1, "before")
+            stops.append(p.kill)
+            targets["before-1"] = (pid, port)
         if "switchyard" in wanted:
             p, pid, port = start_switchyard(d, a.bin, backend.imap, 0, "sy")
             stops.append(p.kill)

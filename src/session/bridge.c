@@ -8,9 +8,9 @@
  * both directions have finished and flushed, on any error, or after
  * server.bridge_idle without traffic.
  *
- * When both legs are plaintext the bytes are spliced from socket to socket
- * inside the kernel (sy_stream_read_start_splice); the rules above are the
- * same either way.
+ * When both legs are plaintext, a direction that has carried 64 KiB is
+ * spliced from socket to socket inside the kernel from then on
+ * (sy_stream_read_start_splice); the rules above are the same either way.
  */
 #include <stdio.h>
 
@@ -19,6 +19,12 @@
 #include "switchyard/session.h"
 
 #define HALF_CLOSE_LINGER_MS 5000
+/* A direction moves its first bytes by read/write and switches to splice
+ * once it has carried this many: for the few small messages of most
+ * interactive sessions (a LOGOUT, an IDLE's updates) a read and a write cost
+ * fewer system calls than splicing through the pipe (in, out, and the
+ * EAGAIN probe); a large FETCH or a pass-through transfer soon switches. */
+#define SPLICE_AFTER_BYTES (64u * 1024)
 
 static void on_idle_timer(uv_timer_t *t);
 static uint64_t idle_limit(const sy_session *s);
@@ -53,9 +59,11 @@ static void on_bridge_read(sy_stream *st, const char *data, ssize_t n);
  * pool block. */
 static void start_reading(sy_session *s, sy_stream *from)
 {
-	if (s->splice && sy_stream_read_start_splice(from, other(s, from), on_bridge_read) == 0)
-		return;
-	s->splice = false;
+	if (s->splice && from->bytes_in >= SPLICE_AFTER_BYTES) {
+		if (sy_stream_read_start_splice(from, other(s, from), on_bridge_read) == 0)
+			return;
+		s->splice = false;
+	}
 	sy_stream_read_start(from, on_bridge_read);
 }
 
@@ -74,7 +82,9 @@ static void on_bridge_read(sy_stream *st, const char *data, ssize_t n)
 			return;
 		}
 		if (sy_stream_pending(to) > 0)
-			sy_stream_read_stop(st);
+			sy_stream_read_stop(st); /* the drain restarts it, spliced if due */
+		else if (data && s->splice && st->bytes_in >= SPLICE_AFTER_BYTES)
+			start_reading(s, st); /* large transfer: switch to splice */
 		return;
 	}
 	if (n == UV_EOF) {
