@@ -16,9 +16,10 @@
  * an event of another origin only when its seq is above the last one seen
  * from that origin (a replay after a reconnect, or a duplicate, is dropped).
  *
- * Loss of the channel: while the subscription is down, what was published
- * cannot be known, so every cache lifetime is capped at 5 s
- * (cache_cap_ttl); when it is back, the cache is cleared once.
+ * Loss of the channel: while the subscription is down (or not up yet, or
+ * refused by the server), what was published cannot be known, so every
+ * cache lifetime is capped at 5 s (cache_cap_ttl); when it is back, the
+ * cache is cleared once.
  */
 #include <jansson.h>
 #include <openssl/rand.h>
@@ -45,6 +46,7 @@ struct sy_fleet {
 	sy_store *sub;
 	sy_fleet_sink sink;
 	bool was_down; /* the subscription was up once and then lost */
+	bool ever_up;  /* the first subscription has been confirmed */
 	bool up;
 	origin_seen seen[MAX_ORIGINS];
 	size_t nseen, next_evict;
@@ -193,6 +195,14 @@ static void on_state(void *arg, bool up)
 		       NULL);
 		return;
 	}
+	if (!f->was_down && !f->ever_up) {
+		/* The first subscription: lift the startup cap (what was cached
+		 * before it keeps its capped lifetime). */
+		f->ever_up = true;
+		if (c)
+			cache_cap_ttl(c, 0);
+		return;
+	}
 	if (f->was_down) {
 		f->was_down = false;
 		atomic_fetch_add(&n_resubscribes, 1);
@@ -230,6 +240,10 @@ int router_fleet_start(sy_router *r, uv_loop_t *loop, const sy_fleet_sink *sink,
 	}
 	*slot = f;
 	atomic_store(&g_active, true);
+	/* Until the first subscription is confirmed nothing published can be
+	 * heard either: the same cap as after a loss. */
+	if (router_cache(r))
+		cache_cap_ttl(router_cache(r), DOWN_TTL_CAP_MS);
 	return 0;
 }
 

@@ -124,8 +124,9 @@ struct conn {
 	bool subscribing;       /* subscriber: SUBSCRIBE sent, replies are pushes */
 	sy_req_list inflight;   /* sent requests, in the order of their replies */
 	uint64_t backoff_ms;
-	bool first_attempt; /* the slot's first attempt has not ended yet */
-	bool logged_down;   /* the current outage has been logged */
+	uint64_t refused_backoff_ms; /* subscriber: SUBSCRIBE refused, the next wait */
+	bool first_attempt;          /* the slot's first attempt has not ended yet */
+	bool logged_down;            /* the current outage has been logged */
 };
 
 struct redis_store {
@@ -797,12 +798,29 @@ static bool reply_str(const redisReply *r, size_t i)
 static void on_sub_reply(conn *c, redisReply *r)
 {
 	redis_store *s = c->s;
-	if (s->life.closing || !reply_str(r, 0))
+	if (s->life.closing)
+		return;
+	if (r->type == REDIS_REPLY_ERROR) {
+		/* e.g. NOPERM from an ACL: the subscription cannot come up, so
+		 * the cache stays capped (events.c); retry with a growing wait
+		 * (conn_ready resets the connection's own backoff). */
+		char why[320];
+		snprintf(why, sizeof(why), "SUBSCRIBE refused: %s", r->str ? r->str : "error");
+		c->refused_backoff_ms = !c->refused_backoff_ms ? BACKOFF_FIRST_MS
+		                        : c->refused_backoff_ms * 2 > BACKOFF_MAX_MS
+		                            ? BACKOFF_MAX_MS
+		                            : c->refused_backoff_ms * 2;
+		c->backoff_ms = c->refused_backoff_ms;
+		attempt_failed(c, why);
+		return;
+	}
+	if (!reply_str(r, 0))
 		return;
 	const char *kind = r->element[0]->str;
 	if (strcasecmp(kind, "subscribe") == 0) {
 		if (!s->subscribed) {
 			s->subscribed = true;
+			c->refused_backoff_ms = 0;
 			sy_log(SY_LOG_INFO, "redis: subscribed to the fleet events channel",
 			       "server", s->server, "channel", s->channel, NULL);
 			if (s->sub.state)

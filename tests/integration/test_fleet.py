@@ -424,3 +424,29 @@ def test_mapping_file_is_followed_on_every_replica(switchyard, pair):
         assert (status, body, hdr) == (200, "kicked 0\n", "local; reason=store")
     finally:
         cm.cleanup()
+
+
+def test_refused_subscription_caps_the_cache(switchyard, pair):
+    """The Redis ACL lets the proxy read, write and publish but not
+    subscribe: the replica can never hear of changes, so it keeps its cache
+    lifetimes at 5 s (positive_ttl is an hour) and a direct change reaches it
+    anyway; routing goes on, the log says why."""
+    store = Redis(persist=True).start()
+    try:
+        store.command("ACL", "SETUSER", "proxy", "on", ">proxypw", "~*", "&*", "+@all", "-subscribe",
+                      "-psubscribe")
+        url = f"redis://proxy:proxypw@127.0.0.1:{store.port}"
+        user = "soak08@example.com"
+        store.command("SET", f"route:{user}", "legacy")
+        imap, adm = free_port(), free_port()
+        mapping = store_mapping("redis", store).replace(f'url = "{store.url}"', f'url = "{url}"')
+        sy = switchyard(base_config(pair, imap, adm, mapping))
+        sy.wait_log(r"SUBSCRIBE refused: NOPERM")
+        assert served_by(imap, user) == "legacy"
+        store.command("SET", f"route:{user}", "new")
+        wait_for(lambda: served_by(imap, user) == "new", "the capped entry to expire", timeout=WAIT)
+        assert metric(adm, "switchyard_fleet_subscription_up") == 0
+        status, _, hdr = call(adm, "POST", "/cache/invalidate")
+        assert status == 200 and hdr.startswith("published;")  # PUBLISH is allowed
+    finally:
+        store.cleanup()
