@@ -307,20 +307,27 @@ def test_rediss_fleet_event_invalidates_the_other_proxy(env, marks, switchyard, 
     e = cached_on(b, "dave@example.com")
     assert e["destination"] == "legacy" and e["cached"] is True, e
 
-    # A writes the new mapping through its admin port (Redis SET over TLS).
+    # A writes the new mapping through its admin port (Redis SET over TLS)
+    # and publishes the invalidation, which B's subscriber hears over TLS.
+    mark = b.log_mark()
     st, _, body = a.admin.request("PUT", "/mappings?identifier=dave@example.com&destination=new")
     assert (st, body) == (200, "ok\n")
     assert redis_cli(r, "GET", "route:dave@example.com") == "new"
+    b.wait_log(r"fleet event applied.*type=invalidate.*identifier=dave@example\.com", since=mark)
     e = cached_on(b, "dave@example.com")
-    assert e["destination"] == "legacy" and e["cached"] is True, e  # B still has its copy
+    assert e["destination"] == "new" and e["cached"] is False, e
+    assert routed(env, b.ports, "imap", "dave@example.com") == "new"
 
+    # An event published by hand (redis-cli over TLS) is applied the same way.
+    r.command("SET", "route:dave@example.com", "legacy")
+    assert cached_on(b, "dave@example.com")["destination"] == "new"  # B still has its copy
     mark = b.log_mark()
     channel = "route:events"
     assert redis_cli(r, "PUBLISH", channel, '{"v":1,"type":"invalidate","identifier":"dave@example.com"}') != "0"
     b.wait_log(r"fleet event applied.*type=invalidate.*identifier=dave@example\.com", since=mark)
     e = cached_on(b, "dave@example.com")
-    assert e["destination"] == "new" and e["cached"] is False, e
-    assert routed(env, b.ports, "imap", "dave@example.com") == "new"
+    assert e["destination"] == "legacy" and e["cached"] is False, e
+    assert routed(env, b.ports, "imap", "dave@example.com") == "legacy"
 
 
 def test_rediss_keyspace_notifications_follow_a_put_on_the_other_proxy(env, marks, switchyard, tls_redis,
