@@ -39,14 +39,16 @@ fi
 # ThreadSanitizer: the unit tests (the shared cache hammered by threads) and
 # the integration tests that run several workers at once (cache coalescing
 # across loops, reloads while sessions run, metrics scrapes during load, cluster
-# node sets swapped by discovery while workers route through them).
+# node sets swapped by discovery while workers route through them, fleet events
+# applied from the main loop while workers route and bridge).
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DSWITCHYARD_SANITIZE=thread >/dev/null
 cmake --build build-tsan -j"$jobs"
 export TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1"
 ctest --test-dir build-tsan --output-on-failure -j"$jobs"
 SWITCHYARD_BIN="$PWD/build-tsan/switchyard" /usr/bin/python3 -m pytest -q \
 	tests/integration/test_routing.py tests/integration/test_reload_mapping.py \
-	tests/integration/test_admin.py tests/integration/test_k8s_cluster.py
+	tests/integration/test_admin.py tests/integration/test_k8s_cluster.py \
+	tests/integration/test_fleet.py
 
 # Packaging: the container image (built with podman and run read-only as
 # uid 65532 in front of test Dovecots), the Helm chart (lint, render, the
