@@ -713,3 +713,31 @@ def test_malformed_backend_response_is_502(scripted):
         r = c.getresponse()
         assert (r.status, r.read()) == (502, b"502 Bad Gateway\n")
         c.close()
+
+
+def test_pipelined_requests_answered_in_order_and_smuggling_checked_on_each(proxy, nginxes):
+    """Two requests in one write are answered in order over one backend
+    connection; a third, smuggling-shaped one (Content-Length with
+    Transfer-Encoding) behind them gets 400 and the connection closes: the
+    backend never sees it."""
+    auth = b"Authorization: " + basic("bob@example.com").encode() + b"\r\n"
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=WAIT)
+    s.sendall(b"GET /static/hello.txt?p1 HTTP/1.1\r\nHost: h\r\n" + auth + b"\r\n" +
+              b"GET /static/page.html?p2 HTTP/1.1\r\nHost: h\r\n" + auth + b"\r\n" +
+              b"POST /static/x?p3 HTTP/1.1\r\nHost: h\r\n" + auth +
+              b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n")
+    got = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    first = got.index(b"hello from new")
+    second = got.index(b"<p>xxx")
+    third = got.index(b"HTTP/1.1 400 ")
+    assert first < second < third, got[:300]
+    nginxes["new"].wait_log(r"\?p1 ")
+    nginxes["new"].wait_log(r"\?p2 ")
+    log = "\n".join(nginxes["new"].log())
+    assert "?p3" not in log and "/smuggled" not in log
