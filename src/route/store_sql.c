@@ -320,7 +320,8 @@ static void conn_lost(conn *c, const char *why)
 	char msg[512];
 
 	first_line(msg, sizeof(msg), "", why);
-	sy_log(SY_LOG_WARN, "sql: connection lost", "server", s->server, "error", msg, NULL);
+	sy_log(SY_LOG_WARN, "sql: connection lost", "server", s->server, "host", c->where, "error",
+	       msg, NULL);
 	c->logged_down = true;
 	drop_pg(c);
 	c->state = CONN_DOWN;
@@ -1087,6 +1088,31 @@ static int parse_hosts(sql_store *s, const char **error_r)
 	return 0;
 }
 
+/* "h1:p1,h2:p2/db" for log lines: the host list lined up (never the URL:
+ * it may hold the password). NULL when out of memory. */
+static char *server_name(const sql_store *s)
+{
+	const char *db = opt(s, "dbname");
+	size_t n = (db ? strlen(db) : 0) + 2;
+	for (unsigned i = 0; i < s->nhosts; i++) {
+		const sql_host *h = &s->hosts[i];
+		const char *name = h->name ? h->name : h->addr ? h->addr : "local";
+		n += strlen(name) + (h->port ? strlen(h->port) : 4) + 2;
+	}
+	char *out = malloc(n);
+	size_t len = 0;
+	if (!out)
+		return NULL;
+	for (unsigned i = 0; i < s->nhosts; i++) {
+		const sql_host *h = &s->hosts[i];
+		const char *name = h->name ? h->name : h->addr ? h->addr : "local";
+		len += (size_t)snprintf(out + len, n - len, "%s%s:%s", i ? "," : "", name,
+		                        h->port ? h->port : "5432");
+	}
+	snprintf(out + len, n - len, "/%s", db ? db : "");
+	return out;
+}
+
 static sy_store *create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned conns,
                         const sy_store_sub *sub, const char **error_r)
 {
@@ -1118,20 +1144,13 @@ static sy_store *create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned 
 	s->upsert = dup_or_null(cfg->sql.upsert_query);
 	s->del_query = dup_or_null(cfg->sql.delete_query);
 
-	const char *host = opt(s, "host") ? opt(s, "host") : opt(s, "hostaddr");
 	if (parse_hosts(s, error_r) != 0) {
 		free_store(s);
 		return NULL;
 	}
 	const char *tsa = opt(s, "target_session_attrs");
 	s->prefer_standby = tsa && strcmp(tsa, "prefer-standby") == 0;
-	const char *port = opt(s, "port"), *db = opt(s, "dbname");
-	size_t n =
-	    (host ? strlen(host) : 16) + (port ? strlen(port) : 4) + (db ? strlen(db) : 0) + 8;
-	s->server = malloc(n);
-	if (s->server)
-		snprintf(s->server, n, "%s:%s/%s", host ? host : "local", port ? port : "5432",
-		         db ? db : "");
+	s->server = server_name(s);
 
 	char chbuf[128];
 	s->channel = strdup(store_events_channel(cfg, chbuf, sizeof(chbuf)));
