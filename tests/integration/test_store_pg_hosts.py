@@ -12,6 +12,7 @@ names the server, so a login tells where it was routed.
 
 import imaplib
 import json
+import re
 import smtplib
 import socket
 import time
@@ -21,6 +22,7 @@ import pytest
 
 from harness import Dovecot, Postgres
 from harness.util import Backoff, free_port, read_text
+from test_stores import create_error, driver  # noqa: F401 (driver is a fixture)
 
 USERS = {f"{n}@example.com": f"{n}pass" for n in ("alice", "bob", "carol")}
 BACKENDS = ("legacy", "new")
@@ -302,3 +304,44 @@ def test_read_write_skips_a_read_only_server_and_follows_a_failover(env, make_pg
     terminate_switchyard_sessions(primary)
     sy.wait_log(rf"sql: connected.*host=127\.0\.0\.1:{standby.port}", since=mark)
     assert routed_eventually(imap, "bob@example.com", "legacy") == "legacy"
+
+
+# ---- the store alone, through build/store-driver (see test_stores.py) ----
+
+
+def test_driver_unresolvable_name_then_a_real_host(make_pg, driver):
+    pg = make_pg()
+    pg.psql("INSERT INTO routes VALUES ('alice@example.com', 'store-a')")
+    d = driver("sql", url=f"postgresql://postgres@nosuch.invalid:5432,127.0.0.1:{pg.port}/postgres",
+               log="info")
+    assert d.op("get alice@example.com") == "FOUND store-a"
+    assert d.finish() == ["CLOSED"]
+    err = d.stderr_text()
+    assert "cannot resolve nosuch.invalid" in err, err
+    assert f"sql: connected server=nosuch.invalid:5432,127.0.0.1:{pg.port}/postgres " \
+           f"host=127.0.0.1:{pg.port}" in err, err
+
+
+def test_driver_every_host_down_fails_promptly(driver):
+    a, b = free_port(), free_port()
+    d = driver("sql", url=f"postgresql://postgres:topsecret@127.0.0.1:{a},localhost:{b}/postgres")
+    t = time.monotonic()
+    assert d.op("get k") == "ERROR sql: not connected"
+    assert time.monotonic() - t < 1.0
+    assert d.finish() == ["CLOSED"]
+    err = d.stderr_text()
+    # One warning for the walk, naming the last host and its error.
+    assert re.search(rf"WARN sql: cannot connect server=127\.0\.0\.1:{a},localhost:{b}/postgres "
+                     rf"host=localhost:{b} .*Connection refused", err), err
+    assert "topsecret" not in err
+
+
+@pytest.mark.parametrize("url, msg", [
+    ("postgresql://u:topsecret@a,b,c/db?port=1,2", "give one port, or one port per host"),
+    ("postgresql://u:topsecret@a,b/db?hostaddr=10.0.0.1,10.0.0.2,10.0.0.3",
+     "the host and hostaddr lists differ in length"),
+])
+def test_driver_host_lists_that_do_not_line_up_are_creation_errors(url, msg):
+    err = create_error("sql", url=url)
+    assert err == f"mapping.sql.url: {msg}", err
+    assert "topsecret" not in err
