@@ -345,3 +345,20 @@ def test_driver_host_lists_that_do_not_line_up_are_creation_errors(url, msg):
     err = create_error("sql", url=url)
     assert err == f"mapping.sql.url: {msg}", err
     assert "topsecret" not in err
+
+
+def test_driver_close_during_the_walk_releases_everything(driver, black_hole):
+    # Closed at once (the name lookup may still be pending) and once the
+    # attempt on the black hole is under way: the driver exits 0 only when
+    # every handle and lookup of the store has been released (and ASan
+    # checks for leaks at exit).
+    url = f"postgresql://postgres@localhost:{black_hole.port},localhost:{black_hole.port}/postgres"
+    d = driver("sql", url=url, timeout="5000")
+    d.send("close")
+    assert d.result(timeout=5) == "CLOSED"
+    assert d.finish() == []
+    d = driver("sql", url=url, timeout="5000")
+    d.send("&get k")  # parked in the startup queue while the walk is under way
+    d.send("close")
+    assert [d.result(timeout=5) for _ in range(2)] == ["ERROR sql: store closed", "CLOSED"]
+    assert d.finish() == []
