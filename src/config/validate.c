@@ -756,6 +756,34 @@ static void check_redis_tls(vctx *v, bool tls)
 		                "mapping.redis.tls_client_key", m->redis.tls_client_key);
 }
 
+/* Entries of a libpq comma-separated list (0 when unset or empty). */
+static unsigned pq_list_len(const PQconninfoOption *o, const char *key)
+{
+	for (; o->keyword; o++) {
+		if (strcmp(o->keyword, key) != 0)
+			continue;
+		if (!o->val || !*o->val)
+			return 0;
+		unsigned n = 1;
+		for (const char *p = o->val; (p = strchr(p, ',')) != NULL; p++)
+			n++;
+		return n;
+	}
+	return 0;
+}
+
+/* The store's rule for host lists (store_sql.c): host and hostaddr lists
+ * of the same length, one port for all or one per host. */
+static void check_sql_host_lists(vctx *v, const PQconninfoOption *o)
+{
+	unsigned nh = pq_list_len(o, "host"), na = pq_list_len(o, "hostaddr");
+	unsigned np = pq_list_len(o, "port"), n = nh > na ? nh : na;
+	if (nh && na && nh != na)
+		verr(v, "mapping.sql.url", "the host and hostaddr lists differ in length");
+	else if (np > 1 && np != (n ? n : 1))
+		verr(v, "mapping.sql.url", "give one port, or one port per host");
+}
+
 static void check_mapping(vctx *v)
 {
 	const sy_config *cfg = v->cfg;
@@ -832,6 +860,8 @@ static void check_mapping(vctx *v)
 			verr(v, "mapping.sql.url",
 			     "libpq cannot parse it (expected postgres://user@host:port/db; "
 			     "percent-encode special characters in the password)");
+		else
+			check_sql_host_lists(v, o);
 		PQconninfoFree(o);
 		PQfreemem(perr);
 	}

@@ -7,24 +7,45 @@
  * idle READY slot if there is one, else to the READY slot with the shortest
  * queue, so one slow query delays only the requests queued behind it.
  *
+ * The URL may list several hosts (`host=a,b`, `postgres://a:5432,b:5433/db`,
+ * with one port for all or one per host, and optionally `hostaddr`). libpq
+ * would resolve the names itself, synchronously inside PQconnectPoll, and
+ * walk its list with no per-host timeout in non-blocking mode, so the store
+ * walks the list itself: every libpq connection is given ONE candidate
+ * (host name, numeric hostaddr, port), names being resolved on the loop
+ * with uv_getaddrinfo first (numeric addresses and socket directories need
+ * no lookup). Each candidate has its own timeout (lookup_timeout, else 5 s);
+ * on failure or timeout the next one is tried (every address of a name, then
+ * the next entry), and only when all have failed does the slot back off.
+ * target_session_attrs goes to libpq with each candidate, which checks it
+ * without blocking, so a read-only server fails that candidate and the walk
+ * moves on; `prefer-standby` is two walks, "standby" then "any".
+ *
  * Connection life cycle, per slot:
- *   DOWN --timer--> RESOLVING (one host name only, uv_getaddrinfo: libpq
- *   would resolve synchronously inside PQconnectPoll and block the loop)
+ *   DOWN --timer--> [RESOLVING (a host name, uv_getaddrinfo)]
  *   --> CONNECTING (PQconnectStartParams / PQconnectPoll) --> READY
- *   --(error, EOF)--> DOWN, waiting 100 ms doubling to 5 s before retrying.
- * While connecting, libpq may close its socket and open another (next
- * address, SSL or GSS fallback), possibly reusing the descriptor number, so
- * the poll handle is stopped around every PQconnectPoll call and replaced
- * when PQsocket() changes: libuv must never watch a descriptor that was
- * closed behind its back.
+ *   a candidate failing or timing out --> the next one (RESOLVING or
+ *   CONNECTING); the last one failing --> DOWN, waiting 100 ms doubling to
+ *   5 s before walking the list again from its start.
+ *   READY --(error, EOF)--> DOWN, retrying after 100 ms from the start of
+ *   the list, which is how a failover to a new primary is followed.
+ * While connecting, libpq may close its socket and open another (SSL or GSS
+ * fallback), possibly reusing the descriptor number, so the poll handle is
+ * stopped around every PQconnectPoll call and replaced when PQsocket()
+ * changes: libuv must never watch a descriptor that was closed behind its
+ * back. A lookup that times out is abandoned (its request is freed when it
+ * completes; the close sequence waits for it like for a handle).
  *
  * With no READY slot a request fails at once ("sql: not connected"),
  * except while the very first connection attempts after creation are under
- * way; see store_redis.c for why.
+ * way (the whole first walk of the list); see store_redis.c for why.
  *
  * Every completion is delivered from an idle callback, never from inside
  * libpq processing: a callback may issue requests or close the store, and
  * neither may happen while a PGconn is half-way through a result.
+ *
+ * Log lines name the server as host:port (never the URL: it may hold the
+ * password).
  */
 #include "switchyard/store.h"
 
@@ -44,7 +65,7 @@
 #define CONNECT_TIMEOUT_MS 5000 /* when lookup_timeout is 0 */
 #define QUEUE_MAX          1024 /* waiting requests per connection */
 #define STARTUP_QUEUE_MAX  1024
-#define MAX_ADDRS          8
+#define MAX_ADDRS          8 /* addresses tried per host name */
 #define DEFAULT_QUERY      "SELECT destination FROM routes WHERE identifier = $1"
 #define NOTIFY_QUERY       "SELECT pg_notify($1, $2)"
 
@@ -57,6 +78,24 @@ typedef enum conn_state {
 
 typedef struct sql_store sql_store;
 typedef struct conn conn;
+
+/* One entry of the URL's host list: libpq's host, hostaddr and port lists
+ * lined up. */
+typedef struct sql_host {
+	char *name;   /* host: a name, a numeric address or a socket directory;
+	               * NULL = libpq's default */
+	char *addr;   /* hostaddr from the URL, or NULL */
+	char *port;   /* NULL = libpq's default */
+	bool resolve; /* a name without hostaddr: looked up on the loop */
+} sql_host;
+
+/* A host name lookup; heap allocated because it may be abandoned (timeout,
+ * close) and completes later all the same. */
+typedef struct sql_gai {
+	uv_getaddrinfo_t req;
+	conn *c; /* NULL once abandoned */
+	sql_store *s;
+} sql_gai;
 
 /* A poll handle on one socket; heap allocated because its memory may only
  * be released in the close callback, after the slot has moved on. */
@@ -72,8 +111,15 @@ struct conn {
 	conn_state state;
 	PGconn *pg;
 	sql_poll *poll;
-	uv_timer_t timer; /* reconnect delay, or connect timeout */
-	uv_getaddrinfo_t *gai;
+	uv_timer_t timer; /* reconnect delay, or the candidate's timeout */
+	sql_gai *gai;
+	/* The walk of the host list: entry host_i, its address addr_i of
+	 * naddrs (1 when the entry needs no lookup), pass 1 = the second walk
+	 * of prefer-standby. */
+	unsigned host_i, addr_i, naddrs, pass;
+	char addrs[MAX_ADDRS][INET6_ADDRSTRLEN]; /* of a resolved entry */
+	char where[300];                         /* "host:port" being tried */
+	char last_error[512];                    /* of the last failed candidate */
 	sy_store_req *inflight;
 	sy_req_list queue;
 	bool flushing; /* PQflush has more to send: watch for writability */
@@ -88,8 +134,10 @@ struct sql_store {
 	sy_store base;
 	uv_loop_t *loop;
 	PQconninfoOption *opts; /* the parsed URL */
-	char *resolve_host;     /* the one host name to resolve ourselves, or NULL */
-	char *server;           /* "host:port/db" for log lines */
+	sql_host *hosts;        /* the host list, at least one entry */
+	unsigned nhosts;
+	bool prefer_standby; /* target_session_attrs=prefer-standby */
+	char *server;        /* "host:port/db" (the lists as given) for log lines */
 	char *query, *upsert, *del_query;
 	uint64_t connect_timeout_ms;
 
@@ -106,6 +154,8 @@ struct sql_store {
 };
 
 static void start_attempt(conn *c);
+static void try_host(conn *c);
+static void candidate_failed(conn *c, const char *why);
 static void dispatch(sql_store *s, sy_store_req *r);
 static void send_next(conn *c);
 static void flush_startup(sql_store *s);
@@ -242,9 +292,9 @@ static void schedule_retry(conn *c)
 	               store_backoff_next(&c->backoff_ms, BACKOFF_MAX_MS), 0);
 }
 
-/* A connection attempt failed. The first failure of an outage is a
- * warning, later ones (every 5 s per slot while the server stays down)
- * are debug. */
+/* Every candidate of the host list failed (`why` is the last one's
+ * error). The first failure of an outage is a warning, later ones (every
+ * 5 s per slot while the servers stay down) are debug. */
 static void attempt_failed(conn *c, const char *why)
 {
 	sql_store *s = c->s;
@@ -256,7 +306,7 @@ static void attempt_failed(conn *c, const char *why)
 	if (s->life.closing)
 		return;
 	sy_log(c->logged_down ? SY_LOG_DEBUG : SY_LOG_WARN, "sql: cannot connect", "server",
-	       s->server, "error", msg, NULL);
+	       s->server, "host", c->where, "error", msg, NULL);
 	c->logged_down = true;
 	first_attempt_over(c);
 	schedule_retry(c);
@@ -270,7 +320,8 @@ static void conn_lost(conn *c, const char *why)
 	char msg[512];
 
 	first_line(msg, sizeof(msg), "", why);
-	sy_log(SY_LOG_WARN, "sql: connection lost", "server", s->server, "error", msg, NULL);
+	sy_log(SY_LOG_WARN, "sql: connection lost", "server", s->server, "host", c->where, "error",
+	       msg, NULL);
 	c->logged_down = true;
 	drop_pg(c);
 	c->state = CONN_DOWN;
@@ -303,13 +354,15 @@ static void conn_ready(conn *c)
 	/* Non-blocking sends: PQsendQueryParams and PQflush never wait for
 	 * the socket. */
 	if (PQsetnonblocking(c->pg, 1) != 0 || poll_watch(c, UV_READABLE) != 0) {
-		attempt_failed(c, "cannot switch the connection to non-blocking mode");
+		candidate_failed(c, "cannot switch the connection to non-blocking mode");
 		return;
 	}
 	c->state = CONN_READY;
 	c->backoff_ms = BACKOFF_FIRST_MS;
-	sy_log(c->logged_down ? SY_LOG_INFO : SY_LOG_DEBUG, "sql: connected", "server", s->server,
-	       NULL);
+	const sql_host *h = &s->hosts[c->host_i];
+	const char *addr = h->resolve ? c->addrs[c->addr_i] : h->addr;
+	sy_log(SY_LOG_INFO, "sql: connected", "server", s->server, "host", c->where,
+	       addr ? "address" : NULL, addr, NULL);
 	c->logged_down = false;
 	first_attempt_over(c);
 	if (s->listen_mode) {
@@ -366,14 +419,14 @@ static void connect_step(conn *c)
 		return;
 	case PGRES_POLLING_READING:
 		if (poll_watch(c, UV_READABLE) != 0)
-			attempt_failed(c, "cannot poll the socket");
+			candidate_failed(c, "cannot poll the socket");
 		return;
 	case PGRES_POLLING_WRITING:
 		if (poll_watch(c, UV_WRITABLE) != 0)
-			attempt_failed(c, "cannot poll the socket");
+			candidate_failed(c, "cannot poll the socket");
 		return;
 	default:
-		attempt_failed(c, PQerrorMessage(c->pg));
+		candidate_failed(c, PQerrorMessage(c->pg));
 		return;
 	}
 }
@@ -386,17 +439,42 @@ static void on_notice(void *arg, const char *message)
 	sy_log(SY_LOG_DEBUG, "sql: server notice", "server", c->s->server, "notice", msg, NULL);
 }
 
+/* Abandons the slot's host name lookup: it completes later all the same
+ * and is freed then (on_resolved). */
+static void gai_abandon(conn *c)
+{
+	if (!c->gai)
+		return;
+	c->gai->c = NULL;
+	uv_cancel((uv_req_t *)&c->gai->req);
+	c->gai = NULL;
+}
+
 static void on_connect_timeout(uv_timer_t *t)
 {
 	conn *c = t->data;
-	if (!c->s->life.closing && c->state == CONN_CONNECTING)
-		attempt_failed(c, "connect timed out");
+	if (c->s->life.closing)
+		return;
+	if (c->state == CONN_CONNECTING) {
+		candidate_failed(c, "connect timed out");
+	} else if (c->state == CONN_RESOLVING) {
+		gai_abandon(c);
+		c->naddrs = 0;
+		candidate_failed(c, "host name lookup timed out");
+	}
 }
 
-/* Starts PQconnectStartParams with the parsed URL, plus `hostaddr` (and
- * the host name repeated to match, as libpq requires) when we resolved
- * the host ourselves. */
-static void connect_with(conn *c, const char *hostlist, const char *addrlist)
+/* "name:port" of the candidate, for log lines. */
+static void set_where(conn *c, const sql_host *h, const char *addr)
+{
+	const char *name = h->name ? h->name : addr ? addr : "local";
+	snprintf(c->where, sizeof(c->where), "%s:%s", name, h->port ? h->port : "5432");
+}
+
+/* Starts PQconnectStartParams with the parsed URL, its host, hostaddr and
+ * port replaced by the one candidate's (NULL = left to libpq's default),
+ * and target_session_attrs by the pass's for prefer-standby. */
+static void connect_with(conn *c, const char *name, const char *addr, const char *port)
 {
 	sql_store *s = c->s;
 	size_t n = 0;
@@ -410,15 +488,19 @@ static void connect_with(conn *c, const char *hostlist, const char *addrlist)
 	if (!keys || !vals) {
 		free(keys);
 		free(vals);
-		attempt_failed(c, "out of memory");
+		candidate_failed(c, "out of memory");
 		return;
 	}
 	for (PQconninfoOption *o = s->opts; o->keyword; o++) {
 		const char *v = o->val;
-		if (addrlist && strcmp(o->keyword, "host") == 0)
-			v = hostlist;
-		else if (addrlist && strcmp(o->keyword, "hostaddr") == 0)
-			v = addrlist;
+		if (strcmp(o->keyword, "host") == 0)
+			v = name;
+		else if (strcmp(o->keyword, "hostaddr") == 0)
+			v = addr;
+		else if (strcmp(o->keyword, "port") == 0)
+			v = port;
+		else if (strcmp(o->keyword, "target_session_attrs") == 0 && s->prefer_standby)
+			v = c->pass == 0 ? "standby" : "any";
 		else if (strcmp(o->keyword, "fallback_application_name") == 0 && !v)
 			v = "switchyard";
 		if (strcmp(o->keyword, "fallback_application_name") == 0)
@@ -437,11 +519,11 @@ static void connect_with(conn *c, const char *hostlist, const char *addrlist)
 	free(keys);
 	free(vals);
 	if (!c->pg) {
-		attempt_failed(c, "out of memory");
+		candidate_failed(c, "out of memory");
 		return;
 	}
 	if (PQstatus(c->pg) == CONNECTION_BAD) {
-		attempt_failed(c, PQerrorMessage(c->pg));
+		candidate_failed(c, PQerrorMessage(c->pg));
 		return;
 	}
 	PQsetNoticeProcessor(c->pg, on_notice, c);
@@ -449,78 +531,142 @@ static void connect_with(conn *c, const char *hostlist, const char *addrlist)
 	/* After PQconnectStart the documented first step is "as if
 	 * PQconnectPoll returned PGRES_POLLING_WRITING". */
 	if (poll_watch(c, UV_WRITABLE) != 0)
-		attempt_failed(c, "cannot poll the socket");
+		candidate_failed(c, "cannot poll the socket");
+}
+
+/* Connects to address addr_i of entry host_i, or moves to the next entry
+ * when the entry's addresses are used up. */
+static void try_addr(conn *c)
+{
+	sql_store *s = c->s;
+	if (c->addr_i >= c->naddrs) {
+		c->host_i++;
+		try_host(c);
+		return;
+	}
+	const sql_host *h = &s->hosts[c->host_i];
+	const char *addr = h->resolve ? c->addrs[c->addr_i] : h->addr;
+	set_where(c, h, addr);
+	connect_with(c, h->name, addr, h->port);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
-	conn *c = req->data;
-	sql_store *s = c->s;
-	char hosts[(256 + 1) * MAX_ADDRS], addrs[(INET6_ADDRSTRLEN + 1) * MAX_ADDRS];
-	size_t hlen = 0, alen = 0;
-	unsigned count = 0;
+	sql_gai *g = req->data;
+	conn *c = g->c;
+	sql_store *s = g->s;
 
-	free(req);
-	c->gai = NULL;
+	free(g);
 	s->life.open--;
-	if (s->life.closing) {
+	if (!c || s->life.closing) {
 		uv_freeaddrinfo(res);
 		store_life_maybe_finish(&s->life);
 		return;
 	}
+	c->gai = NULL;
+	uv_timer_stop(&c->timer);
+	c->naddrs = c->addr_i = 0;
 	if (status != 0) {
 		char why[300];
-		snprintf(why, sizeof(why), "cannot resolve %s: %s", s->resolve_host,
+		snprintf(why, sizeof(why), "cannot resolve %s: %s", s->hosts[c->host_i].name,
 		         uv_strerror(status));
 		uv_freeaddrinfo(res);
-		attempt_failed(c, why);
+		candidate_failed(c, why);
 		return;
 	}
-	hosts[0] = addrs[0] = '\0';
-	for (struct addrinfo *ai = res; ai && count < MAX_ADDRS; ai = ai->ai_next) {
-		char buf[INET6_ADDRSTRLEN];
+	for (struct addrinfo *ai = res; ai && c->naddrs < MAX_ADDRS; ai = ai->ai_next) {
 		const void *a = ai->ai_family == AF_INET6
 		                    ? (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr
 		                    : (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr;
 		if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
-		    !inet_ntop(ai->ai_family, a, buf, sizeof(buf)))
+		    !inet_ntop(ai->ai_family, a, c->addrs[c->naddrs], sizeof(c->addrs[0])))
 			continue;
-		hlen += (size_t)snprintf(hosts + hlen, sizeof(hosts) - hlen, "%s%s",
-		                         count ? "," : "", s->resolve_host);
-		alen += (size_t)snprintf(addrs + alen, sizeof(addrs) - alen, "%s%s",
-		                         count ? "," : "", buf);
-		count++;
+		c->naddrs++;
 	}
 	uv_freeaddrinfo(res);
-	if (count == 0) {
-		attempt_failed(c, "the host name has no usable address");
+	if (c->naddrs == 0) {
+		candidate_failed(c, "the host name has no usable address");
 		return;
 	}
-	connect_with(c, hosts, addrs);
+	try_addr(c);
 }
 
-static void start_attempt(conn *c)
+/* Tries entry host_i of the host list: looks its name up first if it needs
+ * it. Past the end, the walk is over (or prefer-standby's second begins). */
+static void try_host(conn *c)
 {
 	sql_store *s = c->s;
-	if (!s->resolve_host) {
-		connect_with(c, NULL, NULL);
+	if (c->host_i >= s->nhosts) {
+		if (!s->prefer_standby || c->pass > 0) {
+			attempt_failed(c, c->last_error);
+			return;
+		}
+		c->pass = 1;
+		c->host_i = 0;
+	}
+	const sql_host *h = &s->hosts[c->host_i];
+	c->addr_i = 0;
+	c->naddrs = 1;
+	if (!h->resolve) {
+		try_addr(c);
 		return;
 	}
-	uv_getaddrinfo_t *req = calloc(1, sizeof(*req));
+	set_where(c, h, NULL);
+	sql_gai *g = calloc(1, sizeof(*g));
 	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-	if (!req) {
-		attempt_failed(c, "out of memory");
+	if (!g) {
+		c->naddrs = 0;
+		candidate_failed(c, "out of memory");
 		return;
 	}
-	req->data = c;
+	g->req.data = g;
+	g->c = c;
+	g->s = s;
 	c->state = CONN_RESOLVING;
-	if (uv_getaddrinfo(s->loop, req, on_resolved, s->resolve_host, NULL, &hints) != 0) {
-		free(req);
-		attempt_failed(c, "cannot start the host name lookup");
+	if (uv_getaddrinfo(s->loop, &g->req, on_resolved, h->name, NULL, &hints) != 0) {
+		free(g);
+		c->naddrs = 0;
+		candidate_failed(c, "cannot start the host name lookup");
 		return;
 	}
-	c->gai = req;
+	c->gai = g;
 	s->life.open++;
+	uv_timer_start(&c->timer, on_connect_timeout, s->connect_timeout_ms, 0);
+}
+
+/* One candidate (an address of an entry) failed or timed out: on to the
+ * next, or the walk is over. A failure that is not the last is logged at
+ * info (debug during an outage already reported), naming the host. */
+static void candidate_failed(conn *c, const char *why)
+{
+	sql_store *s = c->s;
+
+	first_line(c->last_error, sizeof(c->last_error), "", why);
+	drop_pg(c);
+	uv_timer_stop(&c->timer);
+	c->state = CONN_DOWN;
+	if (s->life.closing)
+		return;
+	bool more = c->addr_i + 1 < c->naddrs || c->host_i + 1 < s->nhosts ||
+	            (s->prefer_standby && c->pass == 0);
+	if (!more) {
+		attempt_failed(c, c->last_error);
+		return;
+	}
+	sy_log(c->logged_down ? SY_LOG_DEBUG : SY_LOG_INFO,
+	       "sql: cannot connect, trying the next host", "server", s->server, "host", c->where,
+	       "error", c->last_error, NULL);
+	c->addr_i++;
+	try_addr(c);
+}
+
+/* Walks the host list from its start. */
+static void start_attempt(conn *c)
+{
+	c->host_i = 0;
+	c->pass = 0;
+	c->last_error[0] = '\0';
+	try_host(c);
 }
 
 /* ---- queries ---- */
@@ -798,7 +944,12 @@ static void free_store(sql_store *s)
 	if (s->opts)
 		PQconninfoFree(s->opts); /* clears the password too */
 	free(s->conns);
-	free(s->resolve_host);
+	for (unsigned i = 0; s->hosts && i < s->nhosts; i++) {
+		free(s->hosts[i].name);
+		free(s->hosts[i].addr);
+		free(s->hosts[i].port);
+	}
+	free(s->hosts);
 	free(s->server);
 	free(s->query);
 	free(s->upsert);
@@ -824,8 +975,7 @@ static void sql_close(sy_store *base, void (*done)(void *arg), void *arg)
 	for (unsigned i = 0; i < s->nconns; i++) {
 		conn *c = &s->conns[i];
 		uv_close((uv_handle_t *)&c->timer, timer_closed);
-		if (c->gai)
-			uv_cancel((uv_req_t *)c->gai); /* on_resolved still runs */
+		gai_abandon(c); /* on_resolved still runs */
 		if (c->inflight) {
 			fail(s, c->inflight, "sql: store closed");
 			c->inflight = NULL;
@@ -864,6 +1014,105 @@ static char *dup_or_null(const char *v)
 	return v && *v ? strdup(v) : NULL;
 }
 
+/* Sets *out to a copy of entry `i` of the comma-separated list `list`
+ * (libpq does not trim blanks either), or NULL when the entry is empty or
+ * the list unset. Returns -1 when out of memory. */
+static int list_entry(const char *list, unsigned i, char **out)
+{
+	*out = NULL;
+	if (!list)
+		return 0;
+	for (; i > 0; i--) {
+		list = strchr(list, ',');
+		if (!list)
+			return 0;
+		list++;
+	}
+	size_t len = strcspn(list, ",");
+	if (len && !(*out = strndup(list, len)))
+		return -1;
+	return 0;
+}
+
+static unsigned list_len(const char *list)
+{
+	unsigned n = 1;
+	for (const char *p = list; p && (p = strchr(p, ',')) != NULL; p++)
+		n++;
+	return n;
+}
+
+static bool is_numeric_addr(const char *h)
+{
+	unsigned char tmp[sizeof(struct in6_addr)];
+	return inet_pton(AF_INET, h, tmp) == 1 || inet_pton(AF_INET6, h, tmp) == 1;
+}
+
+/* Lines up the URL's host, hostaddr and port lists as libpq does: host and
+ * hostaddr lists of the same length (either may be absent), and one port
+ * for all or one per entry. */
+static int parse_hosts(sql_store *s, const char **error_r)
+{
+	const char *host = opt(s, "host"), *hostaddr = opt(s, "hostaddr"), *port = opt(s, "port");
+	unsigned nh = host ? list_len(host) : 0, na = hostaddr ? list_len(hostaddr) : 0;
+	unsigned np = port ? list_len(port) : 0;
+
+	if (nh && na && nh != na) {
+		*error_r = "mapping.sql.url: the host and hostaddr lists differ in length";
+		return -1;
+	}
+	s->nhosts = nh > na ? nh : na;
+	if (s->nhosts == 0)
+		s->nhosts = 1;
+	if (np > 1 && np != s->nhosts) {
+		*error_r = "mapping.sql.url: give one port, or one port per host";
+		return -1;
+	}
+	s->hosts = calloc(s->nhosts, sizeof(*s->hosts));
+	if (!s->hosts) {
+		s->nhosts = 0;
+		*error_r = "mapping.sql: out of memory";
+		return -1;
+	}
+	for (unsigned i = 0; i < s->nhosts; i++) {
+		sql_host *h = &s->hosts[i];
+		if (list_entry(host, i, &h->name) != 0 || list_entry(hostaddr, i, &h->addr) != 0 ||
+		    list_entry(port, np > 1 ? i : 0, &h->port) != 0) {
+			*error_r = "mapping.sql: out of memory";
+			return -1;
+		}
+		const char *name = h->name;
+		h->resolve =
+		    name && !h->addr && name[0] != '/' && name[0] != '@' && !is_numeric_addr(name);
+	}
+	return 0;
+}
+
+/* "h1:p1,h2:p2/db" for log lines: the host list lined up (never the URL:
+ * it may hold the password). NULL when out of memory. */
+static char *server_name(const sql_store *s)
+{
+	const char *db = opt(s, "dbname");
+	size_t n = (db ? strlen(db) : 0) + 2;
+	for (unsigned i = 0; i < s->nhosts; i++) {
+		const sql_host *h = &s->hosts[i];
+		const char *name = h->name ? h->name : h->addr ? h->addr : "local";
+		n += strlen(name) + (h->port ? strlen(h->port) : 4) + 2;
+	}
+	char *out = malloc(n);
+	size_t len = 0;
+	if (!out)
+		return NULL;
+	for (unsigned i = 0; i < s->nhosts; i++) {
+		const sql_host *h = &s->hosts[i];
+		const char *name = h->name ? h->name : h->addr ? h->addr : "local";
+		len += (size_t)snprintf(out + len, n - len, "%s%s:%s", i ? "," : "", name,
+		                        h->port ? h->port : "5432");
+	}
+	snprintf(out + len, n - len, "/%s", db ? db : "");
+	return out;
+}
+
 static sy_store *create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned conns,
                         const sy_store_sub *sub, const char **error_r)
 {
@@ -895,23 +1144,13 @@ static sy_store *create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned 
 	s->upsert = dup_or_null(cfg->sql.upsert_query);
 	s->del_query = dup_or_null(cfg->sql.delete_query);
 
-	/* Resolve the host ourselves only in the simple, common case: one
-	 * host name, no hostaddr. Lists and socket paths go to libpq as given. */
-	const char *host = opt(s, "host");
-	bool resolve = false;
-	if (host && !opt(s, "hostaddr") && !strchr(host, ',') && host[0] != '/' && host[0] != '@') {
-		unsigned char tmp[sizeof(struct in6_addr)];
-		resolve = inet_pton(AF_INET, host, tmp) != 1 && inet_pton(AF_INET6, host, tmp) != 1;
-		if (resolve)
-			s->resolve_host = strdup(host);
+	if (parse_hosts(s, error_r) != 0) {
+		free_store(s);
+		return NULL;
 	}
-	const char *port = opt(s, "port"), *db = opt(s, "dbname");
-	size_t n =
-	    (host ? strlen(host) : 16) + (port ? strlen(port) : 4) + (db ? strlen(db) : 0) + 8;
-	s->server = malloc(n);
-	if (s->server)
-		snprintf(s->server, n, "%s:%s/%s", host ? host : "local", port ? port : "5432",
-		         db ? db : "");
+	const char *tsa = opt(s, "target_session_attrs");
+	s->prefer_standby = tsa && strcmp(tsa, "prefer-standby") == 0;
+	s->server = server_name(s);
 
 	char chbuf[128];
 	s->channel = strdup(store_events_channel(cfg, chbuf, sizeof(chbuf)));
@@ -922,7 +1161,7 @@ static sy_store *create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned 
 	}
 	s->nconns = conns ? conns : 1;
 	s->conns = calloc(s->nconns, sizeof(*s->conns));
-	if (!s->query || !s->server || !s->conns || !s->channel || (resolve && !s->resolve_host) ||
+	if (!s->query || !s->server || !s->conns || !s->channel ||
 	    (cfg->sql.upsert_query && *cfg->sql.upsert_query && !s->upsert) ||
 	    (cfg->sql.delete_query && *cfg->sql.delete_query && !s->del_query) ||
 	    store_life_init(&s->life, loop, s, free_store_cb, s->nconns) != 0) {

@@ -1030,6 +1030,11 @@ static const bad_case bad_cases[] = {
      "mapping.sql.events_channel: must be 1 to 63 characters"},
     {BASE "[mapping]\nsource = \"sql\"\n[mapping.sql]\nurl = \"postgres://h/db?nosuch=1\"\n",
      "mapping.sql.url: libpq cannot parse it"},
+    {BASE "[mapping]\nsource = \"sql\"\n[mapping.sql]\nurl = \"postgres://a,b,c/db?port=1,2\"\n",
+     "mapping.sql.url: give one port, or one port per host"},
+    {BASE "[mapping]\nsource = \"sql\"\n[mapping.sql]\n"
+          "url = \"postgres://a,b/db?hostaddr=10.0.0.1,10.0.0.2,10.0.0.3\"\n",
+     "mapping.sql.url: the host and hostaddr lists differ in length"},
     {BASE "[mapping]\nsource = \"file\"\n[mapping.file]\npath = \"ghostmap.tsv\"\n",
      "ghostmap.tsv:1: destination \"ghost\" is not declared"},
     {BASE "[mapping]\nsource = \"file\"\n[mapping.file]\npath = \"badmap.tsv\"\n",
