@@ -151,12 +151,8 @@ DAEMON {{
                     typ, data = imap.create(mbox)
                     if typ != "OK":
                         raise HarnessError(f"cyrus {self.name}: CREATE {mbox}: {typ} {data}")
-            imap.logout()
         finally:
-            try:
-                imap.shutdown()
-            except OSError:
-                pass
+            imap.logout()
 
     def log(self):
         return read_text(self.master_log) if os.path.exists(self.master_log) else ""
