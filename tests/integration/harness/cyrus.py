@@ -1,18 +1,21 @@
-"""Cyrus IMAP 3.6 (Debian's cyrus-imapd + cyrus-caldav) as a JMAP server for
+"""Cyrus IMAP 3.6 (Debian's cyrus-common + cyrus-caldav) as a JMAP server for
 the HTTP routing tests: a private `master` with its own imapd.conf and
-cyrus.conf in a temp dir, an `httpd` service with `httpmodules: jmap` and an
-`imapd` service (used only to create the users' mailboxes), each on a free
-port of 127.0.0.1 (never the well-known mail ports: Dovecot's tests use them).
+cyrus.conf in a temp dir, an `httpd` service with `httpmodules: jmap` on a
+free port of 127.0.0.1 and `lmtpd` on a unix socket in the temp dir. No IMAP
+service: Debian's cyrus-imapd (imapd) conflicts with dovecot-imapd, which the
+other tests need, so only cyrus-common (master, lmtpd) and cyrus-caldav
+(httpd) are used, and no Cyrus service binds a mail port.
 
-Users are in a private sasldb (saslpasswd2 -f); `cyrus` is the admin. Names
-are user@domain (`virtdomains: userid`) with `/` as the hierarchy separator.
-Each user's INBOX is created through IMAP by the admin, plus a folder named
-after the instance (`from-<name>`), so a JMAP Mailbox/get shows which Cyrus
-answered.
+Users are in a private sasldb (saslpasswd2 -f). Names are user@domain
+(`virtdomains: userid`) with `/` as the hierarchy separator. Each user's
+mailboxes are created by delivering a welcome message over LMTP
+(`autocreate_post`): INBOX plus a folder named after the instance
+(`from-<name>`, autocreate_inbox_folders), so every JMAP answer shows which
+Cyrus gave it; the message's subject is "welcome to <name>".
 
 Cyrus logs to syslog, which this machine does not have; its telemetry logs
 stand in: for each user a directory <configdirectory>/log/<user> exists, and
-httpd and imapd write a file per session there with the protocol traffic, so
+httpd writes a file per session there with the protocol traffic, so
 a test can see which instance served a user (`telemetry(user)`).
 
 master is started as root with -D (foreground) and drops to the `cyrus`
@@ -27,25 +30,23 @@ HTTP/2, not a switch); Debian builds it without wslay, so no JMAP over
 WebSocket (RFC 8887)."""
 
 import glob
-import imaplib
 import os
 import pwd
 import shutil
+import smtplib
 import subprocess
 
-from .util import (DEFAULT_TIMEOUT, HarnessError, chown_tree, free_port, make_tempdir, read_text,
-                   remove_tree, run, track, untrack, wait_ports_listening)
+from .util import (DEFAULT_TIMEOUT, Backoff, HarnessError, chown_tree, free_port, make_tempdir,
+                   read_text, remove_tree, run, track, untrack, wait_ports_listening)
 
 CYRUS_BIN = "/usr/lib/cyrus/bin"
-ADMIN = "cyrus"
-ADMIN_PASSWORD = "cyrusadminpw"
 
 
 def available():
     """None when Cyrus's master, httpd and saslpasswd2 are installed, else what is missing."""
-    for p in (f"{CYRUS_BIN}/master", f"{CYRUS_BIN}/httpd", f"{CYRUS_BIN}/imapd"):
+    for p in (f"{CYRUS_BIN}/master", f"{CYRUS_BIN}/lmtpd", f"{CYRUS_BIN}/httpd"):
         if not os.access(p, os.X_OK):
-            return f"{p} not installed (cyrus-imapd, cyrus-caldav)"
+            return f"{p} not installed (cyrus-common, cyrus-caldav)"
     if not shutil.which("saslpasswd2"):
         return "saslpasswd2 not installed (sasl2-bin)"
     try:
@@ -57,13 +58,12 @@ def available():
 
 class Cyrus:
     """One Cyrus instance: `http_port` (JMAP at /jmap/, session at
-    /.well-known/jmap), `imap_port`. users: {"alice@example.com": "pw"}."""
+    /.well-known/jmap), `lmtp_socket`. users: {"alice@example.com": "pw"}."""
 
     def __init__(self, name, users):
         self.name = name
         self.users = dict(users)
         self.http_port = free_port()
-        self.imap_port = free_port()
         self.dir = make_tempdir(f"cyrus-{name}")
         track(self)
         self.confdir = os.path.join(self.dir, "conf")
@@ -77,13 +77,13 @@ class Cyrus:
         self.imapd_conf = os.path.join(self.dir, "imapd.conf")
         self.cyrus_conf = os.path.join(self.dir, "cyrus.conf")
         self.master_log = os.path.join(self.dir, "master.log")
+        self.lmtp_socket = os.path.join(self.confdir, "socket", "lmtp")
         with open(self.imapd_conf, "w") as f:
             f.write(f"""configdirectory: {self.confdir}
 partition-default: {self.spool}
 sievedir: {self.dir}/sieve
 servername: {name}.cyrus.test
 syslog_prefix: cyrus-{name}
-admins: {ADMIN}
 virtdomains: userid
 unixhierarchysep: yes
 altnamespace: yes
@@ -92,6 +92,10 @@ sasl_mech_list: PLAIN
 sasl_pwcheck_method: auxprop
 sasl_auxprop_plugin: sasldb
 sasl_sasldb_path: {self.sasldb}
+lmtpsocket: {self.lmtp_socket}
+autocreate_post: yes
+autocreate_quota: 0
+autocreate_inbox_folders: from-{name}
 conversations: yes
 conversations_db: twoskip
 httpmodules: jmap
@@ -103,7 +107,7 @@ httpallowcompress: no
   recover cmd="ctl_cyrusdb -C {self.imapd_conf} -r"
 }}
 SERVICES {{
-  imap cmd="imapd -C {self.imapd_conf}" listen="127.0.0.1:{self.imap_port}" prefork=0 maxchild=10
+  lmtpunix cmd="lmtpd -C {self.imapd_conf}" listen="{self.lmtp_socket}" prefork=0 maxchild=10
   http cmd="httpd -C {self.imapd_conf}" listen="127.0.0.1:{self.http_port}" prefork=0 maxchild=10
 }}
 EVENTS {{
@@ -111,9 +115,9 @@ EVENTS {{
 DAEMON {{
 }}
 """)
-        # sasldb keys are user@realm; Cyrus asks for the admin in the realm
-        # of its servername, for user@domain in the realm `domain`.
-        entries = [(ADMIN, f"{name}.cyrus.test", ADMIN_PASSWORD)]
+        # sasldb keys are user@realm; Cyrus asks for user@domain in the
+        # realm `domain` (the servername's realm is filled too, to be sure)
+        entries = []
         for user, pw in self.users.items():
             local, domain = user.split("@", 1)
             entries += [(local, domain, pw), (user, f"{name}.cyrus.test", pw)]
@@ -131,8 +135,11 @@ DAEMON {{
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         try:
-            wait_ports_listening([self.http_port, self.imap_port], timeout * 3, what=f"cyrus {self.name}",
-                                 host="127.0.0.1")
+            wait_ports_listening([self.http_port], timeout * 3, what=f"cyrus {self.name}", host="127.0.0.1")
+            b = Backoff(timeout)
+            while not os.path.exists(self.lmtp_socket):
+                if not b.pause():
+                    raise HarnessError(f"cyrus {self.name}: no {self.lmtp_socket} after {timeout}s")
             self._provision()
         except BaseException:
             log = self.log()
@@ -141,18 +148,18 @@ DAEMON {{
         return self
 
     def _provision(self):
-        """INBOX and a from-<name> folder for each user, created by the admin."""
-        imap = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=DEFAULT_TIMEOUT)
+        """Delivers a welcome message to every user: lmtpd creates the INBOX
+        and from-<name> on the way (autocreate_post)."""
+        lmtp = smtplib.LMTP(self.lmtp_socket, timeout=DEFAULT_TIMEOUT)
         try:
-            imap.login(ADMIN, ADMIN_PASSWORD)
             for u in self.users:
-                local, domain = u.split("@", 1)
-                for mbox in (f"user/{local}@{domain}", f"user/{local}/from-{self.name}@{domain}"):
-                    typ, data = imap.create(mbox)
-                    if typ != "OK":
-                        raise HarnessError(f"cyrus {self.name}: CREATE {mbox}: {typ} {data}")
+                msg = (f"From: postmaster@example.com\r\nTo: {u}\r\nSubject: welcome to {self.name}\r\n"
+                       f"Message-ID: <welcome-{self.name}-{u}>\r\n\r\nHello from Cyrus {self.name}.\r\n")
+                refused = lmtp.sendmail("postmaster@example.com", [u], msg)
+                if refused:
+                    raise HarnessError(f"cyrus {self.name}: LMTP refused {u}: {refused}")
         finally:
-            imap.logout()
+            lmtp.quit()
 
     def log(self):
         return read_text(self.master_log) if os.path.exists(self.master_log) else ""
