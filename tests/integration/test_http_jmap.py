@@ -214,6 +214,14 @@ def test_mailbox_set_reaches_only_the_users_server(proxy, cyrus):
 
     assert "via-proxy" in names("new")
     assert "via-proxy" not in names("legacy")
+    c = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=WAIT)
+    try:  # and away again, through the proxy: the other tests see bob's two folders
+        resp = api(c, "bob@example.com", [["Mailbox/set", {"accountId": "bob@example.com",
+                                                           "destroy": [args["created"]["k1"]["id"]]}, "1"]])
+    finally:
+        c.close()
+    assert resp[0][1].get("destroyed") == [args["created"]["k1"]["id"]], resp
+    assert "via-proxy" not in names("new")
 
 
 def test_email_query_and_get_in_one_request(proxy, cyrus):
@@ -224,8 +232,8 @@ def test_email_query_and_get_in_one_request(proxy, cyrus):
         try:
             resp = api(c, user, [
                 ["Email/query", {"accountId": user}, "q"],  # a filter needs a search engine
-                ["Email/get", {"accountId": user, "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"},
-                               "properties": ["subject", "from"]}, "g"]])
+                ["Email/get", {"accountId": user, "properties": ["subject", "from"],
+                               "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"}}, "g"]])
         finally:
             c.close()
         assert [r[0] for r in resp] == ["Email/query", "Email/get"], resp
@@ -278,7 +286,7 @@ def test_jmap_over_websocket(proxy, cyrus):
     ws = doc["capabilities"].get("urn:ietf:params:jmap:websocket")
     if not ws:
         pytest.skip("this Cyrus build has no JMAP over WebSocket: the session object lacks "
-                    "urn:ietf:params:jmap:websocket (Debian's cyrus-imapd 3.6.1 is built without wslay; "
+                    "urn:ietf:params:jmap:websocket (Debian's Cyrus 3.6.1 is built without wslay; "
                     "cyr_buildinfo shows dependency.wslay false)")
     import asyncio
     import websockets

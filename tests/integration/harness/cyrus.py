@@ -130,8 +130,9 @@ DAEMON {{
 
     def start(self, timeout=DEFAULT_TIMEOUT):
         self.proc = subprocess.Popen(
-            os.environ.get("CYRUS_WRAPPER", "").split() + [f"{CYRUS_BIN}/master", "-C", self.imapd_conf, "-M", self.cyrus_conf, "-D",
-             "-p", os.path.join(self.dir, "master.pid"), "-L", self.master_log],
+            os.environ.get("CYRUS_WRAPPER", "").split()
+            + [f"{CYRUS_BIN}/master", "-C", self.imapd_conf, "-M", self.cyrus_conf, "-D",
+               "-p", os.path.join(self.dir, "master.pid"), "-L", self.master_log],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         try:
