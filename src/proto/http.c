@@ -110,6 +110,10 @@ typedef struct hctx {
 	int resp_status; /* of the last head seen */
 	bool relayed;    /* some response bytes went to the client */
 	bool got_100, resp_done, resp_close, resp_upgrade;
+	bool resp_in_head; /* gathering a response head (rbuf) */
+	bool close_told;   /* the response head said Connection: close */
+	char *rbuf;        /* the backend bytes of a head not complete yet */
+	size_t rlen, rcap;
 	bool draining; /* shutting down: close after the current exchange */
 } hctx;
 
@@ -183,7 +187,6 @@ static void path_of(const hctx *c, char *out, size_t len)
 static void log_request(hctx *c, int status)
 {
 	sy_session *s = c->s;
-	metrics_http_request(s->lrt->slot, status);
 	if (!log_enabled(SY_LOG_INFO))
 		return; /* the formatting below costs more than the rest of a request */
 	char path[256], st[8], dur[24], bin[24], bout[24], peer[64];
@@ -722,6 +725,7 @@ static void respond(hctx *c, int status, const char *extra)
 	                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
 	                 "%sConnection: close\r\n\r\n%s",
 	                 status, reason_of(status), bl, extra ? extra : "", body);
+	metrics_http_request(s->lrt->slot, status);
 	log_request(c, status);
 	if (n <= 0 || (size_t)n >= sizeof(msg) ||
 	    sy_stream_write(&s->client, msg, (size_t)n) != 0) {
@@ -897,6 +901,9 @@ static void resp_start(hctx *c)
 	c->rp.data = c;
 	c->resp_status = 0;
 	c->relayed = c->got_100 = c->resp_done = c->resp_close = c->resp_upgrade = false;
+	c->resp_in_head = true;
+	c->close_told = false;
+	c->rlen = 0;
 }
 
 /* A response that cannot be relayed: 502 when the client has seen nothing
@@ -955,10 +962,196 @@ static scan_result resp_scan(hctx *c, const char *d, size_t n, size_t *used, con
 	return r;
 }
 
-/* Relays backend bytes, stopping at the end of the final response. */
+/* End of the response head at the start of b (its length), 0 when it is
+ * not complete yet. A bare-LF blank line ends it too (the parser decides
+ * whether such a head is acceptable). */
+static size_t head_end(const char *b, size_t len)
+{
+	const char *crlf = len >= 4 ? memmem(b, len, "\r\n\r\n", 4) : NULL;
+	const char *lf = len >= 2 ? memmem(b, len, "\n\n", 2) : NULL;
+	if (crlf && (!lf || crlf + 2 <= lf))
+		return (size_t)(crlf - b) + 4;
+	return lf ? (size_t)(lf - b) + 2 : 0;
+}
+
+/* Is `name` one of the response's connection-specific fields (RFC 9110
+ * 7.6.1: Connection, the fields it names, Keep-Alive, Proxy-Connection,
+ * TE, Upgrade), or Alt-Svc (the backend advertising its own endpoint, which
+ * would send clients around the proxy)? `conn` holds the Connection
+ * header values seen in the head. */
+static bool resp_hop(const char *name, size_t nlen, const char *conn, size_t clen)
+{
+	static const char *const hop[] = {"connection", "keep-alive", "proxy-connection",
+	                                  "te",         "upgrade",    "alt-svc"};
+	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+		if (ieq(name, nlen, hop[i]))
+			return true;
+	if (ieq(name, nlen, "transfer-encoding") || ieq(name, nlen, "content-length"))
+		return false; /* framing: relayed as the body is */
+	for (const char *v = conn, *e = conn + clen; v < e;) {
+		while (v < e && (*v == ' ' || *v == '\t' || *v == ','))
+			v++;
+		const char *t = v;
+		while (v < e && *v != ',' && *v != ' ' && *v != '\t')
+			v++;
+		if ((size_t)(v - t) == nlen && strncasecmp(t, name, nlen) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Sends the response head at h (hl bytes, already parsed) to the client
+ * without the backend's connection-specific fields, with `Connection:
+ * close` when the client connection ends after this response (and the
+ * upgrade's own Connection and Upgrade for a 101). Counts a final
+ * response. Returns 0, or -1 when the session is closing. */
+static int send_head(hctx *c, const char *h, size_t hl, scan_result r)
+{
+	sy_session *s = c->s;
+	bool upgrade = r == SCAN_UPGRADE;
+	bool final = !upgrade && c->resp_status >= 200;
+	/* The Connection values, to drop the fields they name. */
+	char conn[512];
+	size_t clen = 0;
+	const char *eol = memchr(h, '\n', hl);
+	const char *end = h + hl;
+	for (const char *p = eol + 1; p < end;) {
+		const char *le = memchr(p, '\n', (size_t)(end - p));
+		const char *colon = memchr(p, ':', (size_t)((le ? le : end) - p));
+		if (colon && ieq(p, (size_t)(colon - p), "connection")) {
+			const char *v = colon + 1, *ve = le ? le : end;
+			while (ve > v && (ve[-1] == '\r' || ve[-1] == '\n'))
+				ve--;
+			size_t n = (size_t)(ve - v);
+			if (clen + n + 1 < sizeof(conn)) {
+				memcpy(conn + clen, v, n);
+				clen += n;
+				conn[clen++] = ',';
+			}
+		}
+		p = le ? le + 1 : end;
+	}
+	obuf o = {0};
+	put(&o, h, (size_t)(eol - h) + 1);
+	bool drop = false;
+	for (const char *p = eol + 1; p < end;) {
+		const char *le = memchr(p, '\n', (size_t)(end - p));
+		const char *next = le ? le + 1 : end;
+		size_t ll = (size_t)(next - p);
+		if (ll <= 2 && (p[0] == '\r' || p[0] == '\n'))
+			break; /* the blank line */
+		if (p[0] == ' ' || p[0] == '\t') {
+			if (!drop) /* a folded continuation goes with its field */
+				put(&o, p, ll);
+		} else {
+			const char *colon = memchr(p, ':', ll);
+			size_t nlen = colon ? (size_t)(colon - p) : ll;
+			drop = resp_hop(p, nlen, conn, clen);
+			if (upgrade && (ieq(p, nlen, "connection") || ieq(p, nlen, "upgrade")))
+				drop = false;
+			if (!drop)
+				put(&o, p, ll);
+		}
+		p = next;
+	}
+	if (final) {
+		c->close_told = c->req_close || c->withheld || !c->body_done || c->draining ||
+		                c->client_eof || !http_should_keep_alive(&c->rp);
+		if (c->close_told)
+			puts_(&o, "Connection: close\r\n");
+	}
+	puts_(&o, "\r\n");
+	if (final)
+		metrics_http_request(s->lrt->slot, c->resp_status);
+	else if (upgrade) {
+		metrics_http_request(s->lrt->slot, 101);
+		metrics_http_upgrade(s->lrt->slot);
+	}
+	int rc = o.fail ? -1 : sy_stream_write(&s->client, o.p, o.len);
+	free(o.p);
+	if (rc != 0) {
+		session_close(s, "client write failed");
+		return -1;
+	}
+	c->relayed = true;
+	return 0;
+}
+
+static int rbuf_append(hctx *c, const char *d, size_t n)
+{
+	if (c->rlen + n > c->rcap) {
+		size_t cap = c->rcap * 2 + n + 1024;
+		char *b = realloc(c->rbuf, cap);
+		if (!b)
+			return -1;
+		c->rbuf = b;
+		c->rcap = cap;
+	}
+	memcpy(c->rbuf + c->rlen, d, n);
+	c->rlen += n;
+	return 0;
+}
+
+/* Relays backend bytes (d = NULL: the backend closed): each response head
+ * is gathered, parsed and sent rewritten; a final response's body is
+ * relayed as it arrives, up to its end. */
 static void feed_response(hctx *c, const char *d, size_t n)
 {
 	sy_session *s = c->s;
+	bool eof = d == NULL;
+	if (c->resp_in_head) {
+		if (eof) {
+			response_failed(c, "backend closed before the response was complete");
+			return;
+		}
+		if (rbuf_append(c, d, n) != 0) {
+			session_close(s, "out of memory");
+			return;
+		}
+		for (;;) {
+			size_t hl = head_end(c->rbuf, c->rlen);
+			if (!hl) {
+				if (c->rlen > c->rsnap->cfg->http.max_head_size)
+					response_failed(c, "response head too large");
+				return;
+			}
+			size_t used = 0;
+			const char *err = NULL;
+			scan_result r = resp_scan(c, c->rbuf, hl, &used, &err);
+			if (r == SCAN_ERROR || used != hl) {
+				response_failed(c, err ? err : "malformed response head");
+				return;
+			}
+			if (send_head(c, c->rbuf, hl, r) != 0)
+				return;
+			size_t rest = c->rlen - hl;
+			if (r == SCAN_UPGRADE) {
+				go_upgrade(c, c->rbuf + hl, rest);
+				return;
+			}
+			if (r == SCAN_DONE) {
+				c->rlen = 0;
+				if (rest)
+					c->resp_close =
+					    true; /* bytes after the response: not reusable */
+				finish_exchange(c);
+				return;
+			}
+			memmove(c->rbuf, c->rbuf + hl, rest);
+			c->rlen = rest;
+			if (c->resp_status / 100 == 1) {
+				if (rest == 0)
+					return;
+				continue; /* an interim 1xx: the next head follows */
+			}
+			c->resp_in_head = false; /* a final response: its body follows */
+			if (rest == 0)
+				return;
+			d = c->rbuf;
+			n = rest;
+			break;
+		}
+	}
 	size_t used = 0;
 	const char *err = NULL;
 	scan_result r = resp_scan(c, d, n, &used, &err);
@@ -966,26 +1159,19 @@ static void feed_response(hctx *c, const char *d, size_t n)
 		response_failed(c, err);
 		return;
 	}
-	if (used > 0) {
-		if (sy_stream_write(&s->client, d, used) != 0) {
-			session_close(s, "client write failed");
-			return;
-		}
-		c->relayed = true;
-	}
-	switch (r) {
-	case SCAN_UPGRADE:
-		go_upgrade(c, d ? d + used : NULL, n - used);
+	if (used > 0 && sy_stream_write(&s->client, d, used) != 0) {
+		session_close(s, "client write failed");
 		return;
-	case SCAN_DONE:
+	}
+	if (d == c->rbuf)
+		c->rlen = 0;
+	if (r == SCAN_DONE) {
 		if (used < n)
 			c->resp_close = true; /* bytes after the response: not reusable */
 		finish_exchange(c);
 		return;
-	default:
-		break;
 	}
-	if (n == 0) {
+	if (eof) {
 		/* The backend closed: only a body delimited by the close ends
 		 * well here (the parser completes it on EOF). */
 		response_failed(c, "backend closed before the response was complete");
@@ -1082,8 +1268,8 @@ static void finish_exchange(hctx *c)
 		drop_backend(c);
 	/* Connection: close from either side (or a body the backend's close
 	 * ended, which http_should_keep_alive reports the same way). */
-	if (c->req_close || c->resp_close || c->withheld || !c->body_done || c->draining ||
-	    c->client_eof || s->state == SS_CLOSING) {
+	if (c->req_close || c->resp_close || c->close_told || c->withheld || !c->body_done ||
+	    c->draining || c->client_eof || s->state == SS_CLOSING) {
 		linger_close(c);
 		return;
 	}
@@ -1102,7 +1288,6 @@ static void go_upgrade(hctx *c, const char *rest, size_t n)
 {
 	sy_session *s = c->s;
 	log_request(c, 101);
-	metrics_http_upgrade(s->lrt->slot);
 	if (n > 0 && sy_stream_write(&s->client, rest, n) != 0) {
 		session_close(s, "client write failed");
 		return;
@@ -1507,6 +1692,7 @@ static void http_release(sy_session *s)
 		snapshot_unref(c->dsnap);
 	free(c->buf);
 	free(c->pbuf);
+	free(c->rbuf);
 	free(c->identifier);
 	free(c);
 	s->proto = NULL;

@@ -741,3 +741,25 @@ def test_pipelined_requests_answered_in_order_and_smuggling_checked_on_each(prox
     nginxes["new"].wait_log(r"\?p2 ")
     log = "\n".join(nginxes["new"].log())
     assert "?p3" not in log and "/smuggled" not in log
+
+
+def test_backend_connection_specific_headers_are_not_relayed(scripted):
+    """The backend's Connection, the fields it names, Keep-Alive, Upgrade
+    (not to an upgrade request) and Alt-Svc stay on the proxy's leg; its
+    Connection: close becomes the proxy's own, and the connection ends."""
+    def script(s, head, rest):
+        s.sendall(b"HTTP/1.1 200 OK\r\nConnection: X-Private, close\r\nX-Private: secret\r\n"
+                  b"Keep-Alive: timeout=5\r\nUpgrade: h2c\r\nAlt-Svc: h2c=\":9999\"\r\n"
+                  b"X-Kept: yes\r\nContent-Length: 2\r\n\r\nok")
+        return None
+
+    b, sy = scripted(script)
+    c = http.client.HTTPConnection("127.0.0.1", sy.port, timeout=WAIT)
+    c.request("GET", "/x")
+    r = c.getresponse()
+    assert (r.status, r.read()) == (200, b"ok")
+    names = {k.lower() for k, _ in r.getheaders()}
+    assert "x-kept" in names
+    assert not names & {"x-private", "keep-alive", "upgrade", "alt-svc"}, r.getheaders()
+    assert r.getheader("Connection") == "close" and r.will_close
+    c.close()
