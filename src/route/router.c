@@ -38,6 +38,7 @@
 #include "switchyard/cluster.h"
 #include "switchyard/log.h"
 #include "switchyard/mapfile.h"
+#include "switchyard/metrics.h"
 #include "switchyard/sasl.h"
 #include "switchyard/store.h"
 
@@ -398,6 +399,8 @@ struct store_op {
 	sy_route_ctx *ctx; /* counted in ctx->pending until answered; NULL after */
 	uv_timer_t timer;
 	bool answered, store_pending, timer_open;
+	bool timed;              /* a lookup (GET): its time goes to metrics_store_lookup */
+	uint64_t started_ns;     /* uv_hrtime() when the request was made */
 	const char *start_error; /* the store refused the request: reported by the timer */
 	op_done_fn done;
 	sy_snapshot *snap; /* a reference for the op's life */
@@ -436,6 +439,12 @@ static void op_finish(store_op *op, sy_store_status st, const char *value, const
 	if (op->answered)
 		return;
 	op->answered = true;
+	/* Every lookup is timed from request to answer, a timeout or a refused
+	 * request included (as an error): switchyard_store_lookup_seconds and
+	 * switchyard_store_lookup_errors_total. */
+	if (op->timed)
+		metrics_store_lookup((double)(uv_hrtime() - op->started_ns) / 1e9,
+		                     st != SY_STORE_ERROR);
 	uv_timer_stop(&op->timer);
 	uv_close((uv_handle_t *)&op->timer, on_op_timer_closed);
 	op->done(op, st, value, error);
@@ -489,6 +498,8 @@ static void op_start(sy_route_ctx *ctx, store_op *op, op_kind kind)
 	op->timer.data = op;
 	op->timer_open = true;
 	op->store_pending = true;
+	op->timed = kind == OP_GET;
+	op->started_ns = uv_hrtime();
 	sy_store *s = ctx->store;
 	int rc;
 	switch (kind) {
@@ -511,6 +522,16 @@ static void op_start(sy_route_ctx *ctx, store_op *op, op_kind kind)
 		timeout = 0;
 	}
 	uv_timer_start(&op->timer, on_op_timeout, timeout, 0);
+}
+
+/* A lookup in the loaded mapping file, timed like a store lookup (it
+ * cannot fail: a missing entry is an answer). */
+static bool file_lookup_timed(sy_router *r, const char *key, char *out)
+{
+	uint64_t t0 = uv_hrtime();
+	bool found = file_lookup(r, key, out);
+	metrics_store_lookup((double)(uv_hrtime() - t0) / 1e9, true);
+	return found;
 }
 
 static const char *policy_name(const sy_router *r)
@@ -645,8 +666,8 @@ sy_route_req *route_resolve_ctx(sy_route_ctx *ctx, sy_snapshot *snap, const char
 
 	if (r->m->source == SY_MAP_FILE) {
 		sy_cache_answer a;
-		a.outcome =
-		    file_lookup(r, identifier, a.value) ? SY_CACHE_POSITIVE : SY_CACHE_NEGATIVE;
+		a.outcome = file_lookup_timed(r, identifier, a.value) ? SY_CACHE_POSITIVE
+		                                                      : SY_CACHE_NEGATIVE;
 		if (a.outcome == SY_CACHE_NEGATIVE)
 			a.value[0] = '\0';
 		cache_complete(r->cache, fetch, a.outcome, a.value, 0);
@@ -917,7 +938,7 @@ void route_explain(sy_route_ctx *ctx, sy_snapshot *snap, const char *identifier,
 	} else if (cache_peek(r->cache, key, &a)) {
 		explain_answer(snap, identifier, key, &a, true, cb, arg);
 	} else if (r->m->source == SY_MAP_FILE) {
-		if (file_lookup(r, key, a.value))
+		if (file_lookup_timed(r, key, a.value))
 			a.outcome = SY_CACHE_POSITIVE;
 		explain_answer(snap, identifier, key, &a, false, cb, arg);
 	} else {
