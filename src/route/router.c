@@ -534,19 +534,15 @@ static bool file_lookup_timed(sy_router *r, const char *key, char *out)
 	return found;
 }
 
-static const char *policy_name(const sy_router *r)
-{
-	return r->m->on_store_error == SY_STORE_ERR_DEFAULT ? "default" : "tempfail";
-}
-
 /* Turns a store answer into a cache answer (and its TTL, 0 = the kind's
- * default), logging what needs attention. */
-static uint64_t store_answer(sy_router *r, sy_snapshot *snap, const char *key, sy_store_status st,
-                             const char *value, const char *error, sy_cache_answer *a)
+ * default), logging what needs attention: router_int.h. */
+uint64_t router_store_answer(const sy_mapping_config *m, const sy_config *cfg, const char *key,
+                             sy_store_status st, const char *value, const char *error,
+                             sy_cache_answer *a)
 {
 	a->value[0] = '\0';
 	if (st == SY_STORE_FOUND && value) {
-		if (strlen(value) < sizeof(a->value) && config_is_target(snap->cfg, value)) {
+		if (strlen(value) < sizeof(a->value) && config_is_target(cfg, value)) {
 			a->outcome = SY_CACHE_POSITIVE;
 			strcpy(a->value, value);
 			return 0;
@@ -562,12 +558,13 @@ static uint64_t store_answer(sy_router *r, sy_snapshot *snap, const char *key, s
 		a->outcome = SY_CACHE_NEGATIVE;
 		return 0;
 	}
+	const char *policy = m->on_store_error == SY_STORE_ERR_DEFAULT ? "default" : "tempfail";
 	sy_log(SY_LOG_WARN, "mapping lookup failed", "identifier", key, "store",
-	       r->m->source == SY_MAP_REDIS ? "redis" : "sql", "error", error ? error : "?",
-	       "on_store_error", policy_name(r), NULL);
-	if (r->m->on_store_error == SY_STORE_ERR_DEFAULT) {
+	       m->source == SY_MAP_REDIS ? "redis" : "sql", "error", error ? error : "?",
+	       "on_store_error", policy, NULL);
+	if (m->on_store_error == SY_STORE_ERR_DEFAULT) {
 		a->outcome = SY_CACHE_NEGATIVE;
-		uint64_t ttl = r->m->negative_ttl_ms;
+		uint64_t ttl = m->negative_ttl_ms;
 		return ttl < STORE_ERROR_DEFAULT_TTL_MS ? ttl : STORE_ERROR_DEFAULT_TTL_MS;
 	}
 	a->outcome = SY_CACHE_ERROR;
@@ -578,7 +575,7 @@ static uint64_t store_answer(sy_router *r, sy_snapshot *snap, const char *key, s
 static void fetch_done(store_op *op, sy_store_status st, const char *value, const char *error)
 {
 	sy_cache_answer a;
-	uint64_t ttl = store_answer(op->r, op->snap, op->key, st, value, error, &a);
+	uint64_t ttl = router_store_answer(op->r->m, op->snap->cfg, op->key, st, value, error, &a);
 	cache_complete(op->r->cache, op->fetch, a.outcome, a.value, ttl);
 	op->fetch = NULL;
 	req_deliver(op->req, &a);
@@ -916,7 +913,7 @@ static void explain_answer(sy_snapshot *snap, const char *raw, const char *key,
 static void explain_done(store_op *op, sy_store_status st, const char *value, const char *error)
 {
 	sy_cache_answer a;
-	store_answer(op->r, op->snap, op->key, st, value, error, &a);
+	router_store_answer(op->r->m, op->snap->cfg, op->key, st, value, error, &a);
 	explain_answer(op->snap, op->raw, op->key, &a, false, op->ecb, op->arg);
 }
 
