@@ -24,6 +24,12 @@ the encoded blob: the SASL PLAIN message "\\0user\\0pass", the LOGIN
 password step, the OAUTHBEARER/XOAUTH2 messages), plus every base64 blob
 exactly as it went over the wire. None may appear.
 
+The http listener gets the same search (test_no_credentials_in_http_log):
+requests routed by Basic and Bearer Authorization headers and by a query
+parameter, carrying a password, an sw1. token, an opaque token, a token in
+the query string and a session cookie, reach a scripted backend intact and
+never the log.
+
 Non-dumpable (src/main.c calls prctl(PR_SET_DUMPABLE, 0) first thing): the
 test runs the proxy as uid 65534 and checks from outside that its
 /proc/<pid> files are owned by root -- the kernel's visible consequence of
@@ -33,11 +39,14 @@ without the prctl owns its files.
 """
 
 import base64
+import http.client
 import json
 import os
 import re
 import secrets
+import socketserver
 import subprocess
+import threading
 import time
 
 import pytest
@@ -499,3 +508,91 @@ tls = "plain"
     finally:
         ctl.kill()
         ctl.wait()
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+class _Recorder(socketserver.BaseRequestHandler):
+    """A scripted HTTP/1.1 backend (as in test_http.py): records each
+    request head and answers 200."""
+
+    def handle(self):
+        data = b""
+        self.request.settimeout(5)
+        try:
+            while b"\r\n\r\n" not in data:
+                chunk = self.request.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+        except OSError:
+            return
+        self.server.heads.append(data.split(b"\r\n\r\n", 1)[0])
+        self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+
+def test_no_credentials_in_http_log(switchyard):
+    """The http listener routes by the Authorization header (Basic and
+    Bearer) and by a query parameter: none of the secrets a request carries
+    (password, tokens, a token in the query, a session cookie) is logged at
+    trace level, while the backend does receive them."""
+    backend = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Recorder)
+    backend.daemon_threads = True
+    backend.heads = []
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    try:
+        port = free_port()
+        sy = switchyard(f"""[server]
+log_level = "trace"
+threads = 1
+shutdown_grace = "2s"
+[routing]
+default_destination = "web"
+[listener.web]
+protocol = "http"
+bind = ["127.0.0.1:{port}"]
+tls = "plain"
+[[http.route]]
+match = "/q/*"
+extract = {{ from = "query", param = "user" }}
+fallback = "default"
+[[http.route]]
+match = "/**"
+extract = {{ from = "authorization" }}
+fallback = "default"
+[destination.web]
+host = "127.0.0.1"
+allow_plaintext_auth = true
+[destination.web.protocol.http]
+port = {backend.server_address[1]}
+tls = "plain"
+""")
+        basic_pw = "HttpPw-" + tag() + "-Zq"
+        opaque = "opaque-" + secrets.token_hex(16)
+        query_tok = "qtok-" + secrets.token_hex(16)
+        cookie = "sess-" + secrets.token_hex(16)
+        requests = [
+            ("/jmap/session", {"Authorization": "Basic " + b64(f"alice@example.com:{basic_pw}")}),
+            ("/jmap/session", {"Authorization": "Bearer " + TOKEN}),
+            ("/jmap/session", {"Authorization": "Bearer " + opaque}),
+            (f"/q/x?user=alice@example.com&access_token={query_tok}", {"Cookie": f"session={cookie}"}),
+        ]
+        for path, headers in requests:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("GET", path, headers=headers)
+            r = c.getresponse()
+            assert (r.status, r.read()) == (200, b"ok")
+            c.close()
+        heads = b"\n".join(backend.heads).decode("latin-1")
+        for s in (basic_pw, TOKEN, opaque, query_tok, cookie):
+            assert s in heads or any(c in heads for c in b64_cores(s)), s
+        assert sy.log_count(r"http request") == len(requests)
+        sy.stop()
+        with open(sy.stderr_path, "rb") as f:
+            log = f.read().decode("latin-1")
+        hits = [(s, n) for s in (basic_pw, TOKEN.split(".")[1], TOKEN, opaque, query_tok, cookie)
+                for n in needles(s) if n in log]
+        assert not hits, f"credentials in the log: {hits[:10]}"
+    finally:
+        backend.shutdown()
+        backend.server_close()
