@@ -27,7 +27,8 @@
  *
  * Contract checks (abort): the module never sends to the client after the
  * session became a bridge, never writes to a backend that is not connected,
- * never starts a second login while one is in progress, gives
+ * never starts a second login while one is in progress, never reports a
+ * temporary failure once bridged, gives
  * ictx_auth_failed/ictx_auth_ok complete CRLF-terminated replies, leaves the
  * client and backend output at a line end whenever it returns control
  * (nothing half-written waits for a later event), and never hands out a
@@ -319,7 +320,8 @@ void ictx_close_after_flush(sy_ictx *c)
 void ictx_tempfail(sy_ictx *c, const char *reason)
 {
 	(void)reason;
-	if (c->state == IC_CLOSING || c->state == IC_BRIDGED)
+	check(c->state != IC_BRIDGED, "tempfail after the bridge started");
+	if (c->state == IC_CLOSING)
 		return;
 	end_login(c);
 	if (c->ops->tempfail(c, "Backend server unavailable, try again later.")) {

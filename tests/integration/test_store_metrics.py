@@ -3,7 +3,7 @@ makes (file, Redis, SQL) is observed in `switchyard_store_lookup_seconds`,
 and the ones that fail or time out are also counted in
 `switchyard_store_lookup_errors_total`. Cached answers are no lookups.
 
-A real redis-server holds `route:<account>` keys naming one of two
+A real redis-server (and, in the SQL test, a real PostgreSQL) holds `route:<account>` keys (a `routes` table) naming one of two
 destinations, both the shared Dovecot; the proxy logs the accounts in over
 IMAP (a mapped account, an unmapped one, each a cache miss once), then the
 store is stopped and a login is refused as a temporary failure, which must
@@ -144,6 +144,34 @@ pool_size = 1
     m2 = metrics(admin_port)
     assert lookups(m2) == 3 and errors(m2) == 1, m2
     check_histogram(m2)
+
+
+def test_sql_lookups_observed(switchyard, dovecot, postgres_server):
+    pg = postgres_server
+    pg.psql("CREATE TABLE routes (account text PRIMARY KEY, destination text NOT NULL)")
+    pg.psql("INSERT INTO routes VALUES ('alice@example.com', 'd2')")
+    imap_port, admin_port = free_port(), free_port()
+    mapping = f"""[mapping]
+source = "sql"
+lookup_timeout = "1s"
+on_store_error = "tempfail"
+[mapping.sql]
+url = "{pg.url}"
+query = "SELECT destination FROM routes WHERE account = $1"
+pool_size = 1
+"""
+    sy = switchyard(config(dovecot, imap_port, admin_port, mapping))
+    assert login(imap_port, "alice@example.com", "alicepass") == "OK"
+    assert login(imap_port, "bob@example.com", "bobpass") == "OK"
+    m1 = metrics(admin_port)
+    assert lookups(m1) == 2 and errors(m1) == 0, m1
+    check_histogram(m1)
+    sy.wait_log(r"login .*identifier=alice@example.com .*destination=d2 result=ok")
+    pg.stop()
+    res = login(imap_port, "carol@example.com", "carolpass")
+    assert "UNAVAILABLE" in res, res
+    m2 = metrics(admin_port)
+    assert lookups(m2) == 3 and errors(m2) == 1, m2
 
 
 def test_file_lookups_observed(switchyard, dovecot):
