@@ -8,6 +8,8 @@ PKGS=(
 	build-essential cmake pkg-config clang-format
 	libuv1-dev libssl-dev libhiredis-dev libpq-dev libjansson-dev
 	libhttp-parser-dev libcurl4-openssl-dev libyaml-dev libcmocka-dev
+	# the fuzz targets' smoke run (tests/fuzz/run.sh: libFuzzer ships with clang)
+	clang
 	# tests and demo: real servers and real clients
 	python3 python3-pytest openssl curl procps iproute2
 	dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd dovecot-managesieved

@@ -32,6 +32,13 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 ctest --test-dir build-san --output-on-failure -j"$jobs"
 
+# Fuzz smoke run: every libFuzzer target (tests/fuzz/README.md) built with
+# clang under ASan+UBSan and run for 5 seconds from its seeds and whatever
+# corpus earlier runs left in build-fuzz/, so a target that stops building,
+# or a parser that crashes on its seeds, fails the test (about 2 minutes in
+# all). Long runs: tests/fuzz/run.sh [seconds] [target ...].
+FUZZ_OUT=build-fuzz tests/fuzz/run.sh 5
+
 if [ -d tests/integration ] && ls tests/integration/test_*.py >/dev/null 2>&1; then
 	SWITCHYARD_BIN="$PWD/build-san/switchyard" /usr/bin/python3 -m pytest -q tests/integration
 fi

@@ -93,6 +93,14 @@ static void raise_nofile_limit(const sy_config *cfg)
 
 int main(int argc, char **argv)
 {
+	/* First thing, before the configuration (admin token, store passwords)
+	 * is read: the process holds secrets, and later clients' passwords and
+	 * tokens between a login and its replay. Not dumpable means no core
+	 * file may contain them, no other process of the same user may ptrace
+	 * it or read its memory, and its /proc/<pid> files belong to root
+	 * (which is how tests/integration/test_credentials.py checks it). */
+	bool dumpable_off = prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0;
+	int dumpable_errno = errno;
 	bool check_only = false;
 	const char *path = NULL;
 
@@ -152,14 +160,13 @@ int main(int argc, char **argv)
 		return 0;
 	}
 
-	/* The process holds clients' passwords and tokens between a login
-	 * and its replay: no core file may contain them, and no other process
-	 * of the same user may ptrace it. */
-	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
-		fprintf(stderr, "switchyard: cannot disable core dumps: %s\n", strerror(errno));
-
 	log_set_level(cfg->server.log_level);
 	log_set_format(cfg->server.log_format);
+	if (dumpable_off)
+		sy_log(SY_LOG_DEBUG, "core dumps disabled (not dumpable)", NULL);
+	else
+		sy_log(SY_LOG_WARN, "cannot disable core dumps", "error", strerror(dumpable_errno),
+		       NULL);
 	for (size_t i = 0; i < cfg->warnings.len; i++)
 		sy_log(SY_LOG_WARN, "configuration warning", "detail", cfg->warnings.msgs[i], NULL);
 	raise_nofile_limit(cfg);

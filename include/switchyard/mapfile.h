@@ -40,6 +40,14 @@ typedef bool (*sy_mapfile_target_fn)(void *arg, const char *destination);
 int mapfile_load(const char *path, bool lowercase, sy_mapfile_target_fn is_target, void *arg,
                  sy_mapfile *out, sy_errors *errs);
 
+/*
+ * mapfile_load over text in memory (`len` bytes, NUL bytes allowed: they
+ * end a field as in a file) named `name` in messages; same contract. The
+ * fuzz target tests/fuzz/fuzz_mapfile.c drives the parser through it.
+ */
+int mapfile_parse(const char *data, size_t len, const char *name, bool lowercase,
+                  sy_mapfile_target_fn is_target, void *arg, sy_mapfile *out, sy_errors *errs);
+
 void mapfile_free(sy_mapfile *m);
 
 /* Binary search; NULL if absent. `identifier` must already be normalized. */

@@ -83,24 +83,15 @@ static char *xstrdup(const char *s)
 	return p;
 }
 
-int mapfile_load(const char *path, bool lowercase, sy_mapfile_target_fn is_target, void *arg,
-                 sy_mapfile *out, sy_errors *errs)
+/* The parser proper, over an open stream named `path` in messages; closes f. */
+static int parse_stream(FILE *f, const char *path, bool lowercase, sy_mapfile_target_fn is_target,
+                        void *arg, sy_mapfile *out, sy_errors *errs)
 {
-	FILE *f;
 	char *line = NULL;
 	size_t cap = 0, lineno = 0, n = 0, alloc = 0;
 	pending *items = NULL;
 	bool bad = false;
 
-	out->entries = NULL;
-	out->len = 0;
-	if ((f = fopen(path, "r")) == NULL) {
-		sy_errors_add(errs,
-		              "mapping.file.path: cannot read %s: %s; create the file (it may be "
-		              "empty) or fix the path",
-		              path, strerror(errno));
-		return -1;
-	}
 	while (getline(&line, &cap, f) >= 0) {
 		char *p = line, *id, *dest;
 		lineno++;
@@ -178,6 +169,48 @@ int mapfile_load(const char *path, bool lowercase, sy_mapfile_target_fn is_targe
 	}
 	free(items);
 	return 0;
+}
+
+int mapfile_load(const char *path, bool lowercase, sy_mapfile_target_fn is_target, void *arg,
+                 sy_mapfile *out, sy_errors *errs)
+{
+	out->entries = NULL;
+	out->len = 0;
+	FILE *f = fopen(path, "r");
+	if (f == NULL) {
+		sy_errors_add(errs,
+		              "mapping.file.path: cannot read %s: %s; create the file (it may be "
+		              "empty) or fix the path",
+		              path, strerror(errno));
+		return -1;
+	}
+	return parse_stream(f, path, lowercase, is_target, arg, out, errs);
+}
+
+int mapfile_parse(const char *data, size_t len, const char *name, bool lowercase,
+                  sy_mapfile_target_fn is_target, void *arg, sy_mapfile *out, sy_errors *errs)
+{
+	out->entries = NULL;
+	out->len = 0;
+	/* fmemopen gives the same getline() path as a file; a zero-sized
+	 * buffer is refused by some C libraries, and an empty text is an
+	 * empty mapping. */
+	static const char empty[1] = "";
+	FILE *f = fmemopen(len ? (void *)data : (void *)empty, len ? len : 1, "r");
+	if (f == NULL) {
+		sy_errors_add(errs, "mapping.file.path: cannot read %s: %s", name, strerror(errno));
+		return -1;
+	}
+	if (len == 0) {
+		fclose(f);
+		out->entries = calloc(1, sizeof(*out->entries));
+		if (out->entries == NULL) {
+			fputs("switchyard: out of memory while reading the mapping file\n", stderr);
+			abort();
+		}
+		return 0;
+	}
+	return parse_stream(f, name, lowercase, is_target, arg, out, errs);
 }
 
 void mapfile_free(sy_mapfile *m)

@@ -147,36 +147,81 @@ static void on_message(void *arg, sy_sub_kind kind, const char *payload, size_t 
 		apply(f, SY_FLEET_INVALIDATE, id, 0);
 		return;
 	}
-	json_error_t jerr;
-	json_t *j = json_loadb(payload, len, 0, &jerr);
-	const char *type = j ? json_string_value(json_object_get(j, "type")) : NULL;
-	if (!type) {
-		sy_log(SY_LOG_WARN, "fleet event ignored: not a JSON object with a type", NULL);
-		json_decref(j);
-		return;
-	}
-	int t = -1;
-	for (int i = 0; i < 3; i++)
-		if (strcmp(type, type_names[i]) == 0)
-			t = i;
-	const char *o = json_string_value(json_object_get(j, "origin"));
-	json_t *jseq = json_object_get(j, "seq");
-	const char *id = json_string_value(json_object_get(j, "identifier"));
-	json_int_t secs = json_integer_value(json_object_get(j, "seconds"));
-	if (t < 0 || (t != SY_FLEET_INVALIDATE && !id) || secs < 0 ||
-	    secs > SY_HOLD_MAX_MS / 1000) {
-		sy_log(SY_LOG_WARN, "fleet event ignored: unknown type or missing field", "type",
-		       type, NULL);
-	} else if (o && strcmp(o, origin()) == 0) {
+	sy_fleet_event ev;
+	json_t *j = NULL;
+	const char *why = NULL;
+	if (fleet_event_parse(payload, len, &ev, &j, &why) != 0) {
+		sy_log(SY_LOG_WARN, "fleet event ignored", "reason", why, NULL);
+	} else if (ev.origin && strcmp(ev.origin, origin()) == 0) {
 		/* Our own: applied when it was published. */
-	} else if (o && json_is_integer(jseq) &&
-	           !first_time(f, o, (uint64_t)json_integer_value(jseq))) {
+	} else if (ev.origin && ev.has_seq && !first_time(f, ev.origin, ev.seq)) {
 		if (log_enabled(SY_LOG_DEBUG))
-			sy_log(SY_LOG_DEBUG, "fleet event ignored: seen before", "origin", o, NULL);
+			sy_log(SY_LOG_DEBUG, "fleet event ignored: seen before", "origin",
+			       ev.origin, NULL);
 	} else {
-		apply(f, (sy_fleet_type)t, id, (unsigned)secs);
+		apply(f, ev.type, ev.identifier, ev.seconds);
 	}
 	json_decref(j);
+}
+
+int fleet_event_parse(const char *payload, size_t len, sy_fleet_event *ev, json_t **json_out,
+                      const char **why)
+{
+	memset(ev, 0, sizeof(*ev));
+	*json_out = NULL;
+	json_error_t jerr;
+	json_t *j = json_loadb(payload, len, 0, &jerr);
+	if (!json_is_object(j)) {
+		json_decref(j);
+		*why = "not a JSON object";
+		return -1;
+	}
+	*json_out = j;
+	const char *type = json_string_value(json_object_get(j, "type"));
+	int t = -1;
+	for (int i = 0; type && i < 3; i++)
+		if (strcmp(type, type_names[i]) == 0)
+			t = i;
+	if (t < 0) {
+		*why = "no type or an unknown one";
+		return -1;
+	}
+	ev->type = (sy_fleet_type)t;
+	/* A field of the wrong type is an error, never "absent": an
+	 * identifier that is not a string must not widen an invalidation to
+	 * the whole cache. */
+	json_t *jo = json_object_get(j, "origin"), *jseq = json_object_get(j, "seq");
+	json_t *jid = json_object_get(j, "identifier"), *js = json_object_get(j, "seconds");
+	if (jo && (!json_is_string(jo) || json_string_length(jo) == 0 ||
+	           json_string_length(jo) >= sizeof(((origin_seen *)0)->id))) {
+		/* Longer origins could not be told apart once stored. */
+		*why = "origin is not a string of 1 to 16 characters";
+		return -1;
+	}
+	if (jseq && (!json_is_integer(jseq) || json_integer_value(jseq) < 0)) {
+		*why = "seq is not a non-negative integer";
+		return -1;
+	}
+	if (jid && (!json_is_string(jid) || json_string_length(jid) == 0 ||
+	            strlen(json_string_value(jid)) != json_string_length(jid))) {
+		*why = "identifier is not a non-empty string without NUL";
+		return -1;
+	}
+	if (!jid && t != SY_FLEET_INVALIDATE) {
+		*why = "kick and delay need an identifier";
+		return -1;
+	}
+	if (js && (!json_is_integer(js) || json_integer_value(js) < 0 ||
+	           json_integer_value(js) > SY_HOLD_MAX_MS / 1000)) {
+		*why = "seconds is not an integer within the hold limit";
+		return -1;
+	}
+	ev->origin = jo ? json_string_value(jo) : NULL;
+	ev->has_seq = jseq != NULL;
+	ev->seq = jseq ? (uint64_t)json_integer_value(jseq) : 0;
+	ev->identifier = jid ? json_string_value(jid) : NULL;
+	ev->seconds = js ? (unsigned)json_integer_value(js) : 0;
+	return 0;
 }
 
 static void on_state(void *arg, bool up)

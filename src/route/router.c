@@ -38,6 +38,7 @@
 #include "switchyard/cluster.h"
 #include "switchyard/log.h"
 #include "switchyard/mapfile.h"
+#include "switchyard/metrics.h"
 #include "switchyard/sasl.h"
 #include "switchyard/store.h"
 
@@ -398,6 +399,8 @@ struct store_op {
 	sy_route_ctx *ctx; /* counted in ctx->pending until answered; NULL after */
 	uv_timer_t timer;
 	bool answered, store_pending, timer_open;
+	bool timed;              /* a lookup (GET): its time goes to metrics_store_lookup */
+	uint64_t started_ns;     /* uv_hrtime() when the request was made */
 	const char *start_error; /* the store refused the request: reported by the timer */
 	op_done_fn done;
 	sy_snapshot *snap; /* a reference for the op's life */
@@ -436,6 +439,12 @@ static void op_finish(store_op *op, sy_store_status st, const char *value, const
 	if (op->answered)
 		return;
 	op->answered = true;
+	/* Every lookup is timed from request to answer, a timeout or a refused
+	 * request included (as an error): switchyard_store_lookup_seconds and
+	 * switchyard_store_lookup_errors_total. */
+	if (op->timed)
+		metrics_store_lookup((double)(uv_hrtime() - op->started_ns) / 1e9,
+		                     st != SY_STORE_ERROR);
 	uv_timer_stop(&op->timer);
 	uv_close((uv_handle_t *)&op->timer, on_op_timer_closed);
 	op->done(op, st, value, error);
@@ -489,6 +498,8 @@ static void op_start(sy_route_ctx *ctx, store_op *op, op_kind kind)
 	op->timer.data = op;
 	op->timer_open = true;
 	op->store_pending = true;
+	op->timed = kind == OP_GET;
+	op->started_ns = uv_hrtime();
 	sy_store *s = ctx->store;
 	int rc;
 	switch (kind) {
@@ -513,19 +524,25 @@ static void op_start(sy_route_ctx *ctx, store_op *op, op_kind kind)
 	uv_timer_start(&op->timer, on_op_timeout, timeout, 0);
 }
 
-static const char *policy_name(const sy_router *r)
+/* A lookup in the loaded mapping file, timed like a store lookup (it
+ * cannot fail: a missing entry is an answer). */
+static bool file_lookup_timed(sy_router *r, const char *key, char *out)
 {
-	return r->m->on_store_error == SY_STORE_ERR_DEFAULT ? "default" : "tempfail";
+	uint64_t t0 = uv_hrtime();
+	bool found = file_lookup(r, key, out);
+	metrics_store_lookup((double)(uv_hrtime() - t0) / 1e9, true);
+	return found;
 }
 
 /* Turns a store answer into a cache answer (and its TTL, 0 = the kind's
- * default), logging what needs attention. */
-static uint64_t store_answer(sy_router *r, sy_snapshot *snap, const char *key, sy_store_status st,
-                             const char *value, const char *error, sy_cache_answer *a)
+ * default), logging what needs attention: router_int.h. */
+uint64_t router_store_answer(const sy_mapping_config *m, const sy_config *cfg, const char *key,
+                             sy_store_status st, const char *value, const char *error,
+                             sy_cache_answer *a)
 {
 	a->value[0] = '\0';
 	if (st == SY_STORE_FOUND && value) {
-		if (strlen(value) < sizeof(a->value) && config_is_target(snap->cfg, value)) {
+		if (strlen(value) < sizeof(a->value) && config_is_target(cfg, value)) {
 			a->outcome = SY_CACHE_POSITIVE;
 			strcpy(a->value, value);
 			return 0;
@@ -541,12 +558,13 @@ static uint64_t store_answer(sy_router *r, sy_snapshot *snap, const char *key, s
 		a->outcome = SY_CACHE_NEGATIVE;
 		return 0;
 	}
+	const char *policy = m->on_store_error == SY_STORE_ERR_DEFAULT ? "default" : "tempfail";
 	sy_log(SY_LOG_WARN, "mapping lookup failed", "identifier", key, "store",
-	       r->m->source == SY_MAP_REDIS ? "redis" : "sql", "error", error ? error : "?",
-	       "on_store_error", policy_name(r), NULL);
-	if (r->m->on_store_error == SY_STORE_ERR_DEFAULT) {
+	       m->source == SY_MAP_REDIS ? "redis" : "sql", "error", error ? error : "?",
+	       "on_store_error", policy, NULL);
+	if (m->on_store_error == SY_STORE_ERR_DEFAULT) {
 		a->outcome = SY_CACHE_NEGATIVE;
-		uint64_t ttl = r->m->negative_ttl_ms;
+		uint64_t ttl = m->negative_ttl_ms;
 		return ttl < STORE_ERROR_DEFAULT_TTL_MS ? ttl : STORE_ERROR_DEFAULT_TTL_MS;
 	}
 	a->outcome = SY_CACHE_ERROR;
@@ -557,7 +575,7 @@ static uint64_t store_answer(sy_router *r, sy_snapshot *snap, const char *key, s
 static void fetch_done(store_op *op, sy_store_status st, const char *value, const char *error)
 {
 	sy_cache_answer a;
-	uint64_t ttl = store_answer(op->r, op->snap, op->key, st, value, error, &a);
+	uint64_t ttl = router_store_answer(op->r->m, op->snap->cfg, op->key, st, value, error, &a);
 	cache_complete(op->r->cache, op->fetch, a.outcome, a.value, ttl);
 	op->fetch = NULL;
 	req_deliver(op->req, &a);
@@ -645,8 +663,8 @@ sy_route_req *route_resolve_ctx(sy_route_ctx *ctx, sy_snapshot *snap, const char
 
 	if (r->m->source == SY_MAP_FILE) {
 		sy_cache_answer a;
-		a.outcome =
-		    file_lookup(r, identifier, a.value) ? SY_CACHE_POSITIVE : SY_CACHE_NEGATIVE;
+		a.outcome = file_lookup_timed(r, identifier, a.value) ? SY_CACHE_POSITIVE
+		                                                      : SY_CACHE_NEGATIVE;
 		if (a.outcome == SY_CACHE_NEGATIVE)
 			a.value[0] = '\0';
 		cache_complete(r->cache, fetch, a.outcome, a.value, 0);
@@ -895,7 +913,7 @@ static void explain_answer(sy_snapshot *snap, const char *raw, const char *key,
 static void explain_done(store_op *op, sy_store_status st, const char *value, const char *error)
 {
 	sy_cache_answer a;
-	store_answer(op->r, op->snap, op->key, st, value, error, &a);
+	router_store_answer(op->r->m, op->snap->cfg, op->key, st, value, error, &a);
 	explain_answer(op->snap, op->raw, op->key, &a, false, op->ecb, op->arg);
 }
 
@@ -917,7 +935,7 @@ void route_explain(sy_route_ctx *ctx, sy_snapshot *snap, const char *identifier,
 	} else if (cache_peek(r->cache, key, &a)) {
 		explain_answer(snap, identifier, key, &a, true, cb, arg);
 	} else if (r->m->source == SY_MAP_FILE) {
-		if (file_lookup(r, key, a.value))
+		if (file_lookup_timed(r, key, a.value))
 			a.outcome = SY_CACHE_POSITIVE;
 		explain_answer(snap, identifier, key, &a, false, cb, arg);
 	} else {

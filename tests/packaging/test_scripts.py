@@ -11,7 +11,7 @@ import yaml
 from chart import REPO
 
 SHELL_SCRIPTS = ["e2e/run.sh", "e2e/dovecot/entrypoint.sh", "scripts/image.sh", "scripts/render-k8s.sh",
-                 "scripts/deps.sh", "scripts/test.sh"]
+                 "scripts/deps.sh", "scripts/test.sh", "tests/fuzz/run.sh"]
 
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS)

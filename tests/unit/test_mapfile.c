@@ -132,6 +132,47 @@ static void test_format(void **state)
 	assert_null(m.entries);
 }
 
+/* mapfile_parse reads text in memory exactly as mapfile_load reads a file,
+ * and names the text in its errors. */
+static void test_parse_buffer(void **state)
+{
+	(void)state;
+	static const char text[] = "# c\n  Bob@Example.com old # x\nalice@example.com new\n"
+	                           "alice@example.com pool\ncarol@example.com new";
+	sy_errors errs = {0};
+	sy_mapfile a, b;
+	write_file("same.tsv", text);
+	assert_int_equal(mapfile_load(path_of("same.tsv"), true, config_target_cb, cfg, &a, &errs),
+	                 0);
+	assert_int_equal(
+	    mapfile_parse(text, strlen(text), "mem", true, config_target_cb, cfg, &b, &errs), 0);
+	assert_int_equal(errs.len, 0);
+	assert_int_equal(a.len, 3);
+	assert_int_equal(b.len, a.len);
+	for (size_t i = 0; i < a.len; i++) {
+		assert_string_equal(a.entries[i].identifier, b.entries[i].identifier);
+		assert_string_equal(a.entries[i].destination, b.entries[i].destination);
+	}
+	assert_string_equal(mapfile_lookup(&b, "alice@example.com"), "pool");
+	mapfile_free(&a);
+	mapfile_free(&b);
+
+	assert_int_equal(mapfile_parse("", 0, "empty", false, NULL, NULL, &b, &errs), 0);
+	assert_int_equal(b.len, 0);
+	assert_null(mapfile_lookup(&b, "x"));
+	mapfile_free(&b);
+
+	static const char bad[] = "ok@example.com new\nlonely\nx@example.com nowhere\n";
+	assert_int_equal(
+	    mapfile_parse(bad, strlen(bad), "mem.tsv", false, config_target_cb, cfg, &b, &errs),
+	    -1);
+	assert_null(b.entries);
+	assert_int_equal(errs.len, 2);
+	assert_true(has_msg(&errs, "mapping.file.path: mem.tsv:2:"));
+	assert_true(has_msg(&errs, "mem.tsv:3: destination \"nowhere\" is not declared"));
+	sy_errors_free(&errs);
+}
+
 static void test_normalize_and_duplicates(void **state)
 {
 	(void)state;
@@ -287,7 +328,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_format),          cmocka_unit_test(test_normalize_and_duplicates),
 	    cmocka_unit_test(test_errors),          cmocka_unit_test(test_set_remove),
-	    cmocka_unit_test(test_write_roundtrip),
+	    cmocka_unit_test(test_write_roundtrip), cmocka_unit_test(test_parse_buffer),
 	};
 	return cmocka_run_group_tests_name("mapfile", tests, setup, teardown);
 }
