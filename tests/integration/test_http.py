@@ -9,10 +9,10 @@ import http.client
 import socket
 import socketserver
 import threading
-import base64
 
 import pytest
 
+from harness.clients import basic_auth
 from harness.util import free_port
 
 
@@ -153,7 +153,7 @@ def raw(port, data, timeout=5):
 
 
 def basic(user, pw="x"):
-    return "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+    return basic_auth(user, pw)
 
 
 def test_basic_routes_by_mapping(proxy, backends):

@@ -10,19 +10,16 @@ before 100, a final answer without 100 Continue, Server-Sent Events paced by
 the test)."""
 
 import asyncio
-import base64
 import http.client
-import json
 import re
 import socket
 import socketserver
 import subprocess
 import threading
-import time
 
 import pytest
 
-from harness.clients import sw1_token
+from harness.clients import basic_auth, make_jwt, sw1_token
 from harness.util import free_port, recv_until
 from harness.web import Nginx, Radicale, WebSocketEcho
 
@@ -31,16 +28,9 @@ WAIT = 10.0
 
 
 def basic(user, pw="pw"):
-    return "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+    return basic_auth(user, pw)
 
 
-def b64u(b):
-    return base64.urlsafe_b64encode(b).decode().rstrip("=")
-
-
-def make_jwt(payload):
-    return ".".join((b64u(json.dumps({"alg": "RS256", "typ": "JWT"}).encode()),
-                     b64u(json.dumps(payload).encode()), b64u(b"s" * 64)))
 
 
 def config(port, admin_port, dests, http_extra="", routes=None, listener_extra=""):
@@ -143,7 +133,7 @@ def admin_call(port, method, path):
 def conn_of(nginx, path):
     """The backend connection serial and request count nginx logged for the
     latest request of `path`."""
-    line = nginx.wait_log(re.escape(f" {path} HTTP/1.1"))
+    nginx.wait_log(re.escape(f" {path} HTTP/1.1"))
     lines = [ln for ln in nginx.log() if f" {path} HTTP/1.1" in ln]
     serial, count = lines[-1].split()[:2]
     return int(serial), int(count)
@@ -640,7 +630,6 @@ def test_caldav_carddav_propfind_reaches_each_users_server(switchyard):
 def test_implicit_tls_listener_offers_http11_only(switchyard, nginxes, certs):
     """tls = "implicit": ALPN selects http/1.1 when offered, never h2; a
     client offering only h2 gets no ALPN and speaks HTTP/1.1 anyway."""
-    import ssl
     port, admin = free_port(), free_port()
     cfg = config(port, admin, {n: x.port for n, x in nginxes.items()}).replace(
         'tls = "plain"\npreauth_timeout', 'tls = "implicit"\npreauth_timeout', 1)

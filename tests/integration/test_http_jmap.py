@@ -7,12 +7,12 @@ and Cyrus's per-user telemetry logs show which instance saw the requests.
 
 Real client: http.client with HTTP Basic (the account the route extracts)."""
 
-import base64
 import http.client
 import json
 
 import pytest
 
+from harness.clients import basic_auth
 from harness.cyrus import Cyrus, available
 from harness.util import free_port
 
@@ -28,8 +28,7 @@ MAPPINGS = "bob@example.com\tnew\n"
 
 
 def basic(user, pw=None):
-    pw = USERS[user] if pw is None else pw
-    return "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+    return basic_auth(user, USERS[user] if pw is None else pw)
 
 
 def config(port, dests):

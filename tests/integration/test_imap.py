@@ -45,6 +45,7 @@ import time
 import pytest
 
 from harness import Dovecot, Switchyard, clients
+from harness.clients import make_jwt
 from harness.dovecot import DEFAULT_USERS
 from harness.util import HarnessError, connect, expect_closed, free_port, wait_ports_listening
 
@@ -52,14 +53,6 @@ ALICE = ("alice@example.com", "alicepass")
 BOB = ("bob@example.com", "bobpass")
 
 
-def b64u(b):
-    return base64.urlsafe_b64encode(b).decode().rstrip("=")
-
-
-def make_jwt(payload):
-    """An unsigned-looking JWT (header.payload.signature); nobody checks the signature here."""
-    return ".".join((b64u(json.dumps({"alg": "RS256", "typ": "JWT"}).encode()),
-                     b64u(json.dumps(payload).encode()), b64u(b"s" * 64)))
 
 
 DAVE = "dave@example.com"

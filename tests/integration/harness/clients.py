@@ -3,6 +3,7 @@ test connected itself: from a chosen source address, after sending a PROXY
 header, or over TLS the test set up."""
 
 import base64
+import json
 import imaplib
 import poplib
 import smtplib
@@ -17,6 +18,22 @@ def sw1_token(account, body="opaque"):
     and claims), so tests put their own marker or padding there."""
     footer = base64.urlsafe_b64encode(account.encode()).decode().rstrip("=")
     return f"sw1.{body}.{footer}"
+
+
+def basic_auth(user, password):
+    """An HTTP `Authorization: Basic` value."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def b64u(b):
+    return base64.urlsafe_b64encode(b).decode().rstrip("=")
+
+
+def make_jwt(payload):
+    """An unsigned-looking JWT (header.payload.signature); nobody checks the
+    signature here, the proxy only reads the claims."""
+    return ".".join((b64u(json.dumps({"alg": "RS256", "typ": "JWT"}).encode()),
+                     b64u(json.dumps(payload).encode()), b64u(b"s" * 64)))
 
 
 def unique_subject(prefix="sy-test"):
