@@ -546,22 +546,27 @@ static bool extract_creds(hctx *c, sy_credentials *cr)
 
 /* ---- toward the backend ------------------------------------------------------------------ */
 
+/* Is `name` one of the comma-separated tokens of v (a Connection value)? */
+static bool token_listed(const char *v, size_t len, const char *name, size_t nlen)
+{
+	for (const char *end = v + len; v < end;) {
+		while (v < end && (*v == ' ' || *v == '\t' || *v == ','))
+			v++;
+		const char *t = v;
+		while (v < end && *v != ',' && *v != ' ' && *v != '\t')
+			v++;
+		if ((size_t)(v - t) == nlen && strncasecmp(t, name, nlen) == 0)
+			return true;
+	}
+	return false;
+}
+
 static bool listed_in_connection(const hctx *c, const char *name, size_t nlen)
 {
-	for (size_t i = 0; i < c->nh; i++) {
-		if (!ieq(c->h[i].name, c->h[i].nlen, "connection") || !c->h[i].value)
-			continue;
-		const char *v = c->h[i].value, *end = v + c->h[i].vlen;
-		while (v < end) {
-			while (v < end && (*v == ' ' || *v == '\t' || *v == ','))
-				v++;
-			const char *t = v;
-			while (v < end && *v != ',' && *v != ' ' && *v != '\t')
-				v++;
-			if ((size_t)(v - t) == nlen && strncasecmp(t, name, nlen) == 0)
-				return true;
-		}
-	}
+	for (size_t i = 0; i < c->nh; i++)
+		if (ieq(c->h[i].name, c->h[i].nlen, "connection") && c->h[i].value &&
+		    token_listed(c->h[i].value, c->h[i].vlen, name, nlen))
+			return true;
 	return false;
 }
 
@@ -988,16 +993,7 @@ static bool resp_hop(const char *name, size_t nlen, const char *conn, size_t cle
 			return true;
 	if (ieq(name, nlen, "transfer-encoding") || ieq(name, nlen, "content-length"))
 		return false; /* framing: relayed as the body is */
-	for (const char *v = conn, *e = conn + clen; v < e;) {
-		while (v < e && (*v == ' ' || *v == '\t' || *v == ','))
-			v++;
-		const char *t = v;
-		while (v < e && *v != ',' && *v != ' ' && *v != '\t')
-			v++;
-		if ((size_t)(v - t) == nlen && strncasecmp(t, name, nlen) == 0)
-			return true;
-	}
-	return false;
+	return token_listed(conn, clen, name, nlen);
 }
 
 /* Sends the response head at h (hl bytes, already parsed) to the client
