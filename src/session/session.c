@@ -51,8 +51,6 @@ static void free_session(sy_session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	w->nsessions--;
-	if (s->counted)
-		atomic_fetch_sub(&s->lrt->active, 1);
 	if (s->pending)
 		pool_put(&w->pool, s->pending);
 	if (s->proto && s->proto_release)
@@ -124,6 +122,13 @@ void session_close(sy_session *s, const char *why)
 	 * the log line, so a reader of the log finds it counted). */
 	metrics_session_closed(s->lcfg->protocol,
 	                       (double)(uv_now(&s->w->loop) - s->start_ms) / 1000.0);
+	/* The max_connections slot is free from here, before the close is
+	 * logged: a client that saw "session closed" may take the slot at once,
+	 * while the handles finish closing on the next loop turn. */
+	if (s->counted) {
+		s->counted = false;
+		atomic_fetch_sub(&s->lrt->active, 1);
+	}
 	if (s->state == SS_BRIDGING)
 		log_closed(s);
 	s->state = SS_CLOSING;
