@@ -2,6 +2,7 @@
 # Builds the libFuzzer targets with clang and runs each for a while.
 #
 #   tests/fuzz/run.sh [seconds per target] [target ...]    (default: 60, all)
+#   FUZZ_RUNS=10000000 tests/fuzz/run.sh 7200 imap         (stop at N executions)
 #
 # Binaries, corpora and crash artifacts go to $FUZZ_OUT (default
 # build-fuzz/). scripts/test.sh runs every target for 5 s. A crash stops
@@ -88,6 +89,8 @@ for t in "${targets[@]}"; do
 	# The protocol targets need room for lines beyond SY_LINE_MAX (32 KiB).
 	maxlen=8192
 	case $t in imap | pop3 | sieve | submission) maxlen=40000 ;; esac
-	(cd "$out/cwd" && "../fuzz_$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=$maxlen \
+	runs=()
+	[ -n "${FUZZ_RUNS:-}" ] && runs=(-runs="$FUZZ_RUNS")
+	(cd "$out/cwd" && "../fuzz_$t" -max_total_time="$secs" "${runs[@]}" -timeout=10 -rss_limit_mb=2048 -max_len=$maxlen \
 		"${dict[@]}" -artifact_prefix="../crash_$t-" "../corpus_$t" </dev/null)
 done
