@@ -24,6 +24,12 @@ the encoded blob: the SASL PLAIN message "\\0user\\0pass", the LOGIN
 password step, the OAUTHBEARER/XOAUTH2 messages), plus every base64 blob
 exactly as it went over the wire. None may appear.
 
+A third run puts the four listeners on implicit TLS (the secrets then
+cross the proxy decrypted, between a TLS client leg and a STARTTLS backend
+leg). An SMTP pass-through listener gets the search as well
+(test_no_credentials_in_passthrough_log): AUTH PLAIN and AUTH LOGIN relayed
+as opaque bytes to Dovecot's submission service.
+
 The http listener gets the same search (test_no_credentials_in_http_log):
 requests routed by Basic and Bearer Authorization headers and by a query
 parameter, carrying a password, an sw1. token, an opaque token, a token in
@@ -74,6 +80,7 @@ PATHS = [
     "pop3-userpass", "pop3-plain-ir", "pop3-plain-cont", "pop3-login-mech",
     "sieve-plain-ir", "sieve-plain-cont", "sieve-login-mech",
     "sub-plain-ir", "sub-plain-cont", "sub-login-mech",
+    "pass-plain-ir", "pass-login-mech",
 ]
 USERS = {f"{p}@example.com": f"Pw-{p}-{tag()}-Zq!" for p in PATHS}
 TOKEN_USER = "tok@example.com"
@@ -132,8 +139,14 @@ def needles(secret):
 # --- wire clients -------------------------------------------------------------------------------
 
 class Line:
-    def __init__(self, port):
+    """A line client on one listener. `ep` is (port, ssl context or None):
+    with a context the client leg is implicit TLS."""
+
+    def __init__(self, ep):
+        port, ctx = ep
         self.sock = connect(port, source=SOURCE)
+        if ctx is not None:
+            self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost")
         self.sent_b64 = []
 
     def send(self, data):
@@ -162,8 +175,8 @@ class Line:
         self.sock.close()
 
 
-def imap(port, how, u, p, expect_ok=True):
-    c = Line(port)
+def imap(ep, how, u, p, expect_ok=True):
+    c = Line(ep)
     assert c.line().startswith("* OK")
     final = lambda ln: ln.startswith("a ")  # noqa: E731
     if how == "login-quoted":
@@ -204,8 +217,8 @@ def imap(port, how, u, p, expect_ok=True):
     return c.sent_b64
 
 
-def pop3(port, how, u, p, expect_ok=True):
-    c = Line(port)
+def pop3(ep, how, u, p, expect_ok=True):
+    c = Line(ep)
     assert c.line().startswith("+OK")
     if how == "userpass":
         c.send(f"USER {u}\r\n")
@@ -244,8 +257,8 @@ def sieve_final(ln):
     return ln.startswith(("OK", "NO", "BYE"))
 
 
-def sieve(port, how, u, p, expect_ok=True):
-    c = Line(port)
+def sieve(ep, how, u, p, expect_ok=True):
+    c = Line(ep)
     c.until(sieve_final)
     if how == "plain-ir":
         c.send(f'AUTHENTICATE "PLAIN" "{c.b64(plain_msg(u, p))}"\r\n')
@@ -280,8 +293,8 @@ def smtp_reply(c):
     return ln, lines
 
 
-def submission(port, how, u, p, expect_ok=True):
-    c = Line(port)
+def submission(ep, how, u, p, expect_ok=True):
+    c = Line(ep)
     smtp_reply(c)
     c.send("EHLO client.test\r\n")
     ln, _ = smtp_reply(c)
@@ -345,7 +358,7 @@ def q(s):
     return json.dumps(s)
 
 
-def proxy_config(d, certs, ports, admin_port, log_format):
+def proxy_config(d, certs, ports, admin_port, log_format, client_tls="plain"):
     legs = {"imap": d.imap, "pop3": d.pop3, "managesieve": d.sieve, "submission": d.submission}
     out = [f"""[server]
 log_level = "trace"
@@ -366,8 +379,12 @@ forwarding = "xclient"
     for proto, port in legs.items():
         out.append(f'[destination.dovecot.protocol.{proto}]\nport = {port}\ntls = "starttls"\n')
     for proto, port in ports.items():
-        out.append(f'[listener.{proto}]\nprotocol = "{proto}"\nbind = ["127.0.0.1:{port}"]\ntls = "plain"\n')
-        out.append(f"[capabilities.{proto}]\nallow_plain_auth_without_tls = true\n")
+        out.append(f'[listener.{proto}]\nprotocol = "{proto}"\nbind = ["127.0.0.1:{port}"]\ntls = {q(client_tls)}\n')
+        if client_tls == "plain":
+            out.append(f"[capabilities.{proto}]\nallow_plain_auth_without_tls = true\n")
+    if client_tls == "implicit":
+        out.append(f'[tls.certificate.mail]\ncert = {q(certs.localhost.cert)}\nkey = {q(certs.localhost.key)}\n'
+                   'default = true\n')
     out.append(f"""[admin]
 bind = "127.0.0.1:{admin_port}"
 tls = "plain"
@@ -379,11 +396,16 @@ bearer_token = {q(ADMIN_TOKEN)}
 
 # --- the tests ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("log_format", ["text", "json"])
-def test_no_credentials_in_trace_log(backend, certs, switchyard, log_format):
-    ports = {p: free_port() for p in ("imap", "pop3", "managesieve", "submission")}
+@pytest.mark.parametrize("log_format,client_tls", [("text", "plain"), ("json", "plain"), ("text", "implicit")])
+def test_no_credentials_in_trace_log(backend, certs, switchyard, log_format, client_tls):
+    """Every login path at trace level; the implicit-TLS run has the same
+    secrets cross the proxy decrypted (the client leg is TLS, the backend
+    leg STARTTLS), which is where a debugging dump would show them."""
+    listen = {p: free_port() for p in ("imap", "pop3", "managesieve", "submission")}
     admin_port = free_port()
-    sy = switchyard(proxy_config(backend, certs, ports, admin_port, log_format))
+    sy = switchyard(proxy_config(backend, certs, listen, admin_port, log_format, client_tls))
+    ctx = certs.client_context() if client_tls == "implicit" else None
+    ports = {p: (port, ctx) for p, port in listen.items()}
     sent = []
     logins = 0
 
@@ -429,16 +451,10 @@ def test_no_credentials_in_trace_log(backend, certs, switchyard, log_format):
     # The log did see every login (so it was not simply silent), at a level
     # that shows debug events.
     sy.wait_log(r"\bresult\W+ok\b" if log_format == "text" else r'"result":"ok"')
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if sy.log_count(r'login.*result\W+"?ok') >= logins and \
-                sy.log_count(r'login.*result\W+"?failed') >= failures:
-            break
-        time.sleep(0.05)
-    assert sy.log_count(r'login.*result\W+"?ok') == logins, sy.log_text()[-4000:]
-    assert sy.log_count(r'login.*result\W+"?failed') == failures, sy.log_text()[-4000:]
+    assert sy.wait_log_count(r'login.*result\W+"?ok', logins) == logins, sy.log_text()[-4000:]
+    assert sy.wait_log_count(r'login.*result\W+"?failed', failures) == failures, sy.log_text()[-4000:]
     assert sy.log_count(r"core dumps disabled \(not dumpable\)") == 1
-    assert sy.log_count(r"admin request") >= 2
+    assert sy.wait_log_count(r"admin request", 2) >= 2
     sy.stop()
     with open(sy.stderr_path, "rb") as f:
         log = f.read().decode("latin-1")
@@ -508,6 +524,59 @@ tls = "plain"
     finally:
         ctl.kill()
         ctl.wait()
+
+
+def test_no_credentials_in_passthrough_log(backend, switchyard):
+    """An SMTP pass-through listener in front of Dovecot's submission
+    service: the proxy relays the client's AUTH PLAIN (initial response)
+    and AUTH LOGIN untouched, the backend accepts them, and at trace level
+    nothing of either reaches the proxy's log."""
+    port = free_port()
+    sy = switchyard(f"""[server]
+log_level = "trace"
+threads = 1
+shutdown_grace = "2s"
+[routing]
+default_destination = "dovecot"
+smtp_passthrough_destination = "dovecot"
+[destination.dovecot]
+host = "127.0.0.1"
+forwarding = "none"
+[destination.dovecot.protocol.smtp]
+port = {backend.submission}
+tls = "plain"
+[listener.smtp]
+protocol = "smtp"
+bind = ["127.0.0.1:{port}"]
+tls = "plain"
+""")
+    sent = []
+    for how in ("pass-plain-ir", "pass-login-mech"):
+        c = Line((port, None))
+        assert c.line().startswith("220 ")
+        c.send("EHLO client.test\r\n")
+        c.until(lambda ln: ln.startswith("250 "))
+        u, p = user(how), pw(how)
+        if how == "pass-plain-ir":
+            c.send(f"AUTH PLAIN {c.b64(plain_msg(u, p))}\r\n")
+        else:
+            c.send("AUTH LOGIN\r\n")
+            assert c.line().startswith("334 ")
+            c.send(c.b64(u) + "\r\n")
+            assert c.line().startswith("334 ")
+            c.send(c.b64(p) + "\r\n")
+        assert c.line().startswith("235 "), how
+        c.send("QUIT\r\n")
+        assert c.line().startswith("221")
+        c.close()
+        sent += c.sent_b64
+    assert sy.wait_log_count(r"session closed", 2) == 2
+    sy.stop()
+    with open(sy.stderr_path, "rb") as f:
+        log = f.read().decode("latin-1")
+    hits = [(s, n) for s in (pw("pass-plain-ir"), pw("pass-login-mech")) for n in needles(s) if n in log]
+    hits += [("wire base64", b) for b in sent if b in log]
+    assert not hits, f"credentials in the log: {hits[:10]}"
 
 
 # --- HTTP ---------------------------------------------------------------------------------------
@@ -586,7 +655,7 @@ tls = "plain"
         heads = b"\n".join(backend.heads).decode("latin-1")
         for s in (basic_pw, TOKEN, opaque, query_tok, cookie):
             assert s in heads or any(c in heads for c in b64_cores(s)), s
-        assert sy.log_count(r"http request") == len(requests)
+        assert sy.wait_log_count(r"http request", len(requests)) == len(requests)
         sy.stop()
         with open(sy.stderr_path, "rb") as f:
             log = f.read().decode("latin-1")

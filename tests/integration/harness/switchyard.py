@@ -220,6 +220,20 @@ class Switchyard:
             )
         return m
 
+    def wait_log_count(self, pattern, count, timeout=DEFAULT_TIMEOUT, since=0, flags=re.I):
+        """Wait until at least `count` log lines (from `since`) match the
+        regex, and return how many do. The log reaches the harness through a
+        pipe and a reader thread, so a line the proxy wrote before answering
+        a client may still be on its way when the client has the answer."""
+        rx = re.compile(pattern, flags)
+
+        def seen():
+            return sum(1 for l in self._lines[since:] if rx.search(l))
+
+        with self._cond:
+            self._cond.wait_for(lambda: seen() >= count or self._eof, timeout)
+            return seen()
+
     def log_count(self, pattern, since=0, flags=re.I):
         rx = re.compile(pattern, flags)
         return sum(1 for l in self.log_lines()[since:] if rx.search(l))
