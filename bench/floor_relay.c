@@ -1,6 +1,7 @@
 /* sy-floor-relay: the floor a proxied IMAP login cannot go below (bench only).
  *
- * Usage: sy-floor-relay LISTEN_PORT BACKEND_PORT   (both on 127.0.0.1)
+ * Usage: sy-floor-relay [--tls CERT KEY [--tickets]] LISTEN_PORT BACKEND_PORT
+ *        (both ports on 127.0.0.1)
  *
  * One session at a time, blocking: accept, send the greeting, read the LOGIN
  * line, connect to the backend, read its greeting, write a canned
@@ -8,6 +9,13 @@
  * client its tagged reply, then relay both ways with poll() until either side
  * closes. Serial, so it measures CPU per login, not concurrency. Credentials are
  * taken as two atoms without quoting (bench users only).
+ *
+ * --tls: implicit TLS on the client leg, the least OpenSSL needs: one
+ * SSL_CTX, a blocking SSL_accept on the socket, then the same steps with
+ * SSL_read/SSL_write on the client side (the backend leg stays plain). No
+ * session cache and no session tickets (SSL_CTX_set_num_tickets 0), since a
+ * login without resumption needs neither; --tickets sends OpenSSL's default
+ * two TLS 1.3 tickets per handshake, as the proxies do by default.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -17,6 +25,30 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <openssl/ssl.h>
+
+/* The client leg: a socket, with TLS on it when ssl is set. */
+struct conn {
+	int fd;
+	SSL *ssl;
+};
+
+static ssize_t conn_read(struct conn *c, char *buf, size_t n)
+{
+	if (!c->ssl)
+		return read(c->fd, buf, n);
+	int r = SSL_read(c->ssl, buf, (int)n);
+	return r > 0 ? r : -1;
+}
+
+static ssize_t conn_write(struct conn *c, const char *buf, size_t n)
+{
+	if (!c->ssl)
+		return write(c->fd, buf, n);
+	int r = SSL_write(c->ssl, buf, (int)n);
+	return r > 0 ? r : -1;
+}
 
 static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -38,11 +70,11 @@ static size_t b64enc(const unsigned char *in, size_t n, char *out)
 }
 
 /* Reads until a line starting with prefix is complete; returns bytes held. */
-static ssize_t read_line(int fd, char *buf, size_t cap, const char *prefix)
+static ssize_t read_line(struct conn *c, char *buf, size_t cap, const char *prefix)
 {
 	size_t fill = 0;
 	for (;;) {
-		ssize_t n = read(fd, buf + fill, cap - 1 - fill);
+		ssize_t n = conn_read(c, buf + fill, cap - 1 - fill);
 		if (n <= 0)
 			return -1;
 		fill += (size_t)n;
@@ -56,11 +88,13 @@ static ssize_t read_line(int fd, char *buf, size_t cap, const char *prefix)
 	}
 }
 
-static void session(int c, struct sockaddr_in *be)
+static void session(struct conn *c, struct sockaddr_in *be)
 {
 	static const char greet[] = "* OK floor ready\r\n";
 	char buf[16384], tag[64], user[256], pass[256];
-	if (write(c, greet, sizeof(greet) - 1) < 0)
+	if (c->ssl && SSL_accept(c->ssl) != 1)
+		return;
+	if (conn_write(c, greet, sizeof(greet) - 1) < 0)
 		return;
 	if (read_line(c, buf, sizeof(buf), "") < 0)
 		return;
@@ -69,8 +103,9 @@ static void session(int c, struct sockaddr_in *be)
 	int b = socket(AF_INET, SOCK_STREAM, 0);
 	if (b < 0)
 		return;
+	struct conn bc = {b, NULL};
 	if (connect(b, (struct sockaddr *)be, sizeof(*be)) < 0 ||
-	    read_line(b, buf, sizeof(buf), "* ") < 0) {
+	    read_line(&bc, buf, sizeof(buf), "* ") < 0) {
 		close(b);
 		return;
 	}
@@ -88,18 +123,24 @@ static void session(int c, struct sockaddr_in *be)
 	char want[80];
 	snprintf(want, sizeof(want), "%s ", tag);
 	ssize_t n;
-	if (write(b, cmd, (size_t)k) < 0 || (n = read_line(b, buf, sizeof(buf), want)) < 0 ||
-	    write(c, buf, (size_t)n) < 0) {
+	if (write(b, cmd, (size_t)k) < 0 || (n = read_line(&bc, buf, sizeof(buf), want)) < 0 ||
+	    conn_write(c, buf, (size_t)n) < 0) {
 		close(b);
 		return;
 	}
-	struct pollfd p[2] = {{c, POLLIN, 0}, {b, POLLIN, 0}};
+	struct pollfd p[2] = {{c->fd, POLLIN, 0}, {b, POLLIN, 0}};
+	struct conn *side[2] = {c, &bc};
 	for (;;) {
-		if (poll(p, 2, -1) < 0)
-			break;
-		int from = (p[0].revents & (POLLIN | POLLHUP | POLLERR)) ? 0 : 1;
-		n = read(p[from].fd, buf, sizeof(buf));
-		if (n <= 0 || write(p[1 - from].fd, buf, (size_t)n) != n)
+		int from;
+		if (c->ssl && SSL_pending(c->ssl) > 0) {
+			from = 0; /* plaintext OpenSSL already holds */
+		} else {
+			if (poll(p, 2, -1) < 0)
+				break;
+			from = (p[0].revents & (POLLIN | POLLHUP | POLLERR)) ? 0 : 1;
+		}
+		n = conn_read(side[from], buf, sizeof(buf));
+		if (n <= 0 || conn_write(side[1 - from], buf, (size_t)n) != n)
 			break;
 	}
 	close(b);
@@ -107,8 +148,28 @@ static void session(int c, struct sockaddr_in *be)
 
 int main(int argc, char **argv)
 {
+	SSL_CTX *ctx = NULL;
+	if (argc >= 4 && strcmp(argv[1], "--tls") == 0) {
+		ctx = SSL_CTX_new(TLS_server_method());
+		if (!ctx || SSL_CTX_use_certificate_chain_file(ctx, argv[2]) != 1 ||
+		    SSL_CTX_use_PrivateKey_file(ctx, argv[3], SSL_FILETYPE_PEM) != 1) {
+			fprintf(stderr, "cannot load %s / %s\n", argv[2], argv[3]);
+			return 1;
+		}
+		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+		argv += 3;
+		argc -= 3;
+		if (argc >= 2 && strcmp(argv[1], "--tickets") == 0) {
+			argv++;
+			argc--;
+		} else {
+			SSL_CTX_set_num_tickets(ctx, 0);
+			SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+		}
+	}
 	if (argc != 3) {
-		fprintf(stderr, "usage: %s LISTEN_PORT BACKEND_PORT\n", argv[0]);
+		fprintf(stderr, "usage: %s [--tls CERT KEY [--tickets]] LISTEN_PORT BACKEND_PORT\n",
+		        argv[0]);
 		return 2;
 	}
 	struct sockaddr_in la = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[1]))};
@@ -121,10 +182,17 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	for (;;) {
-		int c = accept(l, NULL, NULL);
-		if (c < 0)
+		int fd = accept(l, NULL, NULL);
+		if (fd < 0)
 			continue;
-		session(c, &be);
-		close(c);
+		struct conn c = {fd, NULL};
+		if (ctx && (!(c.ssl = SSL_new(ctx)) || SSL_set_fd(c.ssl, fd) != 1)) {
+			SSL_free(c.ssl);
+			close(fd);
+			continue;
+		}
+		session(&c, &be);
+		SSL_free(c.ssl);
+		close(fd);
 	}
 }
