@@ -71,6 +71,7 @@
 #include <openssl/err.h>
 
 #include "store_common.h"
+#include "store_reply.h"
 #include "switchyard/log.h"
 #include "switchyard/pool.h"
 #include "switchyard/redis_url.h"
@@ -630,47 +631,55 @@ static void on_setup_reply(conn *c, redisReply *r)
 
 /* ---- requests ---- */
 
-static void complete_req(redis_store *s, sy_store_req *rq, redisReply *r)
+sy_store_status store_redis_answer(sy_store_op op, const redisReply *r, const char **value,
+                                   const char **error, char *ebuf, size_t ebuf_size)
 {
-	(void)s;
 	sy_store_status st = SY_STORE_ERROR;
-	const char *value = NULL, *error = NULL;
-	char ebuf[256];
-
+	*value = NULL;
+	*error = NULL;
 	if (r->type == REDIS_REPLY_ERROR) {
-		snprintf(ebuf, sizeof(ebuf), "redis: %s", r->str);
-		error = ebuf;
-	} else if (rq->op == SY_STORE_OP_GET) {
+		snprintf(ebuf, ebuf_size, "redis: %s", r->str);
+		*error = ebuf;
+	} else if (op == SY_STORE_OP_GET) {
 		if (r->type == REDIS_REPLY_NIL) {
 			st = SY_STORE_NOT_FOUND;
 		} else if (r->type == REDIS_REPLY_STRING) {
 			/* A destination id is text; one with a NUL in it could only
 			 * be matched wrongly, so it is refused. */
 			if (strlen(r->str) != r->len) {
-				error = "redis: the value contains a NUL byte";
+				*error = "redis: the value contains a NUL byte";
 			} else {
 				st = SY_STORE_FOUND;
-				value = r->str;
+				*value = r->str;
 			}
 		} else {
-			error = "redis: unexpected reply type to GET (is the key a string?)";
+			*error = "redis: unexpected reply type to GET (is the key a string?)";
 		}
-	} else if (rq->op == SY_STORE_OP_PUBLISH) {
+	} else if (op == SY_STORE_OP_PUBLISH) {
 		if (r->type == REDIS_REPLY_INTEGER)
 			st = SY_STORE_DONE;
 		else
-			error = "redis: unexpected reply to PUBLISH";
-	} else if (rq->op == SY_STORE_OP_PUT) {
+			*error = "redis: unexpected reply to PUBLISH";
+	} else if (op == SY_STORE_OP_PUT) {
 		if (r->type == REDIS_REPLY_STATUS)
 			st = SY_STORE_DONE;
 		else
-			error = "redis: unexpected reply to SET";
+			*error = "redis: unexpected reply to SET";
 	} else {
 		if (r->type == REDIS_REPLY_INTEGER)
 			st = r->integer > 0 ? SY_STORE_DONE : SY_STORE_NOT_FOUND;
 		else
-			error = "redis: unexpected reply to DEL";
+			*error = "redis: unexpected reply to DEL";
 	}
+	return st;
+}
+
+static void complete_req(redis_store *s, sy_store_req *rq, redisReply *r)
+{
+	(void)s;
+	const char *value, *error;
+	char ebuf[256];
+	sy_store_status st = store_redis_answer(rq->op, r, &value, &error, ebuf, sizeof(ebuf));
 	rq->cb(rq->arg, st, value, error);
 	free(rq);
 }
@@ -794,18 +803,51 @@ static bool reply_str(const redisReply *r, size_t i)
 	        r->element[i]->type == REDIS_REPLY_STATUS);
 }
 
+sy_redis_push_kind store_redis_push(const redisReply *r, size_t ks_channel_cut, sy_redis_push *out)
+{
+	*out = (sy_redis_push){.kind = SY_REDIS_PUSH_OTHER};
+	if (r->type == REDIS_REPLY_ERROR) {
+		out->text = r->str ? r->str : "error";
+		out->len = strlen(out->text);
+		return out->kind = SY_REDIS_PUSH_REFUSED;
+	}
+	if (!reply_str(r, 0))
+		return out->kind;
+	const char *kind = r->element[0]->str;
+	if (strcasecmp(kind, "subscribe") == 0) {
+		out->kind = SY_REDIS_PUSH_SUBSCRIBED;
+	} else if (strcasecmp(kind, "psubscribe") == 0) {
+		out->kind = SY_REDIS_PUSH_PSUBSCRIBED;
+	} else if (strcasecmp(kind, "message") == 0 && reply_str(r, 2)) {
+		out->kind = SY_REDIS_PUSH_EVENT;
+		out->text = r->element[2]->str;
+		out->len = r->element[2]->len;
+	} else if (strcasecmp(kind, "pmessage") == 0 && reply_str(r, 3)) {
+		const redisReply *ch = r->element[2];
+		if (ch->len > ks_channel_cut && strlen(ch->str) == ch->len) {
+			out->kind = SY_REDIS_PUSH_KEYSPACE;
+			out->text = ch->str + ks_channel_cut;
+			out->len = ch->len - ks_channel_cut;
+			out->what = r->element[3]->str;
+		}
+	}
+	return out->kind;
+}
+
 /* Every reply of the subscriptions: confirmations and messages. */
 static void on_sub_reply(conn *c, redisReply *r)
 {
 	redis_store *s = c->s;
 	if (s->life.closing)
 		return;
-	if (r->type == REDIS_REPLY_ERROR) {
+	sy_redis_push p;
+	switch (store_redis_push(r, s->ks_channel_cut, &p)) {
+	case SY_REDIS_PUSH_REFUSED: {
 		/* e.g. NOPERM from an ACL: the subscription cannot come up, so
 		 * the cache stays capped (events.c); retry with a growing wait
 		 * (conn_ready resets the connection's own backoff). */
 		char why[320];
-		snprintf(why, sizeof(why), "SUBSCRIBE refused: %s", r->str ? r->str : "error");
+		snprintf(why, sizeof(why), "SUBSCRIBE refused: %s", p.text);
 		c->refused_backoff_ms = !c->refused_backoff_ms ? BACKOFF_FIRST_MS
 		                        : c->refused_backoff_ms * 2 > BACKOFF_MAX_MS
 		                            ? BACKOFF_MAX_MS
@@ -814,10 +856,7 @@ static void on_sub_reply(conn *c, redisReply *r)
 		attempt_failed(c, why);
 		return;
 	}
-	if (!reply_str(r, 0))
-		return;
-	const char *kind = r->element[0]->str;
-	if (strcasecmp(kind, "subscribe") == 0) {
+	case SY_REDIS_PUSH_SUBSCRIBED:
 		if (!s->subscribed) {
 			s->subscribed = true;
 			c->refused_backoff_ms = 0;
@@ -826,17 +865,19 @@ static void on_sub_reply(conn *c, redisReply *r)
 			if (s->sub.state)
 				s->sub.state(s->sub.arg, true);
 		}
-	} else if (strcasecmp(kind, "psubscribe") == 0) {
+		break;
+	case SY_REDIS_PUSH_PSUBSCRIBED:
 		sy_log(SY_LOG_INFO, "redis: following keyspace notifications", "server", s->server,
 		       "pattern", s->ks_pattern, NULL);
-	} else if (strcasecmp(kind, "message") == 0 && reply_str(r, 2)) {
-		s->sub.message(s->sub.arg, SY_SUB_EVENT, r->element[2]->str, r->element[2]->len,
-		               NULL);
-	} else if (strcasecmp(kind, "pmessage") == 0 && reply_str(r, 3)) {
-		const redisReply *ch = r->element[2];
-		if (ch->len > s->ks_channel_cut && strlen(ch->str) == ch->len)
-			s->sub.message(s->sub.arg, SY_SUB_KEYSPACE, ch->str + s->ks_channel_cut,
-			               ch->len - s->ks_channel_cut, r->element[3]->str);
+		break;
+	case SY_REDIS_PUSH_EVENT:
+		s->sub.message(s->sub.arg, SY_SUB_EVENT, p.text, p.len, NULL);
+		break;
+	case SY_REDIS_PUSH_KEYSPACE:
+		s->sub.message(s->sub.arg, SY_SUB_KEYSPACE, p.text, p.len, p.what);
+		break;
+	case SY_REDIS_PUSH_OTHER:
+		break;
 	}
 }
 
@@ -859,33 +900,45 @@ static bool keyspace_flags_ok(const char *f)
 	return strchr(f, 'A') || (strchr(f, '$') && strchr(f, 'g') && strchr(f, 'x'));
 }
 
+sy_redis_ks_config store_redis_keyspace_config(const redisReply *r, const char **detail)
+{
+	if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 && reply_str(r, 1)) {
+		*detail = r->element[1]->str;
+		return keyspace_flags_ok(r->element[1]->str) ? SY_REDIS_KS_OK
+		                                             : SY_REDIS_KS_INSUFFICIENT;
+	}
+	*detail = r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply";
+	return SY_REDIS_KS_UNREADABLE;
+}
+
 static void on_config_reply(conn *c, redisReply *r)
 {
 	redis_store *s = c->s;
 	if (s->life.closing)
 		return;
 	bool keyspace = true;
-	if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 && reply_str(r, 1)) {
-		if (!keyspace_flags_ok(r->element[1]->str)) {
-			keyspace = false;
-			if (!s->ks_refused_logged)
-				sy_log(
-				    SY_LOG_ERROR,
-				    "redis: mapping.redis.watch_keyspace is refused: the server's "
-				    "notify-keyspace-events setting does not include K with $, g "
-				    "and x (or A); set it to \"K$gx\" (or \"KA\") and restart, "
-				    "changes made outside the proxy are not followed meanwhile",
-				    "server", s->server, "notify-keyspace-events",
-				    r->element[1]->str, NULL);
-			s->ks_refused_logged = true;
-		}
-	} else {
+	const char *detail;
+	switch (store_redis_keyspace_config(r, &detail)) {
+	case SY_REDIS_KS_OK:
+		break;
+	case SY_REDIS_KS_INSUFFICIENT:
+		keyspace = false;
+		if (!s->ks_refused_logged)
+			sy_log(SY_LOG_ERROR,
+			       "redis: mapping.redis.watch_keyspace is refused: the server's "
+			       "notify-keyspace-events setting does not include K with $, g "
+			       "and x (or A); set it to \"K$gx\" (or \"KA\") and restart, "
+			       "changes made outside the proxy are not followed meanwhile",
+			       "server", s->server, "notify-keyspace-events", detail, NULL);
+		s->ks_refused_logged = true;
+		break;
+	case SY_REDIS_KS_UNREADABLE:
 		/* Managed services often disable CONFIG: subscribe anyway. */
 		sy_log(SY_LOG_WARN,
 		       "redis: cannot read notify-keyspace-events (CONFIG GET refused); "
 		       "following keyspace notifications without checking",
-		       "server", s->server, "error",
-		       r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", NULL);
+		       "server", s->server, "error", detail, NULL);
+		break;
 	}
 	sub_send(c, keyspace);
 }

@@ -58,6 +58,7 @@
 #include <libpq-fe.h>
 
 #include "store_common.h"
+#include "store_reply.h"
 #include "switchyard/log.h"
 
 #define BACKOFF_FIRST_MS   100
@@ -401,8 +402,11 @@ static void deliver_notifies(conn *c)
 	sql_store *s = c->s;
 	PGnotify *n;
 	while (c->pg && (n = PQnotifies(c->pg)) != NULL) {
-		if (s->listen_mode && s->subscribed && n->extra)
-			s->sub.message(s->sub.arg, SY_SUB_EVENT, n->extra, strlen(n->extra), NULL);
+		const char *payload;
+		size_t len;
+		if (s->listen_mode && s->subscribed &&
+		    (payload = store_sql_notify_payload(n, &len)) != NULL)
+			s->sub.message(s->sub.arg, SY_SUB_EVENT, payload, len, NULL);
 		PQfreemem(n);
 	}
 }
@@ -671,43 +675,67 @@ static void start_attempt(conn *c)
 
 /* ---- queries ---- */
 
+sy_store_status store_sql_answer(sy_store_op op, const PGresult *res, const char **text, char *ebuf,
+                                 size_t ebuf_size)
+{
+	*text = NULL;
+	switch (PQresultStatus(res)) {
+	case PGRES_TUPLES_OK:
+	case PGRES_SINGLE_TUPLE:
+		if (op == SY_STORE_OP_GET) {
+			if (PQntuples(res) > 0 && PQnfields(res) > 0 && !PQgetisnull(res, 0, 0)) {
+				*text = PQgetvalue(res, 0, 0);
+				return SY_STORE_FOUND;
+			}
+			return SY_STORE_NOT_FOUND;
+		}
+		break;
+	case PGRES_COMMAND_OK:
+		if (op == SY_STORE_OP_GET) {
+			*text = "sql: the query returned no rows (is it a SELECT?)";
+			return SY_STORE_ERROR;
+		}
+		break;
+	case PGRES_EMPTY_QUERY:
+		*text = "sql: the query is empty";
+		return SY_STORE_ERROR;
+	default: {
+		const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+		first_line(ebuf, ebuf_size, "sql: ", m ? m : PQresultErrorMessage(res));
+		*text = ebuf;
+		return SY_STORE_ERROR;
+	}
+	}
+	/* upsert/delete: a delete that removed nothing reports NOT_FOUND.
+	 * (PQcmdTuples only reads the result; its parameter is not const.) */
+	if (op == SY_STORE_OP_DEL && strcmp(PQcmdTuples((PGresult *)res), "0") == 0)
+		return SY_STORE_NOT_FOUND;
+	return SY_STORE_DONE;
+}
+
+bool store_sql_listen_ok(const PGresult *res, char *err, size_t err_size)
+{
+	if (PQresultStatus(res) == PGRES_COMMAND_OK)
+		return true;
+	first_line(err, err_size, "LISTEN failed: ", PQresultErrorMessage(res));
+	return false;
+}
+
+const char *store_sql_notify_payload(const PGnotify *n, size_t *len)
+{
+	if (!n->extra)
+		return NULL;
+	*len = strlen(n->extra);
+	return n->extra;
+}
+
 /* Folds one PGresult into the request's outcome. */
 static void record(sy_store_req *r, PGresult *res)
 {
 	char err[512];
-	switch (PQresultStatus(res)) {
-	case PGRES_TUPLES_OK:
-	case PGRES_SINGLE_TUPLE:
-		if (r->op == SY_STORE_OP_GET) {
-			if (PQntuples(res) > 0 && PQnfields(res) > 0 && !PQgetisnull(res, 0, 0))
-				store_req_set_outcome(r, SY_STORE_FOUND, PQgetvalue(res, 0, 0));
-			else
-				store_req_set_outcome(r, SY_STORE_NOT_FOUND, NULL);
-			return;
-		}
-		break;
-	case PGRES_COMMAND_OK:
-		if (r->op == SY_STORE_OP_GET) {
-			store_req_set_outcome(r, SY_STORE_ERROR,
-			                      "sql: the query returned no rows (is it a SELECT?)");
-			return;
-		}
-		break;
-	case PGRES_EMPTY_QUERY:
-		store_req_set_outcome(r, SY_STORE_ERROR, "sql: the query is empty");
-		return;
-	default: {
-		const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-		first_line(err, sizeof(err), "sql: ", m ? m : PQresultErrorMessage(res));
-		store_req_set_outcome(r, SY_STORE_ERROR, err);
-		return;
-	}
-	}
-	/* upsert/delete: a delete that removed nothing reports NOT_FOUND. */
-	if (r->op == SY_STORE_OP_DEL && strcmp(PQcmdTuples(res), "0") == 0)
-		store_req_set_outcome(r, SY_STORE_NOT_FOUND, NULL);
-	else
-		store_req_set_outcome(r, SY_STORE_DONE, NULL);
+	const char *text;
+	sy_store_status st = store_sql_answer(r->op, res, &text, err, sizeof(err));
+	store_req_set_outcome(r, st, text);
 }
 
 /* Starts the next queued request if the slot is free. */
@@ -755,12 +783,11 @@ static void collect(conn *c)
 	while (c->pg && !PQisBusy(c->pg)) {
 		PGresult *res = PQgetResult(c->pg);
 		if (res) {
+			char err[512];
 			if (c->inflight) {
 				record(c->inflight, res);
-			} else if (c->listen_pending && PQresultStatus(res) != PGRES_COMMAND_OK) {
-				char err[512];
-				first_line(err, sizeof(err),
-				           "LISTEN failed: ", PQresultErrorMessage(res));
+			} else if (c->listen_pending &&
+			           !store_sql_listen_ok(res, err, sizeof(err))) {
 				sy_log(SY_LOG_WARN,
 				       "sql: cannot listen to the fleet events channel", "server",
 				       c->s->server, "error", err, NULL);

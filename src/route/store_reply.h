@@ -1,0 +1,89 @@
+/*
+ * What a Redis reply or a PostgreSQL result means for the stores: pure
+ * functions of one hiredis `redisReply`, libpq `PGresult` or `PGnotify`
+ * (no connection, no store), used by store_redis.c and store_sql.c and
+ * fuzzed by tests/fuzz/fuzz_redis_reply.c and fuzz_pg_result.c.
+ *
+ * The strings they hand back point into the reply (or result), into the
+ * caller's buffer, or are static: valid as long as those are.
+ *
+ * Private to src/route/store_*.c.
+ */
+#ifndef SWITCHYARD_STORE_REPLY_H
+#define SWITCHYARD_STORE_REPLY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "store_common.h"
+
+struct redisReply;
+struct pg_result;
+struct pgNotify;
+
+/* ---- Redis (store_redis.c) ---- */
+
+/*
+ * The reply to a request's command (GET, SET, DEL, PUBLISH). FOUND (GET
+ * only) sets *value to the reply's string, which holds no NUL byte;
+ * ERROR sets *error, static text or "redis: <the server's error>" in
+ * `ebuf`. The other pointer is NULL.
+ */
+sy_store_status store_redis_answer(sy_store_op op, const struct redisReply *r, const char **value,
+                                   const char **error, char *ebuf, size_t ebuf_size);
+
+/* A reply on the subscriber's connection once it has subscribed. */
+typedef enum sy_redis_push_kind {
+	SY_REDIS_PUSH_OTHER,       /* nothing to act on */
+	SY_REDIS_PUSH_REFUSED,     /* an error reply (NOPERM from an ACL...): text */
+	SY_REDIS_PUSH_SUBSCRIBED,  /* a SUBSCRIBE confirmation */
+	SY_REDIS_PUSH_PSUBSCRIBED, /* a PSUBSCRIBE confirmation */
+	SY_REDIS_PUSH_EVENT,       /* "message": text/len is the payload */
+	SY_REDIS_PUSH_KEYSPACE,    /* "pmessage": text/len is the key past the
+	                            * channel prefix (NUL-free), what the event */
+} sy_redis_push_kind;
+
+typedef struct sy_redis_push {
+	sy_redis_push_kind kind;
+	const char *text; /* NUL-terminated at text[len] */
+	size_t len;
+	const char *what; /* KEYSPACE: "set", "del", "expired", ... */
+} sy_redis_push;
+
+/*
+ * Classifies one push. `ks_channel_cut` is the length of the keyspace
+ * channel prefix "__keyspace@<db>__:<key_prefix>". Fills *out and returns
+ * its kind.
+ */
+sy_redis_push_kind store_redis_push(const struct redisReply *r, size_t ks_channel_cut,
+                                    sy_redis_push *out);
+
+typedef enum sy_redis_ks_config {
+	SY_REDIS_KS_OK,           /* the setting delivers SET, DEL and expiry events */
+	SY_REDIS_KS_INSUFFICIENT, /* it does not: *detail is the setting */
+	SY_REDIS_KS_UNREADABLE,   /* no setting in the reply: *detail says why */
+} sy_redis_ks_config;
+
+/* The reply to CONFIG GET notify-keyspace-events. */
+sy_redis_ks_config store_redis_keyspace_config(const struct redisReply *r, const char **detail);
+
+/* ---- PostgreSQL (store_sql.c) ---- */
+
+/*
+ * One result of a request's query. FOUND (a GET whose first row and column
+ * is not NULL) sets *text to that value; ERROR sets *text to static text or
+ * to "sql: <first line of the server's message>" in `ebuf`; otherwise
+ * *text is NULL.
+ */
+sy_store_status store_sql_answer(sy_store_op op, const struct pg_result *res, const char **text,
+                                 char *ebuf, size_t ebuf_size);
+
+/* A result of LISTEN: true when it succeeded, else false with
+ * "LISTEN failed: <first line>" in `err`. */
+bool store_sql_listen_ok(const struct pg_result *res, char *err, size_t err_size);
+
+/* A notification's payload (NUL-terminated, *len its length), or NULL
+ * when it has none. */
+const char *store_sql_notify_payload(const struct pgNotify *n, size_t *len);
+
+#endif
