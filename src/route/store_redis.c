@@ -156,8 +156,8 @@ struct redis_store {
 	bool sub_mode;
 	sy_store_sub sub;
 	bool watch_keyspace;
-	char *ks_pattern;      /* "__keyspace@<db>__:<escaped prefix>*" */
-	size_t ks_channel_cut; /* strlen("__keyspace@<db>__:") + strlen(prefix) */
+	char *ks_pattern; /* "__keyspace@<db>__:<escaped prefix>*" */
+	char *ks_channel; /* "__keyspace@<db>__:<prefix>", cut from the keys */
 	bool ks_refused_logged;
 	bool subscribed; /* the events channel subscription is confirmed */
 };
@@ -803,7 +803,7 @@ static bool reply_str(const redisReply *r, size_t i)
 	        r->element[i]->type == REDIS_REPLY_STATUS);
 }
 
-sy_redis_push_kind store_redis_push(const redisReply *r, size_t ks_channel_cut, sy_redis_push *out)
+sy_redis_push_kind store_redis_push(const redisReply *r, const char *ks_channel, sy_redis_push *out)
 {
 	*out = (sy_redis_push){.kind = SY_REDIS_PUSH_OTHER};
 	if (r->type == REDIS_REPLY_ERROR) {
@@ -823,11 +823,16 @@ sy_redis_push_kind store_redis_push(const redisReply *r, size_t ks_channel_cut, 
 		out->text = r->element[2]->str;
 		out->len = r->element[2]->len;
 	} else if (strcasecmp(kind, "pmessage") == 0 && reply_str(r, 3)) {
+		/* Only a channel under the keyspace prefix names one of our keys:
+		 * anything else would have some other key's first bytes cut and
+		 * invalidate an identifier nobody changed. */
 		const redisReply *ch = r->element[2];
-		if (ch->len > ks_channel_cut && strlen(ch->str) == ch->len) {
+		size_t cut = ks_channel ? strlen(ks_channel) : 0;
+		if (ks_channel && ch->len > cut && memcmp(ch->str, ks_channel, cut) == 0 &&
+		    strlen(ch->str) == ch->len) {
 			out->kind = SY_REDIS_PUSH_KEYSPACE;
-			out->text = ch->str + ks_channel_cut;
-			out->len = ch->len - ks_channel_cut;
+			out->text = ch->str + cut;
+			out->len = ch->len - cut;
 			out->what = r->element[3]->str;
 		}
 	}
@@ -841,7 +846,7 @@ static void on_sub_reply(conn *c, redisReply *r)
 	if (s->life.closing)
 		return;
 	sy_redis_push p;
-	switch (store_redis_push(r, s->ks_channel_cut, &p)) {
+	switch (store_redis_push(r, s->ks_channel, &p)) {
 	case SY_REDIS_PUSH_REFUSED: {
 		/* e.g. NOPERM from an ACL: the subscription cannot come up, so
 		 * the cache stays capped (events.c); retry with a growing wait
@@ -985,6 +990,7 @@ static void free_store(redis_store *s)
 	free(s->prefix);
 	free(s->channel);
 	free(s->ks_pattern);
+	free(s->ks_channel);
 	/* Every stream (and so every SSL made from the context) is closed. */
 	tls_client_free(s->tls);
 	pool_destroy(&s->pool);
@@ -1096,10 +1102,12 @@ static sy_store *create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned 
 			/* Glob characters of the prefix match themselves only. */
 			size_t plen = strlen(s->prefix);
 			s->ks_pattern = malloc(48 + 2 * plen);
-			if (s->ks_pattern) {
+			s->ks_channel = malloc(48 + plen);
+			if (s->ks_pattern && s->ks_channel) {
 				int n = snprintf(s->ks_pattern, 48,
 				                 "__keyspace@%d__:", s->db < 0 ? 0 : s->db);
-				s->ks_channel_cut = (size_t)n + plen;
+				memcpy(s->ks_channel, s->ks_pattern, (size_t)n);
+				memcpy(s->ks_channel + n, s->prefix, plen + 1);
 				char *o = s->ks_pattern + n;
 				for (const char *p = s->prefix; *p; p++) {
 					if (strchr("*?[]\\", *p))
@@ -1113,7 +1121,8 @@ static sy_store *create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned 
 	}
 	s->nconns = conns ? conns : 1;
 	s->conns = calloc(s->nconns, sizeof(*s->conns));
-	if (!s->prefix || !s->conns || !s->channel || (s->watch_keyspace && !s->ks_pattern) ||
+	if (!s->prefix || !s->conns || !s->channel ||
+	    (s->watch_keyspace && (!s->ks_pattern || !s->ks_channel)) ||
 	    store_life_init(&s->life, loop, s, free_store_cb, s->nconns) != 0) {
 		*error_r = "mapping.redis: out of memory";
 		free_store(s);

@@ -39,8 +39,9 @@ typedef enum sy_redis_push_kind {
 	SY_REDIS_PUSH_SUBSCRIBED,  /* a SUBSCRIBE confirmation */
 	SY_REDIS_PUSH_PSUBSCRIBED, /* a PSUBSCRIBE confirmation */
 	SY_REDIS_PUSH_EVENT,       /* "message": text/len is the payload */
-	SY_REDIS_PUSH_KEYSPACE,    /* "pmessage": text/len is the key past the
-	                            * channel prefix (NUL-free), what the event */
+	SY_REDIS_PUSH_KEYSPACE,    /* "pmessage" on a channel under ks_channel:
+	                            * text/len is the key past that prefix
+	                            * (NUL-free), what the event */
 } sy_redis_push_kind;
 
 typedef struct sy_redis_push {
@@ -51,11 +52,12 @@ typedef struct sy_redis_push {
 } sy_redis_push;
 
 /*
- * Classifies one push. `ks_channel_cut` is the length of the keyspace
- * channel prefix "__keyspace@<db>__:<key_prefix>". Fills *out and returns
- * its kind.
+ * Classifies one push. `ks_channel` is the keyspace channel prefix
+ * "__keyspace@<db>__:<key_prefix>" (NULL when keyspace notifications are
+ * not followed): a notification is KEYSPACE only on a channel that starts
+ * with it and names a key past it. Fills *out and returns its kind.
  */
-sy_redis_push_kind store_redis_push(const struct redisReply *r, size_t ks_channel_cut,
+sy_redis_push_kind store_redis_push(const struct redisReply *r, const char *ks_channel,
                                     sy_redis_push *out);
 
 typedef enum sy_redis_ks_config {
