@@ -85,8 +85,9 @@
 #define STARTUP_QUEUE_MAX  1024
 #define POOL_MAX_FREE      2
 /* A reply still incomplete beyond this is a protocol error: mapping values
- * are short, and nothing else we ask for is large. */
-#define MAX_PARTIAL_REPLY (1024 * 1024)
+ * are short, and nothing else we ask for is large. (The reader also refuses
+ * a reply whose parsed part grows beyond it: store_redis_reader.) */
+#define MAX_PARTIAL_REPLY SY_REDIS_REPLY_MAX_BYTES
 
 typedef enum conn_state {
 	CONN_DOWN,      /* waiting for the reconnect timer */
@@ -174,13 +175,107 @@ static void fail_later(redis_store *s, sy_store_req *r, const char *error)
 	completions_fail(&s->life.completions, r, error);
 }
 
+/* ---- the reply reader ---- */
+
+/*
+ * hiredis 0.14 allocates an array's element table as soon as it has read
+ * the count ("*100000000" is 800 MB), and builds the elements as they come
+ * while the bytes they were parsed from leave its buffer: the buffer check
+ * in on_read alone bounds nothing. So the reader's object functions (its
+ * own, wrapped) keep a budget per reply: SY_REDIS_REPLY_MAX_ELEMENTS
+ * elements in all its arrays together and SY_REDIS_REPLY_MAX_BYTES of
+ * strings. Over it, the object is not created and hiredis fails the reply
+ * (as out of memory; store_redis_reader_over tells the two apart).
+ */
+typedef struct reply_budget {
+	redisReplyObjectFunctions *base; /* hiredis's own functions */
+	size_t elements, bytes;          /* of the reply being read */
+	bool over;
+} reply_budget;
+
+static void *budget_string(const redisReadTask *task, char *str, size_t len)
+{
+	reply_budget *b = task->privdata;
+	if (!task->parent)
+		b->elements = b->bytes = 0; /* a new reply */
+	if (len > SY_REDIS_REPLY_MAX_BYTES - b->bytes) {
+		b->over = true;
+		return NULL;
+	}
+	b->bytes += len;
+	return b->base->createString(task, str, len);
+}
+
+static void *budget_array(const redisReadTask *task, int elements)
+{
+	reply_budget *b = task->privdata;
+	if (!task->parent)
+		b->elements = b->bytes = 0;
+	if (elements < 0 || (size_t)elements > SY_REDIS_REPLY_MAX_ELEMENTS - b->elements) {
+		b->over = true;
+		return NULL;
+	}
+	b->elements += (size_t)elements;
+	return b->base->createArray(task, elements);
+}
+
+static void *budget_integer(const redisReadTask *task, long long value)
+{
+	reply_budget *b = task->privdata;
+	return b->base->createInteger(task, value);
+}
+
+static void *budget_nil(const redisReadTask *task)
+{
+	reply_budget *b = task->privdata;
+	return b->base->createNil(task);
+}
+
+static redisReplyObjectFunctions budget_functions = {
+    .createString = budget_string,
+    .createArray = budget_array,
+    .createInteger = budget_integer,
+    .createNil = budget_nil,
+    .freeObject = freeReplyObject,
+};
+
+redisReader *store_redis_reader(void)
+{
+	redisReader *r = redisReaderCreate();
+	reply_budget *b = calloc(1, sizeof(*b));
+	if (!r || !b || !r->fn) {
+		if (r)
+			redisReaderFree(r);
+		free(b);
+		return NULL;
+	}
+	b->base = r->fn;
+	r->fn = &budget_functions;
+	r->privdata = b;
+	return r;
+}
+
+bool store_redis_reader_over(const redisReader *r)
+{
+	return ((const reply_budget *)r->privdata)->over;
+}
+
+void store_redis_reader_free(redisReader *r)
+{
+	if (!r)
+		return;
+	void *b = r->privdata;
+	redisReaderFree(r);
+	free(b);
+}
+
 /* ---- links ---- */
 
 static void link_closed(sy_stream *st)
 {
 	rlink *ln = st->owner;
 	redis_store *s = ln->s;
-	redisReaderFree(ln->reader);
+	store_redis_reader_free(ln->reader);
 	free(ln);
 	store_life_handle_closed(&s->life);
 }
@@ -369,7 +464,10 @@ static void on_read(sy_stream *st, const char *data, ssize_t n)
 		void *reply = NULL;
 		if (redisReaderGetReply(ln->reader, &reply) != REDIS_OK) {
 			char why[160];
-			snprintf(why, sizeof(why), "protocol error: %s", ln->reader->errstr);
+			snprintf(why, sizeof(why), "protocol error: %s",
+			         store_redis_reader_over(ln->reader)
+			             ? "a reply larger than 1 MiB or 1024 elements"
+			             : ln->reader->errstr);
 			conn_broken(c, why);
 			return;
 		}
@@ -484,10 +582,10 @@ static void connect_addr(conn *c)
 	c->state = CONN_CONNECTING;
 	rlink *ln = calloc(1, sizeof(*ln));
 	if (ln)
-		ln->reader = redisReaderCreate();
+		ln->reader = store_redis_reader();
 	if (!ln || !ln->reader || sy_stream_init(&ln->st, s->loop, &s->pool, ln) != 0) {
 		if (ln)
-			redisReaderFree(ln->reader);
+			store_redis_reader_free(ln->reader);
 		free(ln);
 		attempt_failed(c, "out of memory");
 		return;

@@ -18,10 +18,27 @@
 #include "store_common.h"
 
 struct redisReply;
+struct redisReader;
 struct pg_result;
 struct pgNotify;
 
 /* ---- Redis (store_redis.c) ---- */
+
+/* The most one reply may hold: elements of all its arrays together, and
+ * bytes of all its strings. The store's replies are a value, a status, an
+ * integer, CONFIG GET's pair or a push of four strings. */
+#define SY_REDIS_REPLY_MAX_ELEMENTS 1024
+#define SY_REDIS_REPLY_MAX_BYTES    (1024 * 1024)
+
+/*
+ * A hiredis reader (RESP parser) that refuses a reply over those limits
+ * before it allocates for it: redisReaderGetReply then fails and
+ * store_redis_reader_over is true. NULL when out of memory. Free it with
+ * store_redis_reader_free (not redisReaderFree).
+ */
+struct redisReader *store_redis_reader(void);
+bool store_redis_reader_over(const struct redisReader *r);
+void store_redis_reader_free(struct redisReader *r);
 
 /*
  * The reply to a request's command (GET, SET, DEL, PUBLISH). FOUND (GET
