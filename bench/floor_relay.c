@@ -19,6 +19,7 @@
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -186,6 +187,11 @@ int main(int argc, char **argv)
 		if (fd < 0)
 			continue;
 		struct conn c = {fd, NULL};
+		/* TLS writes back to back (the handshake flight, then tickets or the
+		 * greeting): without TCP_NODELAY Nagle holds the second one for the
+		 * peer's delayed ACK. */
+		if (ctx)
+			setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		if (ctx && (!(c.ssl = SSL_new(ctx)) || SSL_set_fd(c.ssl, fd) != 1)) {
 			SSL_free(c.ssl);
 			close(fd);

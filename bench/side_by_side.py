@@ -368,7 +368,10 @@ def start_dovecot_proxy(pki, backend, tls=False):
             return (c[:start] + "passdb {\n  driver = static\n"
                     f"  args = proxy=y host=127.0.0.1 port={backend} nopassword=y\n}}\n\n" + c[end:])
 
-    dp = DovecotProxy(pki, listeners={"imap": ("tls" if tls else "plain",)})
+    # one imap-login process per connection (Dovecot's default high-security
+    # mode): the default limit of 100 would refuse the idle workload
+    dp = DovecotProxy(pki, listeners={"imap": ("tls" if tls else "plain",)},
+                      extra_conf="service imap-login {\n  process_limit = 1024\n}\n")
     dp.start()
     pid = dp._master_pids()[0]
     return dp, pid, dp.imaps if tls else dp.imap
