@@ -1,6 +1,8 @@
 /*
- * Interactive protocol framework: line readers, STARTTLS on both legs,
- * routing, dialing, replay verdicts and the hand-off to the bridge.
+ * Interactive protocol framework: the I/O around the line readers (the
+ * readers themselves are ireader.c, the pure policy helpers ipolicy.c),
+ * STARTTLS on both legs, routing, dialing, replay verdicts and the hand-off
+ * to the bridge.
  *
  * Timers: the session's single timer serves the pre-auth deadline (absolute,
  * from accept) while the client talks to us, and backend_timeout while a
@@ -22,11 +24,12 @@
 #include "switchyard/proxy_protocol.h"
 #include "switchyard/route.h"
 
+#include "ireader.h"
+
 const char *const sy_ictx_state_names[] = {"preauth", "client-tls", "routing",
                                            "backend", "closing",    "bridged"};
 
 static void process_client(sy_ictx *c);
-static void process_lines(sy_ictx *c);
 static void on_client_read(sy_stream *st, const char *data, ssize_t n);
 
 static const sy_proto_ops *ops_for(sy_proto p)
@@ -111,47 +114,10 @@ void ictx_backend_sendf(sy_ictx *c, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* ---- policy ------------------------------------------------------------------------ */
+/* ---- the destination (set by routing and the dial) --------------------------------------- */
 
-bool ictx_plaintext_auth_allowed(const sy_ictx *c)
-{
-	return c->client_tls || c->caps->allow_plain_auth_without_tls;
-}
-
-bool ictx_mech_accepted(const sy_ictx *c, sy_mech m)
-{
-	if (m == SY_MECH_LOGIN)
-		return true;
-	for (size_t i = 0; i < c->caps->sasl.len; i++) {
-		const char *name = c->caps->sasl.items[i];
-		if (m != SY_MECH_UNKNOWN && sasl_mech_parse(name, strlen(name)) == m)
-			return true;
-	}
-	return false;
-}
-
-size_t ictx_mechs_advertised(const sy_ictx *c, sy_mech out[SY_MECH_UNKNOWN])
-{
-	bool seen[SY_MECH_UNKNOWN + 1] = {false};
-	bool plain_ok = ictx_plaintext_auth_allowed(c);
-	size_t n = 0;
-	for (size_t i = 0; i < c->caps->sasl.len; i++) {
-		const char *name = c->caps->sasl.items[i];
-		sy_mech m = sasl_mech_parse(name, strlen(name));
-		if (m == SY_MECH_LOGIN || m == SY_MECH_UNKNOWN || seen[m])
-			continue;
-		if (m == SY_MECH_PLAIN && !plain_ok)
-			continue;
-		seen[m] = true;
-		out[n++] = m;
-	}
-	return n;
-}
-
-bool ictx_starttls_available(const sy_ictx *c)
-{
-	return c->s->lcfg->tls == SY_TLS_STARTTLS && !c->client_tls;
-}
+/* The pure policy helpers (SASL mechanisms, cleartext, the replay rule,
+ * forwarding facts) are in ipolicy.c. */
 
 const sy_destination_config *ictx_destination(const sy_ictx *c)
 {
@@ -173,52 +139,6 @@ bool ictx_backend_may_send_credentials(const sy_ictx *c)
 	if (c->s->backend && c->s->backend->ssl && !c->s->backend->handshaking)
 		return true;
 	return ictx_backend_tls_mode(c) == SY_TLS_PLAIN && c->s->dest->cfg->allow_plaintext_auth;
-}
-
-int ictx_replay_b64(sy_ictx *c, sy_mech *mech_out, char **b64_out)
-{
-	*b64_out = NULL;
-	if (!ictx_backend_may_send_credentials(c)) {
-		ictx_tempfail(c, "refusing to send credentials over a plaintext backend leg");
-		return -1;
-	}
-	uint8_t *msg = NULL;
-	size_t len = 0;
-	if (sasl_replay_message(&c->creds, mech_out, &msg, &len) == 0) {
-		size_t blen = 0;
-		*b64_out = sy_b64_encode(msg, len, &blen);
-		sy_secure_free(msg, len);
-	}
-	if (!*b64_out) {
-		ictx_tempfail(c, "cannot build the replayed authentication");
-		return -1;
-	}
-	return 0;
-}
-
-void ictx_fwd_info(const sy_ictx *c, sy_fwd_info *out)
-{
-	memset(out, 0, sizeof(*out));
-	const struct sockaddr *peer = (const struct sockaddr *)&c->s->peer;
-	const struct sockaddr *local = (const struct sockaddr *)&c->s->local;
-	sy_sockaddr_str(peer, out->client_ip, sizeof(out->client_ip), false);
-	sy_sockaddr_str(local, out->local_ip, sizeof(out->local_ip), false);
-	uint16_t pp = 0, lp = 0;
-	if (peer->sa_family == AF_INET)
-		pp = ntohs(((const struct sockaddr_in *)peer)->sin_port);
-	else if (peer->sa_family == AF_INET6)
-		pp = ntohs(((const struct sockaddr_in6 *)peer)->sin6_port);
-	if (local->sa_family == AF_INET)
-		lp = ntohs(((const struct sockaddr_in *)local)->sin_port);
-	else if (local->sa_family == AF_INET6)
-		lp = ntohs(((const struct sockaddr_in6 *)local)->sin6_port);
-	snprintf(out->client_port, sizeof(out->client_port), "%u", pp);
-	snprintf(out->local_port, sizeof(out->local_port), "%u", lp);
-	out->client_ipv6 = strchr(out->client_ip, ':') != NULL;
-	snprintf(out->session, sizeof(out->session), "%016llx", (unsigned long long)c->s->id);
-	unsigned ttl = c->s->snap->cfg->server.proxy_ttl;
-	snprintf(out->ttl, sizeof(out->ttl), "%u", ttl > 0 ? ttl - 1 : 0);
-	out->transport = c->client_tls ? "TLS" : "insecure";
 }
 
 /* ---- timers --------------------------------------------------------------------------- */
@@ -306,11 +226,7 @@ static void drop_backend(sy_ictx *c)
 		b->owner = NULL;
 		sy_stream_close(b, free_stream);
 	}
-	if (c->bbuf) {
-		pool_put(&W(c)->pool, c->bbuf);
-		c->bbuf = NULL;
-		c->blen = 0;
-	}
+	ireader_backend_drop(c, &W(c)->pool);
 }
 
 static void end_login(sy_ictx *c)
@@ -439,47 +355,18 @@ static void on_backend_read(sy_stream *st, const char *data, ssize_t n)
 		ictx_tempfail(c, "backend closed the connection during login");
 		return;
 	}
-	if (!c->bbuf) {
-		c->bbuf = pool_get(&W(c)->pool);
-		if (!c->bbuf) {
-			ictx_tempfail(c, "out of memory");
-			return;
-		}
-	}
-	if (c->blen + (size_t)n > SY_LINE_MAX) {
+	switch (ireader_backend_read(c, &W(c)->pool, data, (size_t)n)) {
+	case SY_IREAD_NOMEM:
+		ictx_tempfail(c, "out of memory");
+		break;
+	case SY_IREAD_TOO_LONG:
 		ictx_tempfail(c, "backend line too long");
-		return;
-	}
-	memcpy(c->bbuf + c->blen, data, (size_t)n);
-	c->blen += (size_t)n;
-	/* Hand over complete lines while the login is with the backend; the
-	 * module may finish it (auth_ok, failed, tempfail) at any line. */
-	size_t off = 0;
-	while (c->state == IC_BACKEND && c->bbuf) {
-		char *nl = memchr(c->bbuf + off, '\n', c->blen - off);
-		if (!nl)
-			break;
-		size_t linelen = (size_t)(nl - (c->bbuf + off));
-		size_t next = off + linelen + 1;
-		if (linelen > 0 && c->bbuf[off + linelen - 1] == '\r')
-			linelen--;
-		/* Consume before calling, so auth_ok forwards only what follows. */
-		char line[SY_LINE_MAX + 1];
-		memcpy(line, c->bbuf + off, linelen);
-		line[linelen] = '\0';
-		memmove(c->bbuf, c->bbuf + next, c->blen - next);
-		c->blen -= next;
-		off = 0;
-		if (c->ops->backend_line(c, line, linelen) != 0) {
-			OPENSSL_cleanse(line, linelen);
-			ictx_tempfail(c, "unexpected reply from backend");
-			return;
-		}
-		OPENSSL_cleanse(line, linelen);
-	}
-	if (c->bbuf && c->blen == 0 && c->state == IC_BACKEND) {
-		pool_put(&W(c)->pool, c->bbuf);
-		c->bbuf = NULL;
+		break;
+	case SY_IREAD_BAD_REPLY:
+		ictx_tempfail(c, "unexpected reply from backend");
+		break;
+	default:
+		break;
 	}
 }
 
@@ -503,12 +390,8 @@ static void on_backend_tls(sy_stream *st, int status)
 void ictx_backend_starttls(sy_ictx *c)
 {
 	sy_session *s = c->s;
-	if (c->bbuf) {
-		/* Anything after the go-ahead is injected plaintext: discard. */
-		pool_put(&W(c)->pool, c->bbuf);
-		c->bbuf = NULL;
-		c->blen = 0;
-	}
+	/* Anything after the go-ahead is injected plaintext: discard. */
+	ireader_backend_drop(c, &W(c)->pool);
 	SSL *ssl = s->dest->tls ? tls_client_new_ssl(s->dest->tls) : NULL;
 	if (!ssl) {
 		ictx_tempfail(c, "cannot create TLS client session");
@@ -651,11 +534,7 @@ void ictx_client_starttls(sy_ictx *c)
 {
 	sy_session *s = c->s;
 	/* Pipelined plaintext after STARTTLS is an injection attempt: drop it. */
-	if (c->cbuf) {
-		pool_put(&W(c)->pool, c->cbuf);
-		c->cbuf = NULL;
-		c->clen = c->cscan = c->literal_end = c->seg_start = 0;
-	}
+	ireader_client_drop(c, &W(c)->pool);
 	SSL *ssl = tls_server_new_ssl(s->snap->tls_server);
 	if (!ssl) {
 		ictx_close_after_flush(c);
@@ -675,72 +554,22 @@ static void line_too_long(sy_ictx *c)
 	ictx_close_after_flush(c);
 }
 
-/* Runs complete client lines through the module while it is ready for them. */
+/* Runs complete client lines through the module while it is ready for them
+ * (the reader is ireader.c; this is what its verdicts mean here). */
 static void process_client(sy_ictx *c)
 {
 	c->processing = true;
-	process_lines(c);
-	c->processing = false;
-}
-
-static void process_lines(sy_ictx *c)
-{
-	/* A closed session parses nothing more: its remaining lines could
-	 * start a login (and a dial) that nothing would ever cancel. */
-	while (c->state == IC_PREAUTH && !c->paused && c->cbuf && c->s->state != SS_CLOSING) {
-		if (c->literal_end > 0) {
-			if (c->clen < c->literal_end)
-				return;
-			c->cscan = c->literal_end;
-			c->seg_start = c->literal_end;
-			c->literal_end = 0;
-		}
-		char *nl = memchr(c->cbuf + c->cscan, '\n', c->clen - c->cscan);
-		if (!nl) {
-			c->cscan = c->clen;
-			if (c->clen >= SY_LINE_MAX)
-				line_too_long(c);
-			return;
-		}
-		size_t end = (size_t)(nl - c->cbuf); /* index of '\n' */
-		size_t linelen = end;
-		/* A CR that is the last byte of a folded literal is literal data,
-		 * not half of the line end: stripping it would hand the module a
-		 * line that ends before seg_start (the modules compute len -
-		 * seg_start) and cut the literal short. */
-		if (linelen > c->seg_start && c->cbuf[linelen - 1] == '\r')
-			linelen--;
-		char saved = c->cbuf[linelen];
-		c->cbuf[linelen] = '\0';
-		int r = c->ops->client_line(c, c->cbuf, linelen);
-		if (r < 0) {
-			ictx_close_after_flush(c);
-			return;
-		}
-		if (!c->cbuf)
-			return; /* STARTTLS dropped the buffer */
-		if (r > 0) {
-			/* Literal: keep the line (with its CRLF) and read r raw bytes
-			 * after it, then the rest of the command. */
-			c->cbuf[linelen] = saved;
-			size_t need = end + 1 + (size_t)(r - 1);
-			if (need >= SY_LINE_MAX) {
-				line_too_long(c);
-				return;
-			}
-			c->literal_end = need;
-			continue;
-		}
-		OPENSSL_cleanse(c->cbuf, end + 1);
-		memmove(c->cbuf, c->cbuf + end + 1, c->clen - end - 1);
-		c->clen -= end + 1;
-		c->cscan = 0;
-		c->seg_start = 0;
-		if (c->clen == 0) {
-			pool_put(&W(c)->pool, c->cbuf);
-			c->cbuf = NULL;
-		}
+	switch (ireader_client_lines(c, &W(c)->pool)) {
+	case SY_IREAD_TOO_LONG:
+		line_too_long(c);
+		break;
+	case SY_IREAD_CLOSE:
+		ictx_close_after_flush(c);
+		break;
+	default:
+		break;
 	}
+	c->processing = false;
 }
 
 static void on_client_read(sy_stream *st, const char *data, ssize_t n)
@@ -751,23 +580,19 @@ static void on_client_read(sy_stream *st, const char *data, ssize_t n)
 		session_close(s, n == UV_EOF ? "client closed" : "client error");
 		return;
 	}
-	if (c->state != IC_PREAUTH && c->state != IC_ROUTING && c->state != IC_BACKEND)
-		return;
-	if (!c->cbuf) {
-		c->cbuf = pool_get(&W(c)->pool);
-		if (!c->cbuf) {
-			session_close(s, "out of memory");
-			return;
-		}
-	}
-	size_t room = SY_LINE_MAX - c->clen;
-	if ((size_t)n > room) {
+	switch (ireader_client_append(c, &W(c)->pool, data, (size_t)n)) {
+	case SY_IREAD_OK:
+		process_client(c);
+		break;
+	case SY_IREAD_NOMEM:
+		session_close(s, "out of memory");
+		break;
+	case SY_IREAD_TOO_LONG:
 		line_too_long(c);
-		return;
+		break;
+	default:
+		break;
 	}
-	memcpy(c->cbuf + c->clen, data, (size_t)n);
-	c->clen += (size_t)n;
-	process_client(c);
 }
 
 void interactive_start(sy_session *s)

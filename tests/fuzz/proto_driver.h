@@ -8,15 +8,33 @@
  * points: ops->init, greet, client_line (with literal continuation),
  * client_tls_done, backend_connected, backend_line, backend_tls_done,
  * tempfail, too_many_failures, shutdown_notice, timeout_notice,
- * line_too_long and release. What is replaced is the framework below it
- * (src/proto/interactive.c, which needs sockets, a libuv loop, TLS and the
- * router): this file implements the ictx_* functions the modules call, with
- * the framework's semantics but no I/O. Client and backend bytes come from
- * the fuzz input; the client reader (line splitting, literal folding,
- * seg_start, the SY_LINE_MAX cap) follows process_lines() in interactive.c,
- * the backend reader follows on_backend_read(). The credentials a module
- * decodes go through the real identifier_extract() and, on replay, through
- * the real sasl_replay_message() and sy_b64_encode().
+ * line_too_long and release. The framework's readers are the real ones too:
+ * client and backend bytes from the fuzz input go through
+ * src/proto/ireader.c (line splitting across reads, literal folding,
+ * seg_start, the SY_LINE_MAX cap, the buffers dropped at STARTTLS, the
+ * backend line splitter), the very functions interactive.c calls, over a
+ * block pool that frees every block it gets back (so ASan sees a block used
+ * after the reader returned it). So are the pure ictx_* helpers of
+ * src/proto/ipolicy.c: the SASL policy, STARTTLS availability, the replay
+ * rule (ictx_replay_b64) and the forwarding facts (ictx_fwd_info, from the
+ * session's addresses set below).
+ *
+ * What this file replaces is the rest of src/proto/interactive.c, which
+ * needs sockets, a libuv loop, timers, TLS and the router: sending, the
+ * verdicts, STARTTLS handshakes, routing and the dial (the destination,
+ * its forwarding and TLS mode, whether credentials may go on the backend
+ * leg), with the framework's semantics but no I/O. What interactive.c does
+ * with a reader's result (line_too_long, close, tempfail) is restated here
+ * in a few lines. The credentials a module decodes go through the real
+ * identifier_extract() and, on replay, through the real
+ * sasl_replay_message() and sy_b64_encode().
+ *
+ * The module's client_line and backend_line get each line in a malloc'd
+ * copy of exactly its length plus the NUL (the reader passes a pointer
+ * into its 32 KiB block, or a stack buffer of that size): a module reading
+ * past the end of its line is then an ASan report. What the module writes
+ * into a client line is copied back, since a line with a literal is passed
+ * again from the reader's buffer.
  *
  * Input: byte 0 and byte 1 are flags (below), the rest is records, each one
  * read. A record starts with 'B' (bytes from the backend) or any other byte
@@ -31,9 +49,11 @@
  * temporary failure once bridged, gives
  * ictx_auth_failed/ictx_auth_ok complete CRLF-terminated replies, leaves the
  * client and backend output at a line end whenever it returns control
- * (nothing half-written waits for a later event), and never hands out a
- * line containing LF. ASan/UBSan find the rest; LeakSanitizer finds state
- * the module does not free in release.
+ * (nothing half-written waits for a later event); the reader never hands
+ * out a backend line containing LF nor a client line ending before
+ * seg_start, and every pool block is back when the session ends. ASan/UBSan
+ * find the rest; LeakSanitizer finds state the module does not free in
+ * release.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -49,6 +69,8 @@
 #include "switchyard/proxy_protocol.h"
 #include "switchyard/sasl.h"
 #include "switchyard/snapshot.h"
+
+#include "../../src/proto/ireader.h"
 
 /* byte 0 */
 #define F_CLIENT_TLS 0x01 /* implicit TLS on the client leg */
@@ -90,6 +112,9 @@ static fuzz_session FS;
 static sy_config *CFG;
 static sy_snapshot SNAP;
 static sy_session SESSION;
+static sy_listener_config LCFG; /* the listener, its TLS mode from the flags */
+static sy_pool POOL;            /* keeps no free blocks: every put is a free */
+static sy_proto_ops OPS;        /* FUZZ_OPS with the line entries wrapped */
 
 /* FUZZ_TRACE=1 in the environment prints both legs' output (to check that a
  * seed reaches what it is meant to). */
@@ -176,45 +201,6 @@ void ictx_backend_sendf(sy_ictx *c, const char *fmt, ...)
 	va_end(ap);
 }
 
-bool ictx_plaintext_auth_allowed(const sy_ictx *c)
-{
-	return c->client_tls || c->caps->allow_plain_auth_without_tls;
-}
-
-bool ictx_mech_accepted(const sy_ictx *c, sy_mech m)
-{
-	if (m == SY_MECH_LOGIN)
-		return true;
-	for (size_t i = 0; i < c->caps->sasl.len; i++) {
-		const char *name = c->caps->sasl.items[i];
-		if (m != SY_MECH_UNKNOWN && sasl_mech_parse(name, strlen(name)) == m)
-			return true;
-	}
-	return false;
-}
-
-size_t ictx_mechs_advertised(const sy_ictx *c, sy_mech out[SY_MECH_UNKNOWN])
-{
-	bool seen[SY_MECH_UNKNOWN + 1] = {false};
-	size_t n = 0;
-	for (size_t i = 0; i < c->caps->sasl.len; i++) {
-		const char *name = c->caps->sasl.items[i];
-		sy_mech m = sasl_mech_parse(name, strlen(name));
-		if (m == SY_MECH_LOGIN || m == SY_MECH_UNKNOWN || seen[m])
-			continue;
-		if (m == SY_MECH_PLAIN && !ictx_plaintext_auth_allowed(c))
-			continue;
-		seen[m] = true;
-		out[n++] = m;
-	}
-	return n;
-}
-
-bool ictx_starttls_available(const sy_ictx *c)
-{
-	return (FS.f & (F_CLIENT_TLS | F_STARTTLS)) == F_STARTTLS && !c->client_tls;
-}
-
 const sy_destination_config *ictx_destination(const sy_ictx *c)
 {
 	(void)c;
@@ -246,42 +232,6 @@ bool ictx_backend_may_send_credentials(const sy_ictx *c)
 	return ictx_backend_tls_mode(c) == SY_TLS_PLAIN && (FS.f & F_BPLAIN_OK);
 }
 
-int ictx_replay_b64(sy_ictx *c, sy_mech *mech_out, char **b64_out)
-{
-	*b64_out = NULL;
-	if (!ictx_backend_may_send_credentials(c)) {
-		ictx_tempfail(c, "refusing to send credentials over a plaintext backend leg");
-		return -1;
-	}
-	uint8_t *msg = NULL;
-	size_t len = 0;
-	if (sasl_replay_message(&c->creds, mech_out, &msg, &len) == 0) {
-		size_t blen = 0;
-		*b64_out = sy_b64_encode(msg, len, &blen);
-		sy_secure_free(msg, len);
-	}
-	if (!*b64_out) {
-		ictx_tempfail(c, "cannot build the replayed authentication");
-		return -1;
-	}
-	return 0;
-}
-
-void ictx_fwd_info(const sy_ictx *c, sy_fwd_info *out)
-{
-	memset(out, 0, sizeof(*out));
-	bool v6 = FS.g & G_IPV6;
-	snprintf(out->client_ip, sizeof(out->client_ip), "%s", v6 ? "2001:db8::7" : "192.0.2.7");
-	snprintf(out->client_port, sizeof(out->client_port), "%u", 40123u);
-	sy_sockaddr_str((const struct sockaddr *)&c->s->local, out->local_ip, sizeof(out->local_ip),
-	                false);
-	snprintf(out->local_port, sizeof(out->local_port), "%u", 143u);
-	out->client_ipv6 = v6;
-	snprintf(out->session, sizeof(out->session), "%016llx", 0x1234ull);
-	snprintf(out->ttl, sizeof(out->ttl), "%u", 6u);
-	out->transport = c->client_tls ? "TLS" : "insecure";
-}
-
 /* ---- verdicts ---------------------------------------------------------------------------- */
 
 static void end_login(sy_ictx *c)
@@ -292,22 +242,17 @@ static void end_login(sy_ictx *c)
 	FS.backend_up = false;
 	FS.login_started = false;
 	FS.btls_pending = false;
-	free(c->bbuf);
-	c->bbuf = NULL;
-	c->blen = 0;
+	ireader_backend_drop(c, &POOL);
 }
 
-static void process_lines(sy_ictx *c);
+static void process_client(sy_ictx *c);
 
 static void resume_preauth(sy_ictx *c)
 {
 	c->state = IC_PREAUTH;
 	c->paused = false;
-	if (!c->processing) {
-		c->processing = true;
-		process_lines(c);
-		c->processing = false;
-	}
+	if (!c->processing)
+		process_client(c);
 }
 
 void ictx_close_after_flush(sy_ictx *c)
@@ -383,9 +328,7 @@ void ictx_client_starttls(sy_ictx *c)
 {
 	check(c->state == IC_PREAUTH, "client STARTTLS outside pre-auth");
 	/* Pipelined plaintext after STARTTLS is dropped, as the framework does. */
-	free(c->cbuf);
-	c->cbuf = NULL;
-	c->clen = c->cscan = c->literal_end = c->seg_start = 0;
+	ireader_client_drop(c, &POOL);
 	c->state = IC_CLIENT_TLS;
 	FS.tls_pending = true;
 }
@@ -393,13 +336,43 @@ void ictx_client_starttls(sy_ictx *c)
 void ictx_backend_starttls(sy_ictx *c)
 {
 	check(FS.backend_up && c->state == IC_BACKEND, "backend STARTTLS without a backend");
-	free(c->bbuf);
-	c->bbuf = NULL;
-	c->blen = 0;
+	ireader_backend_drop(c, &POOL);
 	FS.btls_pending = true;
 }
 
 /* ---- readers ------------------------------------------------------------------------------ */
+
+/* The module's entries as the reader calls them: the line in a copy of its
+ * own size (see the top of the file), and the reader's contract checked. */
+static int fuzz_client_line(sy_ictx *c, char *line, size_t len)
+{
+	check(line[len] == '\0', "client line not NUL-terminated");
+	check(c->seg_start <= len, "client line ends before seg_start");
+	show("C:", line, len);
+	char *copy = malloc(len + 1);
+	check(copy != NULL, "oom");
+	memcpy(copy, line, len + 1);
+	char *held = c->cbuf;
+	int r = FUZZ_OPS.client_line(c, copy, len);
+	/* Unless STARTTLS dropped the buffer, the line may be passed again
+	 * (a literal): with what the module wrote into it, as in the reader. */
+	if (c->cbuf == held)
+		memcpy(line, copy, len);
+	free(copy);
+	return r;
+}
+
+static int fuzz_backend_line(sy_ictx *c, char *line, size_t len)
+{
+	check(line[len] == '\0', "backend line not NUL-terminated");
+	check(memchr(line, '\n', len) == NULL, "backend line holds LF");
+	char *copy = malloc(len + 1);
+	check(copy != NULL, "oom");
+	memcpy(copy, line, len + 1);
+	int r = FUZZ_OPS.backend_line(c, copy, len);
+	free(copy);
+	return r;
+}
 
 static void line_too_long(sy_ictx *c)
 {
@@ -407,118 +380,59 @@ static void line_too_long(sy_ictx *c)
 	ictx_close_after_flush(c);
 }
 
-/* process_lines() of interactive.c, over a malloc'd buffer. */
-static void process_lines(sy_ictx *c)
+/* process_client() of interactive.c: the reader's verdicts. */
+static void process_client(sy_ictx *c)
 {
-	while (c->state == IC_PREAUTH && !c->paused && c->cbuf) {
-		if (c->literal_end > 0) {
-			if (c->clen < c->literal_end)
-				return;
-			c->cscan = c->literal_end;
-			c->seg_start = c->literal_end;
-			c->literal_end = 0;
-		}
-		char *nl = memchr(c->cbuf + c->cscan, '\n', c->clen - c->cscan);
-		if (!nl) {
-			c->cscan = c->clen;
-			if (c->clen >= SY_LINE_MAX)
-				line_too_long(c);
-			return;
-		}
-		size_t end = (size_t)(nl - c->cbuf);
-		size_t linelen = end;
-		if (linelen > c->seg_start && c->cbuf[linelen - 1] == '\r')
-			linelen--;
-		char saved = c->cbuf[linelen];
-		c->cbuf[linelen] = '\0';
-		show("C:", c->cbuf, linelen);
-		int r = c->ops->client_line(c, c->cbuf, linelen);
-		if (r < 0) {
-			ictx_close_after_flush(c);
-			return;
-		}
-		if (!c->cbuf)
-			return;
-		if (r > 0) {
-			c->cbuf[linelen] = saved;
-			size_t need = end + 1 + (size_t)(r - 1);
-			if (need >= SY_LINE_MAX) {
-				line_too_long(c);
-				return;
-			}
-			c->literal_end = need;
-			continue;
-		}
-		memmove(c->cbuf, c->cbuf + end + 1, c->clen - end - 1);
-		c->clen -= end + 1;
-		c->cscan = 0;
-		c->seg_start = 0;
-		if (c->clen == 0) {
-			free(c->cbuf);
-			c->cbuf = NULL;
-		}
-	}
-}
-
-static void client_read(sy_ictx *c, const char *data, size_t n)
-{
-	if (c->state != IC_PREAUTH && c->state != IC_ROUTING && c->state != IC_BACKEND)
-		return;
-	if (!c->cbuf) {
-		c->cbuf = malloc(SY_BLOCK_SIZE);
-		check(c->cbuf != NULL, "oom");
-	}
-	if (n > SY_LINE_MAX - c->clen) {
-		line_too_long(c);
-		return;
-	}
-	memcpy(c->cbuf + c->clen, data, n);
-	c->clen += n;
 	c->processing = true;
-	process_lines(c);
+	switch (ireader_client_lines(c, &POOL)) {
+	case SY_IREAD_TOO_LONG:
+		line_too_long(c);
+		break;
+	case SY_IREAD_CLOSE:
+		ictx_close_after_flush(c);
+		break;
+	default:
+		break;
+	}
 	c->processing = false;
 }
 
-/* on_backend_read() of interactive.c. */
+/* on_client_read() of interactive.c. */
+static void client_read(sy_ictx *c, const char *data, size_t n)
+{
+	switch (ireader_client_append(c, &POOL, data, n)) {
+	case SY_IREAD_OK:
+		process_client(c);
+		break;
+	case SY_IREAD_NOMEM:
+		check(0, "oom");
+		break;
+	case SY_IREAD_TOO_LONG:
+		line_too_long(c);
+		break;
+	default:
+		break;
+	}
+}
+
+/* on_backend_read() of interactive.c (the backend leg's reading stops at
+ * its STARTTLS until the handshake is done). */
 static void backend_read(sy_ictx *c, const char *data, size_t n)
 {
 	if (!FS.backend_up || c->state != IC_BACKEND || FS.btls_pending)
 		return;
-	if (!c->bbuf) {
-		c->bbuf = malloc(SY_BLOCK_SIZE);
-		check(c->bbuf != NULL, "oom");
-	}
-	if (c->blen + n > SY_LINE_MAX) {
+	switch (ireader_backend_read(c, &POOL, data, n)) {
+	case SY_IREAD_NOMEM:
+		check(0, "oom");
+		break;
+	case SY_IREAD_TOO_LONG:
 		ictx_tempfail(c, "backend line too long");
-		return;
-	}
-	memcpy(c->bbuf + c->blen, data, n);
-	c->blen += n;
-	while (c->state == IC_BACKEND && c->bbuf && !FS.btls_pending) {
-		char *nl = memchr(c->bbuf, '\n', c->blen);
-		if (!nl)
-			break;
-		size_t linelen = (size_t)(nl - c->bbuf);
-		size_t next = linelen + 1;
-		if (linelen > 0 && c->bbuf[linelen - 1] == '\r')
-			linelen--;
-		char *line = malloc(linelen + 1);
-		check(line != NULL, "oom");
-		memcpy(line, c->bbuf, linelen);
-		line[linelen] = '\0';
-		memmove(c->bbuf, c->bbuf + next, c->blen - next);
-		c->blen -= next;
-		check(memchr(line, '\n', linelen) == NULL, "backend line holds LF");
-		int r = c->ops->backend_line(c, line, linelen);
-		free(line);
-		if (r != 0) {
-			ictx_tempfail(c, "unexpected reply from backend");
-			return;
-		}
-	}
-	if (c->bbuf && c->blen == 0 && c->state == IC_BACKEND) {
-		free(c->bbuf);
-		c->bbuf = NULL;
+		break;
+	case SY_IREAD_BAD_REPLY:
+		ictx_tempfail(c, "unexpected reply from backend");
+		break;
+	default:
+		break;
 	}
 }
 
@@ -608,8 +522,34 @@ static void setup(void)
 	local->sin_port = htons(143);
 	local->sin_addr.s_addr = htonl(0x7f000001);
 	SESSION.snap = &SNAP;
-	SESSION.lcfg = &CFG->listeners[0];
+	SESSION.lcfg = &LCFG;
 	SESSION.id = 0x1234;
+	SESSION.state = SS_PROTOCOL;
+	pool_init(&POOL, 0);
+	OPS = FUZZ_OPS;
+	OPS.client_line = fuzz_client_line;
+	OPS.backend_line = fuzz_backend_line;
+}
+
+/* The listener's TLS mode and the client's address, from the flags. */
+static void set_leg(void)
+{
+	LCFG = CFG->listeners[0];
+	LCFG.tls = (FS.f & F_CLIENT_TLS) ? SY_TLS_IMPLICIT
+	           : (FS.f & F_STARTTLS) ? SY_TLS_STARTTLS
+	                                 : SY_TLS_PLAIN;
+	memset(&SESSION.peer, 0, sizeof(SESSION.peer));
+	if (FS.g & G_IPV6) {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&SESSION.peer;
+		a->sin6_family = AF_INET6;
+		a->sin6_port = htons(40123);
+		inet_pton(AF_INET6, "2001:db8::7", &a->sin6_addr);
+	} else {
+		struct sockaddr_in *a = (struct sockaddr_in *)&SESSION.peer;
+		a->sin_family = AF_INET;
+		a->sin_port = htons(40123);
+		inet_pton(AF_INET, "192.0.2.7", &a->sin_addr);
+	}
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -621,6 +561,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	FS.f = data[0];
 	FS.g = data[1];
 	FS.max_attempts = 1u + ((FS.g >> G_ATTEMPTS_SH) & 7u);
+	set_leg();
 	sy_caps_config *caps = &CFG->caps[FUZZ_PROTO];
 	bool saved_plain = caps->allow_plain_auth_without_tls;
 	caps->allow_plain_auth_without_tls = (FS.f & F_PLAIN_OK) != 0;
@@ -628,7 +569,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	sy_ictx *c = calloc(1, sizeof(*c));
 	check(c != NULL, "oom");
 	c->s = &SESSION;
-	c->ops = &FUZZ_OPS;
+	c->ops = &OPS;
 	c->caps = caps;
 	c->client_tls = (FS.f & F_CLIENT_TLS) != 0;
 	c->state = IC_PREAUTH;
@@ -678,8 +619,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	credentials_wipe(&c->creds);
 	free(c->identifier);
-	free(c->cbuf);
-	free(c->bbuf);
+	ireader_client_drop(c, &POOL);
+	ireader_backend_drop(c, &POOL);
+	check(POOL.outstanding == 0, "a pool block was not given back");
 	if (c->ops->release)
 		c->ops->release(c);
 	free(c);
