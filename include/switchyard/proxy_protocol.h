@@ -68,6 +68,39 @@ int proxy_parse(const uint8_t *buf, size_t len, sy_proxy_info *out);
  */
 int proxy_detect(const uint8_t *buf, size_t len);
 
+/*
+ * The header stage of a connection from a trusted peer, without I/O: the
+ * bytes of each read are fed in turn, and the stage says when it is over and
+ * what it leaves for the next stage (the TLS handshake or the protocol's line
+ * reader). buf[0..cap) is the caller's (cap >= PROXY_HEADER_MAX: a pool
+ * block), len the bytes it holds. `optional` is a listener where the header
+ * may be absent (`proxy_protocol = "optional"`); `committed` becomes true
+ * once such a connection has begun with a signature (the caller then starts
+ * the pre-auth deadline), and from there the header is required.
+ */
+typedef struct sy_proxy_stage {
+	char *buf;
+	size_t cap, len;
+	bool optional, committed;
+} sy_proxy_stage;
+
+typedef enum sy_pstage {
+	SY_PSTAGE_MORE,     /* every byte is kept; read more */
+	SY_PSTAGE_HEADER,   /* *out is the header; buf[0..len) is what followed it */
+	SY_PSTAGE_NONE,     /* optional, and no signature: buf[0..len) is every byte read */
+	SY_PSTAGE_INVALID,  /* not a valid header, or none within PROXY_HEADER_MAX */
+	SY_PSTAGE_OVERFLOW, /* the bytes for the next stage do not fit in cap */
+} sy_pstage;
+
+/*
+ * Feeds data[0..n) (one read). Until the stage ends, nothing is lost or
+ * reordered: at SY_PSTAGE_HEADER buf holds exactly the bytes that followed
+ * the header in everything fed, at SY_PSTAGE_NONE everything fed. Once it
+ * returned anything but SY_PSTAGE_MORE, the stage is over: do not feed it
+ * again.
+ */
+sy_pstage proxy_stage_feed(sy_proxy_stage *ps, const char *data, size_t n, sy_proxy_info *out);
+
 /* Builds a v2 PROXY header (command PROXY, transport STREAM) describing a
  * connection from src to dst into out[0..cap). IPv4-mapped IPv6 addresses
  * (::ffff:a.b.c.d) are unmapped to IPv4 first, because a dual-stack listener

@@ -480,3 +480,58 @@ void sy_sockaddr_str(const struct sockaddr *sa, char *out, size_t outlen, bool w
 			snprintf(out, outlen, "%s", host);
 	}
 }
+
+/* Appends data[0..n) to the stage's buffer, or says it does not fit. */
+static bool stage_append(sy_proxy_stage *ps, const char *data, size_t n)
+{
+	if (n > ps->cap - ps->len)
+		return false;
+	if (n > 0)
+		memcpy(ps->buf + ps->len, data, n);
+	ps->len += n;
+	return true;
+}
+
+sy_pstage proxy_stage_feed(sy_proxy_stage *ps, const char *data, size_t n, sy_proxy_info *out)
+{
+	if (ps->optional && !ps->committed) {
+		/* Undecided so far: buf holds a strict prefix of a signature
+		 * (fewer than 12 bytes). Decide on at most 12. */
+		uint8_t probe[sizeof(v2_sig)];
+		size_t k = ps->len;
+		size_t more = sizeof(probe) - k < n ? sizeof(probe) - k : n;
+		if (k > 0)
+			memcpy(probe, ps->buf, k);
+		if (more > 0)
+			memcpy(probe + k, data, more);
+		int d = proxy_detect(probe, k + more);
+		if (d <= 0) {
+			/* No header (the bytes are the client's own), or still a
+			 * prefix of a signature (k + n < 12). */
+			if (!stage_append(ps, data, n))
+				return SY_PSTAGE_OVERFLOW;
+			return d < 0 ? SY_PSTAGE_NONE : SY_PSTAGE_MORE;
+		}
+		ps->committed = true;
+	}
+	/* Never more than a header's worth is parsed: the part of this read
+	 * beyond PROXY_HEADER_MAX is kept aside until the header's end is
+	 * known. */
+	size_t room = ps->len < PROXY_HEADER_MAX ? PROXY_HEADER_MAX - ps->len : 0;
+	size_t take = n < room ? n : room;
+	if (!stage_append(ps, data, take))
+		return SY_PSTAGE_OVERFLOW;
+	int r = proxy_parse((const uint8_t *)ps->buf, ps->len, out);
+	if (r == 0 && ps->len < PROXY_HEADER_MAX)
+		return SY_PSTAGE_MORE;
+	if (r <= 0)
+		return SY_PSTAGE_INVALID;
+	/* What followed the header is the next stage's: move it to the front,
+	 * then the rest of this read. */
+	size_t rest = ps->len - (size_t)r;
+	memmove(ps->buf, ps->buf + r, rest);
+	ps->len = rest;
+	if (!stage_append(ps, data + take, n - take))
+		return SY_PSTAGE_OVERFLOW;
+	return SY_PSTAGE_HEADER;
+}

@@ -270,25 +270,10 @@ static void end_proxy_stage(sy_session *s)
 }
 
 /* Optional mode, and the connection does not start with a header: the bytes
- * read so far (s->pending, then data[0..n)) are the client's own, and go to
- * the TLS handshake or the protocol's line reader unchanged. */
-static void no_proxy_header(sy_session *s, const char *data, size_t n)
+ * read so far (s->pending) are the client's own, and go to the TLS handshake
+ * or the protocol's line reader unchanged. */
+static void no_proxy_header(sy_session *s)
 {
-	/* What precedes data is at most an 11-byte signature prefix, so only a
-	 * client that sent such a prefix and then a whole block before being
-	 * greeted has more than the next stage takes in one piece. */
-	if (s->pending_len + n > SY_BLOCK_SIZE) {
-		char peer[64];
-		session_peer_str(s, peer, sizeof(peer));
-		sy_log(SY_LOG_INFO, "too many bytes before the greeting", "listener", s->lcfg->name,
-		       "client", peer, NULL);
-		session_close(s, "too many bytes before the greeting");
-		return;
-	}
-	if (n > 0) {
-		memcpy(s->pending + s->pending_len, data, n);
-		s->pending_len += n;
-	}
 	if (log_enabled(SY_LOG_DEBUG)) {
 		char peer[64];
 		session_peer_str(s, peer, sizeof(peer));
@@ -322,7 +307,7 @@ static void on_proxy_wait_timeout(uv_timer_t *t)
 	}
 	/* Nothing came, or only part of a signature (say a client's stray CR):
 	 * not a header. */
-	no_proxy_header(s, NULL, 0);
+	no_proxy_header(s);
 }
 
 static void on_proxy_header_read(sy_stream *st, const char *data, ssize_t n)
@@ -339,41 +324,46 @@ static void on_proxy_header_read(sy_stream *st, const char *data, ssize_t n)
 			return;
 		}
 	}
-	if (s->lcfg->proxy_protocol == SY_PROXY_OPTIONAL && !s->proxy_header_seen) {
-		/* Undecided so far: s->pending holds a strict prefix of a
-		 * signature (fewer than 12 bytes). */
-		uint8_t probe[12];
-		size_t k = s->pending_len;
-		memcpy(probe, s->pending, k);
-		size_t more = sizeof(probe) - k < (size_t)n ? sizeof(probe) - k : (size_t)n;
-		memcpy(probe + k, data, more);
-		int d = proxy_detect(probe, k + more);
-		if (d < 0) {
-			no_proxy_header(s, data, (size_t)n);
-			return;
-		}
-		if (d == 0) {
-			/* All of this read is still a prefix (k + n < 12). */
-			memcpy(s->pending + s->pending_len, data, (size_t)n);
-			s->pending_len += (size_t)n;
-			return;
-		}
+	sy_proxy_stage ps = {
+	    .buf = s->pending,
+	    .cap = SY_BLOCK_SIZE,
+	    .len = s->pending_len,
+	    .optional = s->lcfg->proxy_protocol == SY_PROXY_OPTIONAL,
+	    .committed = s->proxy_header_seen,
+	};
+	sy_proxy_info info;
+	sy_pstage r = proxy_stage_feed(&ps, data, (size_t)n, &info);
+	s->pending_len = ps.len;
+	if (ps.committed && !s->proxy_header_seen) {
 		/* The peer has begun a header: from here on it is parsed as on a
 		 * listener that requires one, within the pre-auth deadline. */
 		s->proxy_header_seen = true;
 		if (!client_speaks_first(s))
 			uv_timer_start(&s->timer, on_preauth_timeout, preauth_left(s), 0);
 	}
-	size_t room = PROXY_HEADER_MAX - s->pending_len;
-	size_t take = (size_t)n < room ? (size_t)n : room;
-	memcpy(s->pending + s->pending_len, data, take);
-	s->pending_len += take;
-
-	sy_proxy_info info;
-	int r = proxy_parse((const uint8_t *)s->pending, s->pending_len, &info);
-	if (r == 0 && s->pending_len < PROXY_HEADER_MAX)
+	switch (r) {
+	case SY_PSTAGE_MORE:
 		return;
-	if (r <= 0) {
+	case SY_PSTAGE_NONE:
+		no_proxy_header(s);
+		return;
+	case SY_PSTAGE_OVERFLOW:
+		if (!ps.committed) {
+			/* Optional mode, no header: what precedes this read is at
+			 * most an 11-byte signature prefix, so only a client that
+			 * sent such a prefix and then a whole block before being
+			 * greeted gets here. */
+			char peer[64];
+			session_peer_str(s, peer, sizeof(peer));
+			sy_log(SY_LOG_INFO, "too many bytes before the greeting", "listener",
+			       s->lcfg->name, "client", peer, NULL);
+			session_close(s, "too many bytes before the greeting");
+			return;
+		}
+		/* A read is at most one block and the header took more of it
+		 * than was held before: cannot happen. Refused as invalid. */
+		/* fall through */
+	case SY_PSTAGE_INVALID: {
 		char peer[64];
 		session_peer_str(s, peer, sizeof(peer));
 		sy_log(SY_LOG_WARN, "invalid PROXY protocol header", "listener", s->lcfg->name,
@@ -382,21 +372,14 @@ static void on_proxy_header_read(sy_stream *st, const char *data, ssize_t n)
 		session_close(s, "invalid PROXY header");
 		return;
 	}
+	case SY_PSTAGE_HEADER:
+		break;
+	}
 	if (!info.local) {
 		memcpy(&s->peer, &info.src, sizeof(info.src));
 		memcpy(&s->local, &info.dst, sizeof(info.dst));
 	}
-	/* Whatever followed the header belongs to the next stage. Bytes of this
-	 * read that did not fit were never copied: keep them too. (They fit in
-	 * the block: the header took more of this read than pending held before
-	 * it, and a read is at most one block.) */
-	size_t rest = s->pending_len - (size_t)r;
-	memmove(s->pending, s->pending + r, rest);
-	s->pending_len = rest;
-	if (take < (size_t)n) {
-		memcpy(s->pending + s->pending_len, data + take, (size_t)n - take);
-		s->pending_len += (size_t)n - take;
-	}
+	/* Whatever followed the header (s->pending) belongs to the next stage. */
 	end_proxy_stage(s);
 }
 

@@ -537,12 +537,91 @@ static void test_detect(void **state)
 	}
 }
 
+/* Feeds `reads` (NULL-terminated) to a fresh stage; returns the last result. */
+static sy_pstage feed_all(sy_proxy_stage *ps, char *block, bool optional, const char *const *reads,
+                          sy_proxy_info *info)
+{
+	memset(ps, 0, sizeof(*ps));
+	ps->buf = block;
+	ps->cap = 32768;
+	ps->optional = optional;
+	sy_pstage r = SY_PSTAGE_MORE;
+	for (size_t i = 0; reads[i] && r == SY_PSTAGE_MORE; i++)
+		r = proxy_stage_feed(ps, reads[i], strlen(reads[i]), info);
+	return r;
+}
+
+static void test_stage(void **state)
+{
+	(void)state;
+	char *block = malloc(32768);
+	assert_non_null(block);
+	sy_proxy_stage ps;
+	sy_proxy_info info;
+	char a[64];
+
+	/* A header and the first command in one read: the command is left. */
+	const char *one[] = {"PROXY TCP4 192.0.2.1 198.51.100.2 5000 143\r\na LOGIN u p\r\n", NULL};
+	assert_int_equal(feed_all(&ps, block, false, one, &info), SY_PSTAGE_HEADER);
+	assert_int_equal(ps.len, 13);
+	assert_memory_equal(ps.buf, "a LOGIN u p\r\n", 13);
+	sy_sockaddr_str((struct sockaddr *)&info.src, a, sizeof(a), true);
+	assert_string_equal(a, "192.0.2.1:5000");
+
+	/* Split anywhere, the same. */
+	const char *split[] = {"PROXY TCP4 192.0.2.1 198.51", ".100.2 5000 143\r", "\na LOG", NULL};
+	assert_int_equal(feed_all(&ps, block, false, split, &info), SY_PSTAGE_HEADER);
+	assert_int_equal(ps.len, 5);
+	assert_memory_equal(ps.buf, "a LOG", 5);
+
+	/* Required: no header is invalid; optional: the bytes are the client's. */
+	const char *none[] = {"a LOGIN u p\r\n", NULL};
+	assert_int_equal(feed_all(&ps, block, false, none, &info), SY_PSTAGE_INVALID);
+	assert_int_equal(feed_all(&ps, block, true, none, &info), SY_PSTAGE_NONE);
+	assert_int_equal(ps.len, 13);
+	assert_false(ps.committed);
+
+	/* Optional: a signature prefix held, then decided either way. */
+	const char *pre_no[] = {"PRO", "Z\r\n", NULL};
+	assert_int_equal(feed_all(&ps, block, true, pre_no, &info), SY_PSTAGE_NONE);
+	assert_int_equal(ps.len, 6);
+	assert_memory_equal(ps.buf, "PROZ\r\n", 6);
+	const char *pre_yes[] = {"PRO", "XY UNKNOWN\r\n+", NULL};
+	assert_int_equal(feed_all(&ps, block, true, pre_yes, &info), SY_PSTAGE_HEADER);
+	assert_true(ps.committed && info.local);
+	assert_int_equal(ps.len, 1);
+
+	/* Optional, committed: a bad header is refused, not passed on. */
+	const char *bad[] = {"PROXY TCP4 1.2.3.4 5.6.7.8 0100 1\r\n", NULL};
+	assert_int_equal(feed_all(&ps, block, true, bad, &info), SY_PSTAGE_INVALID);
+
+	/* Optional, no header, more than a block with the held prefix. */
+	char *big = malloc(32769);
+	assert_non_null(big);
+	memset(big, 'x', 32768);
+	big[32768] = '\0';
+	const char *over[] = {"\r\n", big, NULL};
+	assert_int_equal(feed_all(&ps, block, true, over, &info), SY_PSTAGE_OVERFLOW);
+
+	/* A header's end beyond the first PROXY_HEADER_MAX bytes of one read:
+	 * the rest of the read is kept. */
+	const char *hdr = "PROXY UNKNOWN\r\n";
+	memcpy(big, hdr, strlen(hdr));
+	big[32767] = '\0';
+	const char *far[] = {big, NULL};
+	assert_int_equal(feed_all(&ps, block, false, far, &info), SY_PSTAGE_HEADER);
+	assert_int_equal(ps.len, 32767 - strlen(hdr));
+	free(big);
+	free(block);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_parse_table),     cmocka_unit_test(test_parse_incremental),
 	    cmocka_unit_test(test_build_roundtrip), cmocka_unit_test(test_build_other_families),
 	    cmocka_unit_test(test_sockaddr_str),    cmocka_unit_test(test_detect),
+	    cmocka_unit_test(test_stage),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
