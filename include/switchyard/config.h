@@ -93,6 +93,22 @@ typedef struct sy_tls_policy {
 	sy_strlist disable_cipher_suites;
 } sy_tls_policy;
 
+/* Keys of the [tls] table itself: session tickets (Switchyard extensions). */
+typedef struct sy_tls_tickets {
+	char *key_file;       /* ticket_key_file; NULL = OpenSSL's per-process keys */
+	uint64_t lifetime_ms; /* ticket_lifetime; 0 = OpenSSL's default (7200 s) */
+} sy_tls_tickets;
+
+/* One key of a ticket key file: the 80 bytes in file order. */
+#define SY_TICKET_KEY_LEN  80
+#define SY_TICKET_KEYS_MAX 64
+typedef struct sy_ticket_key {
+	unsigned char name[16]; /* sent in the clear in every ticket: picks the key */
+	unsigned char hmac[32]; /* HMAC-SHA256 key (ticket integrity) */
+	unsigned char aes[32];  /* AES-256-CBC key (ticket confidentiality) */
+} sy_ticket_key;
+_Static_assert(sizeof(sy_ticket_key) == SY_TICKET_KEY_LEN, "ticket key layout");
+
 /* One parsed `bind` entry. */
 typedef struct sy_bind_addr {
 	char *text; /* as written, e.g. "[::]:993" */
@@ -292,6 +308,7 @@ typedef struct sy_config {
 	sy_cert_config *certs;
 	size_t ncerts;
 	sy_tls_policy tls_policy;
+	sy_tls_tickets tls_tickets;
 	sy_listener_config *listeners;
 	size_t nlisteners;
 	sy_destination_config *destinations;
@@ -348,6 +365,24 @@ bool config_target_has_proto(const sy_config *cfg, const char *id, sy_proto p);
  */
 int config_tls_ciphers(const sy_tls_policy *p, char **cipher_list, char **ciphersuites,
                        sy_errors *errs);
+
+/*
+ * Reads a TLS session ticket key file (tls.ticket_key_file). Format: one key
+ * per line, each SY_TICKET_KEY_LEN bytes written as standard base64 (108
+ * characters with its one '=' of padding, or 107 without) or as hex (160
+ * digits, either case); blanks around a key, a CR before the newline, empty
+ * lines and lines starting with '#' are ignored. At least one key and at
+ * most SY_TICKET_KEYS_MAX; no two keys may have the same 16-byte name. The
+ * first key encrypts new tickets, every key decrypts.
+ *
+ * On success returns the number of keys and *keys_out is a malloc'd array
+ * the caller must wipe with OPENSSL_cleanse before freeing it. On failure
+ * returns -1, *keys_out is NULL and why (whylen bytes) says what is wrong
+ * and what to do, naming the file and line but never any key material.
+ * Used by validation (so --check-config refuses what startup refuses) and by
+ * the inbound TLS store, which reads the file again on every reload.
+ */
+int config_ticket_keys_read(const char *path, sy_ticket_key **keys_out, char *why, size_t whylen);
 
 /* Parses "<n>ms|s|m|h|d" into milliseconds; returns 0 or -1. */
 int sy_duration_parse(const char *s, uint64_t *ms_out);

@@ -804,7 +804,14 @@ static const field tls_protocols_fields[] = {
     FLD("disable_cipher_suites", sy_tls_policy, F_STRLIST, disable_cipher_suites),
 };
 
-static const field tls_fields[] = {CUSTOM("certificate"), CUSTOM("protocols")};
+/* ticket_key_file and ticket_lifetime are Switchyard extensions (the
+ * reference has no such keys): absent, OpenSSL's defaults stay. */
+static const field tls_fields[] = {
+    CUSTOM("certificate"),
+    CUSTOM("protocols"),
+    FLD("ticket_key_file", sy_tls_tickets, F_PATH, key_file),
+    FLD("ticket_lifetime", sy_tls_tickets, F_DUR, lifetime_ms, .flags = NONZERO),
+};
 
 static void load_tls(ctx *c, const toml_value *t)
 {
@@ -812,7 +819,7 @@ static void load_tls(ctx *c, const toml_value *t)
 	const toml_value *v;
 	char key[KEYMAX];
 
-	load_fields(c, t, "tls", tls_fields, NFIELDS(tls_fields), NULL);
+	load_fields(c, t, "tls", tls_fields, NFIELDS(tls_fields), &cfg->tls_tickets);
 
 	if ((v = toml_get(t, "certificate")) != NULL && want_table(c, v, "tls.certificate")) {
 		cfg->certs = cfg_xcalloc(v->u.tab.len, sizeof(*cfg->certs));
@@ -1877,6 +1884,7 @@ void config_free(sy_config *cfg)
 	}
 	free(cfg->certs);
 	strlist_free(&cfg->tls_policy.disable_cipher_suites);
+	free(cfg->tls_tickets.key_file);
 
 	for (size_t i = 0; i < cfg->nlisteners; i++) {
 		sy_listener_config *l = &cfg->listeners[i];

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
@@ -22,6 +23,7 @@
 
 #include "config_int.h"
 #include "switchyard/config.h"
+#include "switchyard/hex.h"
 #include "switchyard/mapfile.h"
 #include "switchyard/redis_url.h"
 
@@ -184,6 +186,190 @@ out:
 	EVP_PKEY_free(pk);
 	X509_free(x);
 	ERR_clear_error();
+}
+
+/* ------------------------------------------------------------------------ */
+/* TLS session ticket keys                                                  */
+
+#define TICKET_FILE_MAX (64 * 1024)
+#define TICKET_B64_LEN  108 /* 80 bytes = 26 groups of 3 + 2: 27 groups of 4 */
+#define TICKET_HEX_LEN  (2 * SY_TICKET_KEY_LEN)
+
+static int b64val(int ch)
+{
+	if (ch >= 'A' && ch <= 'Z')
+		return ch - 'A';
+	if (ch >= 'a' && ch <= 'z')
+		return ch - 'a' + 26;
+	if (ch >= '0' && ch <= '9')
+		return ch - '0' + 52;
+	if (ch == '+')
+		return 62;
+	if (ch == '/')
+		return 63;
+	return -1;
+}
+
+/* Strict base64 of exactly SY_TICKET_KEY_LEN bytes: the 107 significant
+ * characters, optionally the one '=' of padding, and zero in the two bits
+ * the last character carries beyond the 80th byte (as every encoder writes
+ * them). */
+static bool decode_b64_key(const char *s, size_t len, unsigned char *out)
+{
+	if (len == TICKET_B64_LEN && s[len - 1] == '=')
+		len--;
+	if (len != TICKET_B64_LEN - 1)
+		return false;
+	uint32_t acc = 0;
+	int bits = 0;
+	size_t n = 0;
+	for (size_t i = 0; i < len; i++) {
+		int d = b64val((unsigned char)s[i]);
+		if (d < 0)
+			return false;
+		acc = (acc << 6) | (uint32_t)d;
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			out[n++] = (unsigned char)(acc >> bits);
+			acc &= (1u << bits) - 1;
+		}
+	}
+	return n == SY_TICKET_KEY_LEN && acc == 0;
+}
+
+static bool decode_hex_key(const char *s, size_t len, unsigned char *out)
+{
+	if (len != TICKET_HEX_LEN)
+		return false;
+	for (size_t i = 0; i < SY_TICKET_KEY_LEN; i++) {
+		int hi = sy_hexval((unsigned char)s[2 * i]);
+		int lo = sy_hexval((unsigned char)s[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return false;
+		out[i] = (unsigned char)(hi << 4 | lo);
+	}
+	return true;
+}
+
+/* Reads at most TICKET_FILE_MAX bytes of `path` into a malloc'd,
+ * NUL-terminated buffer (*len bytes before the NUL). Returns NULL with a
+ * message in why. */
+static char *read_key_file(const char *path, size_t *len, char *why, size_t whylen)
+{
+	FILE *f = fopen(path, "rb");
+	if (f == NULL) {
+		snprintf(why, whylen, "cannot read %s: %s; make the file readable or fix the path",
+		         path, strerror(errno));
+		return NULL;
+	}
+	char *buf = malloc(TICKET_FILE_MAX + 1);
+	size_t n = buf != NULL ? fread(buf, 1, TICKET_FILE_MAX + 1, f) : 0;
+	bool err = buf == NULL || ferror(f);
+	fclose(f);
+	if (err || n > TICKET_FILE_MAX) {
+		if (buf != NULL) {
+			OPENSSL_cleanse(buf, n);
+			free(buf);
+		}
+		if (err)
+			snprintf(why, whylen,
+			         "cannot read %s; make the file readable or fix the path", path);
+		else
+			snprintf(
+			    why, whylen,
+			    "%s is larger than %d KiB; a key file holds at most %d keys of one "
+			    "line each",
+			    path, TICKET_FILE_MAX / 1024, SY_TICKET_KEYS_MAX);
+		return NULL;
+	}
+	buf[n] = '\0';
+	*len = n;
+	return buf;
+}
+
+int config_ticket_keys_read(const char *path, sy_ticket_key **keys_out, char *why, size_t whylen)
+{
+	*keys_out = NULL;
+	size_t len = 0;
+	char *text = read_key_file(path, &len, why, whylen);
+	if (text == NULL)
+		return -1;
+	sy_ticket_key *keys = calloc(SY_TICKET_KEYS_MAX, sizeof(*keys));
+	size_t nkeys = 0;
+	int rc = 0;
+	if (keys == NULL) {
+		snprintf(why, whylen, "%s: out of memory", path);
+		rc = -1;
+	}
+	unsigned lineno = 0;
+	for (size_t pos = 0; rc == 0 && pos < len;) {
+		size_t end = pos;
+		while (end < len && text[end] != '\n')
+			end++;
+		lineno++;
+		size_t a = pos, b = end;
+		pos = end + 1;
+		while (a < b && (text[a] == ' ' || text[a] == '\t'))
+			a++;
+		while (b > a && (text[b - 1] == ' ' || text[b - 1] == '\t' || text[b - 1] == '\r'))
+			b--;
+		if (a == b || text[a] == '#')
+			continue;
+		if (nkeys == SY_TICKET_KEYS_MAX) {
+			snprintf(why, whylen,
+			         "%s line %u: more than %d keys; drop the oldest keys (the last "
+			         "lines)",
+			         path, lineno, SY_TICKET_KEYS_MAX);
+			rc = -1;
+			break;
+		}
+		unsigned char *k = (unsigned char *)&keys[nkeys];
+		if (!decode_b64_key(text + a, b - a, k) && !decode_hex_key(text + a, b - a, k)) {
+			/* Never quote the line: it may be a key with a typo. */
+			snprintf(why, whylen,
+			         "%s line %u: not a ticket key (%zu characters); each key is 80 "
+			         "bytes as base64 (108 characters) or hex (160 digits) on a line "
+			         "of its own, e.g. from `head -c 80 /dev/urandom | base64 -w0`%s",
+			         path, lineno, b - a,
+			         len == SY_TICKET_KEY_LEN
+			             ? " (this file looks like a raw 80-byte key: encode it with "
+			               "`base64 -w0`)"
+			             : "");
+			rc = -1;
+			break;
+		}
+		for (size_t j = 0; j < nkeys; j++) {
+			if (memcmp(keys[j].name, keys[nkeys].name, sizeof(keys[j].name)) == 0) {
+				snprintf(why, whylen,
+				         "%s line %u: the key name (its first 16 bytes) repeats an "
+				         "earlier key's; every key needs its own name, generate a "
+				         "new key",
+				         path, lineno);
+				rc = -1;
+				break;
+			}
+		}
+		nkeys++;
+	}
+	OPENSSL_cleanse(text, len);
+	free(text);
+	if (rc == 0 && nkeys == 0) {
+		snprintf(why, whylen,
+		         "%s holds no key; add one line, e.g. from `head -c 80 /dev/urandom | "
+		         "base64 -w0`",
+		         path);
+		rc = -1;
+	}
+	if (rc != 0) {
+		if (keys != NULL) {
+			OPENSSL_cleanse(keys, SY_TICKET_KEYS_MAX * sizeof(*keys));
+			free(keys);
+		}
+		return -1;
+	}
+	*keys_out = keys;
+	return (int)nkeys;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -637,6 +823,25 @@ static void check_tls(vctx *v)
 			check_cert_pair(v, key, c->cert_path, kk, c->key_path);
 		}
 	}
+
+	if (cfg->tls_tickets.key_file != NULL && !already_reported(v, "tls.ticket_key_file")) {
+		sy_ticket_key *keys = NULL;
+		char why[768];
+		int n = config_ticket_keys_read(cfg->tls_tickets.key_file, &keys, why, sizeof(why));
+		if (n < 0) {
+			verr(v, "tls.ticket_key_file", "%s", why);
+		} else {
+			OPENSSL_cleanse(keys, (size_t)n * sizeof(*keys));
+			free(keys);
+		}
+	}
+	/* Whole seconds are what OpenSSL keeps; RFC 8446 (4.6.1) caps a TLS 1.3
+	 * ticket's lifetime at 7 days. */
+	uint64_t life = cfg->tls_tickets.lifetime_ms;
+	if (life != 0 && (life < 1000 || life > 7ull * 86400 * 1000))
+		verr(v, "tls.ticket_lifetime",
+		     "must be between \"1s\" and \"7d\" (TLS 1.3 tickets live at most 7 days); "
+		     "set a value in that range or remove the key");
 
 	if (cfg->tls_policy.disable_cipher_suites.len > 0 &&
 	    !already_reported(v, "tls.protocols.disable_cipher_suites")) {

@@ -7,6 +7,13 @@
  * rule picks. Starting every connection on the same context matters: OpenSSL
  * takes session-ticket keys and the session cache from the SSL's initial
  * context, so resumption works whichever certificate the connection ends on.
+ *
+ * Session tickets: without tls.ticket_key_file OpenSSL's per-process keys
+ * stay. With it, every context gets a ticket key callback over the keys of
+ * that file (the first encrypts, all decrypt), so every replica started from
+ * the same file accepts the others' tickets. The keys belong to the store, so
+ * a reload (a new store, the file read again) changes them for new
+ * handshakes only; a connection keeps the store it started with.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -17,6 +24,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -49,7 +57,17 @@ struct sy_tls_server {
 	 * SNI (selection steps 3-4), or -1 for the self-signed context. */
 	long fallback;
 	SSL_CTX *self_signed; /* NULL unless the fallback can reach it */
+	/* Ticket keys from tls.ticket_key_file (ntkeys = 0: OpenSSL's own),
+	 * with what the callback needs prepared once per key set: the cipher,
+	 * and per key the HMAC parameters (3 OSSL_PARAMs: key, digest, end). */
+	sy_ticket_key *tkeys;
+	size_t ntkeys;
+	EVP_CIPHER *tcipher;
+	OSSL_PARAM *tparams;
 };
+
+/* OSSL_PARAM wants a writable pointer; the HMAC only reads it. */
+static char ticket_digest[] = "SHA256";
 
 static _Thread_local char errbuf[512];
 
@@ -314,7 +332,8 @@ static SSL_CTX *new_policy_ctx(const sy_tls_policy *p, const char **error_r)
 		return NULL;
 	}
 	/* Renegotiation is never needed by mail clients and has a history of
-	 * attacks; compression enables CRIME. Tickets stay on (the default). */
+	 * attacks; compression enables CRIME. Tickets stay on (the default;
+	 * tls.ticket_key_file only changes their keys, see apply_tickets). */
 	uint64_t opts = SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION;
 	if (p->ignore_client_order)
 		opts |= SSL_OP_CIPHER_SERVER_PREFERENCE;
@@ -421,6 +440,83 @@ static int make_self_signed(SSL_CTX *ctx, const char **error_r)
 	return 0;
 }
 
+/* The ticket key callback (SSL_CTX_set_tlsext_ticket_key_evp_cb). OpenSSL
+ * hands in the cipher and MAC contexts of one ticket; this only picks the
+ * key and initialises them. enc = 1: a new ticket, under the first key with
+ * a random IV. enc = 0: the ticket's key name picks a key; 1 = use it, 2 =
+ * use it and issue a fresh ticket under the first key (it was an older
+ * key), 0 = unknown name (a full handshake, as for an expired key). Every
+ * failure returns 0 too: no ticket, or no resumption, rather than a failed
+ * handshake. */
+static int ticket_key_cb(SSL *ssl, unsigned char key_name[16], unsigned char *iv,
+                         EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc)
+{
+	const sy_tls_server *s = ssl_server_idx >= 0 ? SSL_get_ex_data(ssl, ssl_server_idx) : NULL;
+	if (s == NULL || s->ntkeys == 0)
+		return 0;
+	if (enc) {
+		const sy_ticket_key *k = &s->tkeys[0];
+		int ivlen = EVP_CIPHER_get_iv_length(s->tcipher);
+		if (ivlen <= 0 || RAND_bytes(iv, ivlen) != 1 ||
+		    !EVP_EncryptInit_ex2(cctx, s->tcipher, k->aes, iv, NULL) ||
+		    !EVP_MAC_CTX_set_params(hctx, &s->tparams[0])) {
+			ERR_clear_error();
+			return 0;
+		}
+		memcpy(key_name, k->name, sizeof(k->name));
+		return 1;
+	}
+	for (size_t i = 0; i < s->ntkeys; i++) {
+		const sy_ticket_key *k = &s->tkeys[i];
+		if (memcmp(key_name, k->name, sizeof(k->name)) != 0)
+			continue;
+		if (!EVP_MAC_CTX_set_params(hctx, &s->tparams[3 * i]) ||
+		    !EVP_DecryptInit_ex2(cctx, s->tcipher, k->aes, iv, NULL)) {
+			ERR_clear_error();
+			return 0;
+		}
+		return i == 0 ? 1 : 2;
+	}
+	return 0;
+}
+
+/* Reads tls.ticket_key_file into s and prepares the callback's state. */
+static int load_ticket_keys(sy_tls_server *s, const char *path, const char **error_r)
+{
+	char why[768];
+	int n = config_ticket_keys_read(path, &s->tkeys, why, sizeof(why));
+	if (n < 0)
+		return fail(error_r, false, "tls.ticket_key_file: %s", why);
+	s->ntkeys = (size_t)n;
+	s->tcipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+	if (s->tcipher == NULL)
+		return fail(error_r, true, "tls.ticket_key_file: AES-256-CBC is not available");
+	s->tparams = calloc(3 * s->ntkeys, sizeof(*s->tparams));
+	if (s->tparams == NULL)
+		return fail(error_r, false, "tls.ticket_key_file: out of memory");
+	for (size_t i = 0; i < s->ntkeys; i++) {
+		OSSL_PARAM *p = &s->tparams[3 * i];
+		p[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, s->tkeys[i].hmac,
+		                                         sizeof(s->tkeys[i].hmac));
+		p[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, ticket_digest, 0);
+		p[2] = OSSL_PARAM_construct_end();
+	}
+	return 0;
+}
+
+/* The ticket settings of cfg on one context. OpenSSL takes the ticket keys
+ * and the lifetime from a connection's initial context, but every context
+ * gets them so no context can serve a ticket under other keys. */
+static int apply_tickets(const sy_tls_server *s, const sy_tls_tickets *t, SSL_CTX *ctx,
+                         const char **error_r)
+{
+	if (s->ntkeys > 0 && !SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_key_cb))
+		return fail(error_r, true, "tls.ticket_key_file: cannot install the ticket keys");
+	if (t->lifetime_ms != 0)
+		SSL_CTX_set_timeout(ctx, (long)(t->lifetime_ms / 1000));
+	return 0;
+}
+
 static void free_server(sy_tls_server *s)
 {
 	for (size_t i = 0; i < s->nentries; i++) {
@@ -433,6 +529,12 @@ static void free_server(sy_tls_server *s)
 	}
 	free(s->entries);
 	SSL_CTX_free(s->self_signed);
+	if (s->tkeys != NULL) {
+		OPENSSL_cleanse(s->tkeys, s->ntkeys * sizeof(*s->tkeys));
+		free(s->tkeys);
+	}
+	free(s->tparams);
+	EVP_CIPHER_free(s->tcipher);
 	free(s);
 }
 
@@ -480,6 +582,18 @@ int tls_server_create(const sy_config *cfg, sy_tls_server **out, const char **er
 	if (s->fallback < 0) {
 		s->self_signed = new_policy_ctx(&cfg->tls_policy, error_r);
 		if (s->self_signed == NULL || make_self_signed(s->self_signed, error_r) != 0) {
+			free_server(s);
+			return -1;
+		}
+	}
+	if (cfg->tls_tickets.key_file != NULL &&
+	    load_ticket_keys(s, cfg->tls_tickets.key_file, error_r) != 0) {
+		free_server(s);
+		return -1;
+	}
+	for (size_t i = 0; i <= s->nentries; i++) {
+		SSL_CTX *ctx = i < s->nentries ? s->entries[i].ctx : s->self_signed;
+		if (ctx != NULL && apply_tickets(s, &cfg->tls_tickets, ctx, error_r) != 0) {
 			free_server(s);
 			return -1;
 		}
