@@ -53,6 +53,10 @@ def materialize(objs, root, tls_dir):
             if name == "tls":
                 for f in ("tls.crt", "tls.key"):
                     shutil.copy(os.path.join(tls_dir, f), root + path)
+            elif name == "ticket-keys":
+                for item in v["secret"]["items"]:
+                    with open(os.path.join(root + path, item["path"]), "w") as f:
+                        f.write(base64.b64encode(os.urandom(80)).decode() + "\n")
             else:
                 for item in v["secret"]["items"]:
                     with open(os.path.join(root + path, item["path"]), "w") as f:
@@ -79,7 +83,8 @@ def test_rendered_config_passes_check_config(helm_bin, switchyard_bin, placehold
                        stderr=subprocess.STDOUT, text=True, timeout=30)
     assert p.returncode == 0 and "configuration ok" in p.stdout, p.stdout
     # Every absolute path the config names is one of the pod's mounts.
-    path_keys = r"(?:cert|key|path|bearer_token_file|token_file|ca_file|tls_ca_file|kubeconfig|tls_client_cert|tls_client_key)"
+    path_keys = (r"(?:cert|key|path|bearer_token_file|token_file|ca_file|tls_ca_file|kubeconfig|tls_client_cert"
+                 r"|tls_client_key|ticket_key_file)")
     for m in re.finditer(r'(?m)^\s*' + path_keys + r'\s*=\s*"(/[^"]+)"', config_map(objs)["data"]["switchyard.toml"]):
         assert m.group(1).startswith((CONFIG_DIR + "/", SECRETS_DIR + "/")), m.group(1)
 
@@ -353,6 +358,33 @@ def test_config_changes_with_the_mapping_file(helm_bin):
     assert a["switchyard.toml"] != b["switchyard.toml"]
     strip = lambda t: re.sub(r"(?m)^# mappings\.tsv sha256:[0-9a-f]{64}$", "", t)
     assert strip(a["switchyard.toml"]) == strip(b["switchyard.toml"])
+
+
+def test_ticket_key_secret(helm_bin, tmp_path):
+    """tls.ticketKeySecret mounts the Secret's key file and names it in [tls]
+    (the switchyard.tlsCertificate helper); unset, neither appears, so each
+    pod keeps its own ticket keys."""
+    objs = render(helm_bin)
+    assert "ticket_key_file" not in config_map(objs)["data"]["switchyard.toml"]
+    assert "tickets" not in json.dumps(one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"])
+
+    objs = render(helm_bin, sets=["tls.ticketKeySecret.name=tix", "tls.ticketKeySecret.key=k1"])
+    cfg = toml_config(objs)
+    assert cfg["tls"]["ticket_key_file"] == SECRETS_DIR + "/tickets/k1"
+    vols = {v["name"]: v for v in one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert vols["ticket-keys"]["secret"] == {"secretName": "tix", "items": [{"key": "k1", "path": "k1"}]}
+    mounts = {m["name"]: m for m in container(objs)["volumeMounts"]}
+    assert mounts["ticket-keys"]["mountPath"] == SECRETS_DIR + "/tickets"
+    assert mounts["ticket-keys"]["readOnly"] is True
+
+    # A config that does not use the helper is refused rather than silently
+    # running without the shared keys.
+    own = tmp_path / "own-config.yaml"
+    own.write_text('config: |\n  [server]\n  log_format = "json"\n\n  {{ include "switchyard.adminTable" . }}\n')
+    p = helm(helm_bin, "template", "mail", CHART, "-f", str(own), "--set", "tls.ticketKeySecret.name=tix",
+             check=False)
+    assert p.returncode != 0 and "tls.ticketKeySecret.name is set but config has no ticket_key_file" in p.stderr, \
+        p.stderr
 
 
 def test_every_value_is_documented():

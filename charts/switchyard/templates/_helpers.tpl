@@ -63,10 +63,16 @@ app.kubernetes.io/part-of: switchyard
 {{- define "switchyard.configDir" -}}/etc/switchyard{{- end -}}
 {{- define "switchyard.tlsDir" -}}/run/secrets/switchyard/tls{{- end -}}
 {{- define "switchyard.adminTokenDir" -}}/run/secrets/switchyard/admin{{- end -}}
+{{- define "switchyard.ticketKeyDir" -}}/run/secrets/switchyard/tickets{{- end -}}
 
 {{/* Snippets for the TOML configuration (used through tpl in .Values.config). */}}
 
 {{- define "switchyard.tlsCertificate" -}}
+{{- if .Values.tls.ticketKeySecret.name -}}
+[tls]
+ticket_key_file = "{{ include "switchyard.ticketKeyDir" . }}/{{ .Values.tls.ticketKeySecret.key }}"
+
+{{ end -}}
 {{- if include "switchyard.tlsSecretName" . -}}
 [tls.certificate.default]
 cert = "{{ include "switchyard.tlsDir" . }}/tls.crt"
@@ -138,6 +144,9 @@ bearer_token_file = "{{ include "switchyard.adminTokenDir" . }}/{{ .Values.admin
 {{- end -}}
 {{- if not (regexMatch (printf "(?m)^[ \\t]*bind[ \\t]*=[ \\t]*\"0\\.0\\.0\\.0:%d\"" (int .Values.admin.port)) $cfg) -}}
 {{- fail (printf "config: [admin] must bind \"0.0.0.0:%d\" (admin.port) so that the kubelet's probes reach it; use {{ include \"switchyard.adminTable\" . }}" (int .Values.admin.port)) -}}
+{{- end -}}
+{{- if and .Values.tls.ticketKeySecret.name (not (regexMatch "(?m)^[ \\t]*ticket_key_file[ \\t]*=" $cfg)) -}}
+{{- fail "tls.ticketKeySecret.name is set but config has no ticket_key_file: use {{ include \"switchyard.tlsCertificate\" . }} (it writes the [tls] table), or set ticket_key_file in your own [tls] table" -}}
 {{- end -}}
 {{- if and .Values.tls.existingSecret .Values.tls.certManager.enabled -}}
 {{- fail "tls.existingSecret and tls.certManager.enabled are exclusive" -}}
