@@ -311,6 +311,18 @@ bool ictx_count_failure(sy_ictx *c)
 	return true;
 }
 
+static void handoff_to_client(void *arg, const char *data, size_t n)
+{
+	sy_session *s = arg;
+	sy_stream_write(&s->client, data, n);
+}
+
+static void handoff_to_backend(void *arg, const char *data, size_t n)
+{
+	sy_session *s = arg;
+	sy_stream_write(s->backend, data, n);
+}
+
 void ictx_auth_ok(sy_ictx *c, const char *reply, size_t len)
 {
 	sy_session *s = c->s;
@@ -323,20 +335,7 @@ void ictx_auth_ok(sy_ictx *c, const char *reply, size_t len)
 	c->identifier = NULL;
 	ictx_send(c, reply, len);
 	/* Whatever followed in either direction belongs to the bridged session. */
-	if (c->bbuf) {
-		if (c->blen > 0)
-			sy_stream_write(&s->client, c->bbuf, c->blen);
-		pool_put(&W(c)->pool, c->bbuf);
-		c->bbuf = NULL;
-		c->blen = 0;
-	}
-	if (c->cbuf) {
-		if (c->clen > 0)
-			sy_stream_write(s->backend, c->cbuf, c->clen);
-		pool_put(&W(c)->pool, c->cbuf);
-		c->cbuf = NULL;
-		c->clen = c->cscan = 0;
-	}
+	ireader_handoff(c, &W(c)->pool, handoff_to_client, handoff_to_backend, s);
 	/* A failed write above may already have closed the session (the
 	 * stream reports the error synchronously): nothing to bridge then. */
 	if (s->state == SS_CLOSING)

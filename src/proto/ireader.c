@@ -143,3 +143,20 @@ void ireader_backend_drop(sy_ictx *c, sy_pool *pool)
 		c->blen = 0;
 	}
 }
+
+/* ---- the bridge hand-off ----------------------------------------------------------------- */
+
+void ireader_handoff(sy_ictx *c, sy_pool *pool, sy_ireader_sink to_client,
+                     sy_ireader_sink to_backend, void *arg)
+{
+	if (c->bbuf) {
+		if (c->blen > 0)
+			to_client(arg, c->bbuf, c->blen);
+		ireader_backend_drop(c, pool);
+	}
+	if (c->cbuf) {
+		if (c->clen > 0)
+			to_backend(arg, c->cbuf, c->clen);
+		ireader_client_drop(c, pool);
+	}
+}

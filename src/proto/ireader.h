@@ -83,4 +83,17 @@ sy_iread ireader_backend_read(sy_ictx *c, sy_pool *pool, const char *data, size_
  * and when the backend leg is dropped). */
 void ireader_backend_drop(sy_ictx *c, sy_pool *pool);
 
+/*
+ * The bridge hand-off, when the backend accepted the login: what the backend
+ * sent after its verdict line (c->bbuf) goes to to_client, then what the
+ * client sent after the last line the module took (c->cbuf: commands
+ * pipelined behind the login, which the module never saw) goes to
+ * to_backend; each sink is called only for a non-empty rest. Both blocks go
+ * back to the pool and the reader is reset. A sink may close the session:
+ * the other is called all the same (its stream then refuses the bytes).
+ */
+typedef void (*sy_ireader_sink)(void *arg, const char *data, size_t n);
+void ireader_handoff(sy_ictx *c, sy_pool *pool, sy_ireader_sink to_client,
+                     sy_ireader_sink to_backend, void *arg);
+
 #endif

@@ -106,7 +106,26 @@ typedef struct fuzz_session {
 	bool login_started; /* ictx_authenticate was called: route and dial next */
 	size_t out_len, bout_len;
 	char out_last[2], bout_last[2];
+	/* Every byte the client reader took since it last dropped its buffer,
+	 * and every byte the backend reader took since the leg came up or was
+	 * last dropped: the bridge hand-off must pass on a tail of each that
+	 * starts after a line end. */
+	size_t crec_len, brec_len;
+	bool handed_client, handed_backend;
 } fuzz_session;
+
+#define REC_MAX 65536
+static char CREC[REC_MAX], BREC[REC_MAX];
+
+static void record(char *rec, size_t *len, const char *data, size_t n)
+{
+	if (*len + n > REC_MAX) {
+		*len = REC_MAX + 1; /* past what is checked */
+		return;
+	}
+	memcpy(rec + *len, data, n);
+	*len += n;
+}
 
 static fuzz_session FS;
 static sy_config *CFG;
@@ -243,6 +262,7 @@ static void end_login(sy_ictx *c)
 	FS.login_started = false;
 	FS.btls_pending = false;
 	ireader_backend_drop(c, &POOL);
+	FS.brec_len = 0;
 }
 
 static void process_client(sy_ictx *c);
@@ -304,12 +324,49 @@ void ictx_auth_failed(sy_ictx *c, const char *reply, size_t len, const char *gen
 	resume_preauth(c);
 }
 
+/* The hand-off's sinks: the bytes are a tail of what the leg's reader
+ * took, and what precedes them there ends a line (the backend's verdict,
+ * the client's login command). */
+static void check_tail(const char *rec, size_t rec_len, const char *data, size_t n,
+                       const char *what)
+{
+	if (rec_len > REC_MAX)
+		return;
+	check(n > 0 && n < rec_len, what);
+	check(memcmp(rec + rec_len - n, data, n) == 0, what);
+	check(rec[rec_len - n - 1] == '\n', what);
+}
+
+static void handoff_to_client(void *arg, const char *data, size_t n)
+{
+	(void)arg;
+	check(!FS.handed_client && !FS.handed_backend, "hand-off order");
+	FS.handed_client = true;
+	check_tail(BREC, FS.brec_len, data, n, "backend bytes after the verdict: wrong tail");
+	show("<", data, n);
+}
+
+static void handoff_to_backend(void *arg, const char *data, size_t n)
+{
+	(void)arg;
+	check(!FS.handed_backend, "hand-off order");
+	FS.handed_backend = true;
+	check_tail(CREC, FS.crec_len, data, n, "client bytes after the login: wrong tail");
+	show(">", data, n);
+}
+
 void ictx_auth_ok(sy_ictx *c, const char *reply, size_t len)
 {
 	check(FS.backend_up && c->state == IC_BACKEND, "auth_ok outside a login");
 	check_reply(reply, len, "auth_ok reply is not CRLF-terminated");
 	show("=", "bridged", 7);
 	ictx_send(c, reply, len);
+	FS.handed_client = FS.handed_backend = false;
+	ireader_handoff(c, &POOL, handoff_to_client, handoff_to_backend, NULL);
+	check(!c->cbuf && !c->bbuf, "hand-off left a reader buffer");
+	check(FS.crec_len == 0 || FS.handed_backend || FS.crec_len > REC_MAX ||
+	          CREC[FS.crec_len - 1] == '\n',
+	      "client bytes after the login not handed to the backend");
 	end_login(c);
 	c->state = IC_BRIDGED;
 }
@@ -329,6 +386,7 @@ void ictx_client_starttls(sy_ictx *c)
 	check(c->state == IC_PREAUTH, "client STARTTLS outside pre-auth");
 	/* Pipelined plaintext after STARTTLS is dropped, as the framework does. */
 	ireader_client_drop(c, &POOL);
+	FS.crec_len = 0;
 	c->state = IC_CLIENT_TLS;
 	FS.tls_pending = true;
 }
@@ -337,6 +395,7 @@ void ictx_backend_starttls(sy_ictx *c)
 {
 	check(FS.backend_up && c->state == IC_BACKEND, "backend STARTTLS without a backend");
 	ireader_backend_drop(c, &POOL);
+	FS.brec_len = 0;
 	FS.btls_pending = true;
 }
 
@@ -402,6 +461,7 @@ static void client_read(sy_ictx *c, const char *data, size_t n)
 {
 	switch (ireader_client_append(c, &POOL, data, n)) {
 	case SY_IREAD_OK:
+		record(CREC, &FS.crec_len, data, n);
 		process_client(c);
 		break;
 	case SY_IREAD_NOMEM:
@@ -421,6 +481,10 @@ static void backend_read(sy_ictx *c, const char *data, size_t n)
 {
 	if (!FS.backend_up || c->state != IC_BACKEND || FS.btls_pending)
 		return;
+	/* Recorded first: the verdict (and the hand-off) comes from inside
+	 * the reader. A read the reader refuses ends the login, which resets
+	 * the record. */
+	record(BREC, &FS.brec_len, data, n);
 	switch (ireader_backend_read(c, &POOL, data, n)) {
 	case SY_IREAD_NOMEM:
 		check(0, "oom");

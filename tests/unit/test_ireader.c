@@ -345,6 +345,69 @@ static void backend_lines(void **state)
 	done(c);
 }
 
+static struct {
+	char data[2][64];
+	size_t len[2];
+	int order[2], n;
+} sink;
+
+static void sink_add(int which, const char *data, size_t n)
+{
+	assert_true(n < sizeof(sink.data[0]) && sink.n < 2);
+	memcpy(sink.data[which], data, n);
+	sink.len[which] = n;
+	sink.order[sink.n++] = which;
+}
+
+static void to_client(void *arg, const char *data, size_t n)
+{
+	assert_ptr_equal(arg, &sink);
+	sink_add(0, data, n);
+}
+
+static void to_backend(void *arg, const char *data, size_t n)
+{
+	assert_ptr_equal(arg, &sink);
+	sink_add(1, data, n);
+}
+
+static void bridge_handoff(void **state)
+{
+	(void)state;
+	/* The login line pauses the reader; the client pipelines a command
+	 * behind it, and the backend's verdict is followed by an untagged
+	 * line. Each rest goes to the other leg, backend's first. */
+	sy_ictx *c = new_ictx(IC_PREAUTH);
+	memset(&sink, 0, sizeof(sink));
+	assert_int_equal(feed(c, "WAIT\r\nA2 SELECT INBOX\r\nA3 NO"), SY_IREAD_OK);
+	assert_int_equal(rec.n, 1);
+	c->state = IC_BACKEND;
+	assert_int_equal(feed(c, "OP\r\n"), SY_IREAD_OK); /* held, not parsed */
+	assert_int_equal(rec.n, 1);
+	assert_int_equal(bfeed(c, "DONE\r\n* 1 EXISTS\r\n"), SY_IREAD_OK);
+	ireader_handoff(c, &POOL, to_client, to_backend, &sink);
+	assert_int_equal(sink.n, 2);
+	assert_int_equal(sink.order[0], 0);
+	assert_int_equal(sink.len[0], strlen("* 1 EXISTS\r\n"));
+	assert_memory_equal(sink.data[0], "* 1 EXISTS\r\n", sink.len[0]);
+	assert_int_equal(sink.len[1], strlen("A2 SELECT INBOX\r\nA3 NOOP\r\n"));
+	assert_memory_equal(sink.data[1], "A2 SELECT INBOX\r\nA3 NOOP\r\n", sink.len[1]);
+	assert_null(c->cbuf);
+	assert_null(c->bbuf);
+	assert_int_equal(POOL.outstanding, 0);
+	done(c);
+
+	/* Nothing followed on either leg: neither sink is called. */
+	c = new_ictx(IC_PREAUTH);
+	memset(&sink, 0, sizeof(sink));
+	assert_int_equal(feed(c, "WAIT\r\n"), SY_IREAD_OK);
+	c->state = IC_BACKEND;
+	assert_int_equal(bfeed(c, "DONE\r\n"), SY_IREAD_OK);
+	ireader_handoff(c, &POOL, to_client, to_backend, &sink);
+	assert_int_equal(sink.n, 0);
+	done(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -354,6 +417,7 @@ int main(void)
 	    cmocka_unit_test(starttls_drops_pipelined_bytes),
 	    cmocka_unit_test(pause_close_and_states),
 	    cmocka_unit_test(backend_lines),
+	    cmocka_unit_test(bridge_handoff),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
