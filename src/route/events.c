@@ -34,12 +34,6 @@
 #include "switchyard/log.h"
 
 #define DOWN_TTL_CAP_MS 5000
-#define MAX_ORIGINS     256
-
-typedef struct origin_seen {
-	char id[17];
-	uint64_t seq;
-} origin_seen;
 
 struct sy_fleet {
 	sy_router *r;
@@ -48,8 +42,7 @@ struct sy_fleet {
 	bool was_down; /* the subscription was up once and then lost */
 	bool ever_up;  /* the first subscription has been confirmed */
 	bool up;
-	origin_seen seen[MAX_ORIGINS];
-	size_t nseen, next_evict;
+	sy_fleet_seen seen;
 };
 
 static char self_origin[17];
@@ -79,26 +72,25 @@ static const char *origin(void)
 	return self_origin;
 }
 
-/* True when (o, seq) is new; records it. */
-static bool first_time(struct sy_fleet *f, const char *o, uint64_t seq)
+bool fleet_seen_first(sy_fleet_seen *t, const char *o, uint64_t seq)
 {
-	for (size_t i = 0; i < f->nseen; i++) {
-		if (strcmp(f->seen[i].id, o) == 0) {
-			if (seq <= f->seen[i].seq)
+	for (size_t i = 0; i < t->n; i++) {
+		if (strcmp(t->e[i].id, o) == 0) {
+			if (seq <= t->e[i].seq)
 				return false;
-			f->seen[i].seq = seq;
+			t->e[i].seq = seq;
 			return true;
 		}
 	}
-	origin_seen *e;
-	if (f->nseen < MAX_ORIGINS) {
-		e = &f->seen[f->nseen++];
+	size_t slot;
+	if (t->n < FLEET_ORIGINS_MAX) {
+		slot = t->n++;
 	} else {
-		e = &f->seen[f->next_evict];
-		f->next_evict = (f->next_evict + 1) % MAX_ORIGINS;
+		slot = t->next_evict;
+		t->next_evict = (t->next_evict + 1) % FLEET_ORIGINS_MAX;
 	}
-	snprintf(e->id, sizeof(e->id), "%s", o);
-	e->seq = seq;
+	snprintf(t->e[slot].id, sizeof(t->e[slot].id), "%s", o);
+	t->e[slot].seq = seq;
 	return true;
 }
 
@@ -154,7 +146,7 @@ static void on_message(void *arg, sy_sub_kind kind, const char *payload, size_t 
 		sy_log(SY_LOG_WARN, "fleet event ignored", "reason", why, NULL);
 	} else if (ev.origin && strcmp(ev.origin, origin()) == 0) {
 		/* Our own: applied when it was published. */
-	} else if (ev.origin && ev.has_seq && !first_time(f, ev.origin, ev.seq)) {
+	} else if (ev.origin && ev.has_seq && !fleet_seen_first(&f->seen, ev.origin, ev.seq)) {
 		if (log_enabled(SY_LOG_DEBUG))
 			sy_log(SY_LOG_DEBUG, "fleet event ignored: seen before", "origin",
 			       ev.origin, NULL);
@@ -193,7 +185,7 @@ int fleet_event_parse(const char *payload, size_t len, sy_fleet_event *ev, json_
 	json_t *jo = json_object_get(j, "origin"), *jseq = json_object_get(j, "seq");
 	json_t *jid = json_object_get(j, "identifier"), *js = json_object_get(j, "seconds");
 	if (jo && (!json_is_string(jo) || json_string_length(jo) == 0 ||
-	           json_string_length(jo) >= sizeof(((origin_seen *)0)->id))) {
+	           json_string_length(jo) > FLEET_ORIGIN_MAX)) {
 		/* Longer origins could not be told apart once stored. */
 		*why = "origin is not a string of 1 to 16 characters";
 		return -1;

@@ -48,4 +48,26 @@ typedef struct sy_fleet_event {
 int fleet_event_parse(const char *payload, size_t len, sy_fleet_event *ev, json_t **json_out,
                       const char **why);
 
+/*
+ * The receivers' record of the events seen per origin: the last seq of each
+ * of up to FLEET_ORIGINS_MAX origins (1 to FLEET_ORIGIN_MAX characters).
+ * When it is full, the origin recorded longest ago is forgotten (a replica
+ * that restarted draws a new origin, so old ones stop coming).
+ */
+#define FLEET_ORIGINS_MAX 256
+#define FLEET_ORIGIN_MAX  16
+
+typedef struct sy_fleet_seen {
+	struct {
+		char id[FLEET_ORIGIN_MAX + 1];
+		uint64_t seq;
+	} e[FLEET_ORIGINS_MAX];
+	size_t n, next_evict;
+} sy_fleet_seen;
+
+/* True when (origin, seq) is new (seq above the last recorded from that
+ * origin, or the origin is not recorded); records it. False for a replay or
+ * a duplicate. Exposed for tests/fuzz/fuzz_fleet_dedup.c. */
+bool fleet_seen_first(sy_fleet_seen *t, const char *origin, uint64_t seq);
+
 #endif
