@@ -444,10 +444,15 @@ static int make_self_signed(SSL_CTX *ctx, const char **error_r)
  * hands in the cipher and MAC contexts of one ticket; this only picks the
  * key and initialises them. enc = 1: a new ticket, under the first key with
  * a random IV. enc = 0: the ticket's key name picks a key; 1 = use it, 2 =
- * use it and issue a fresh ticket under the first key (it was an older
- * key), 0 = unknown name (a full handshake, as for an expired key). Every
- * failure returns 0 too: no ticket, or no resumption, rather than a failed
- * handshake. */
+ * use it and issue a fresh ticket under the first key, 0 = unknown name (a
+ * full handshake, as for an expired key). Every failure returns 0 too: no
+ * ticket, or no resumption, rather than a failed handshake.
+ *
+ * Renewal: always under TLS 1.3, where OpenSSL's own keys renew every
+ * resumed session (one new ticket; RFC 8446 C.4 asks clients to use a ticket
+ * once, and OpenSSL clients drop a ticket they resumed with), so the number
+ * of tickets sent stays what it was without a key file. Under TLS 1.2 only
+ * for an older key, so its tickets move to the first key. */
 static int ticket_key_cb(SSL *ssl, unsigned char key_name[16], unsigned char *iv,
                          EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc)
 {
@@ -475,7 +480,7 @@ static int ticket_key_cb(SSL *ssl, unsigned char key_name[16], unsigned char *iv
 			ERR_clear_error();
 			return 0;
 		}
-		return i == 0 ? 1 : 2;
+		return (i == 0 && SSL_version(ssl) < TLS1_3_VERSION) ? 1 : 2;
 	}
 	return 0;
 }

@@ -21,6 +21,7 @@ refused it, not that the client never offered it.
   comment line): A's ticket resumes on B; B's own tickets are under k2, so
   they do not resume on A -- also the ticket B issues when it resumes A's
   (a decryption with an older key renews the ticket under the first key);
+- TLS 1.3: a resumption gets a new ticket, as with OpenSSL's own keys;
 - TLS 1.2: a ticket under an older key is renewed under the first one
   (the callback's "renew" answer; TLS 1.3 issues new tickets anyway);
 - reload: the key file rewritten to a new key and SIGHUP: a ticket from
@@ -186,6 +187,22 @@ def test_shared_key_file_resumes_on_another_process(switchyard, certs, dovecot, 
     assert resumes(ctx, a, ticket_from(ctx, b))
 
 
+@pytest.mark.parametrize("with_keys", [True, False], ids=["key-file", "no-key-file"])
+def test_tls13_resumption_renews_the_ticket(switchyard, certs, dovecot, ctx, with_keys):
+    """A TLS 1.3 resumption gets a new ticket, with or without a key file:
+    OpenSSL's own keys renew every resumed TLS 1.3 session, so the callback
+    does too (the number of tickets sent does not change). The client's
+    session id is the SHA-256 of its ticket, so a new id is a new ticket."""
+    a = Node(switchyard, certs, dovecot, key_file(b64(new_key())) if with_keys else None)
+    t = ticket_from(ctx, a)
+    c = Conn(ctx, a, session=t)
+    try:
+        assert c.reused
+        assert c.session.id != t.id, "no new ticket after a TLS 1.3 resumption"
+    finally:
+        c.close()
+
+
 def test_without_key_file_no_resumption_elsewhere(switchyard, certs, dovecot, ctx):
     a = Node(switchyard, certs, dovecot)
     b = Node(switchyard, certs, dovecot)
@@ -221,7 +238,8 @@ def test_rotation(switchyard, certs, dovecot, ctx):
 def test_rotation_renews_tls12_tickets(switchyard, certs, dovecot):
     """TLS 1.2 gets a new ticket on resumption only when the server asks for
     it: the callback does (returns 2) for a ticket under an older key, so the
-    client's ticket moves to k2 and no longer resumes on [k1]."""
+    client's ticket moves to k2 and no longer resumes on [k1]; under the
+    first key it does not (the client's ticket stays)."""
     ctx12 = certs.client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
     k1, k2 = new_key(), new_key()
     a = Node(switchyard, certs, dovecot, key_file(b64(k1)))
@@ -239,6 +257,13 @@ def test_rotation_renews_tls12_tickets(switchyard, certs, dovecot):
     assert resumes(ctx12, a, t1, version="TLSv1.2"), "control: the k1 ticket resumes on A"
     assert not resumes(ctx12, a, renewed, version="TLSv1.2"), "B did not renew the k1 ticket under k2"
     assert resumes(ctx12, b, renewed, version="TLSv1.2")
+
+    # Under B's first key: no renewal, the same ticket (session id) stays.
+    c = Conn(ctx12, b, session=renewed, version="TLSv1.2")
+    try:
+        assert c.reused and c.session.id == renewed.id
+    finally:
+        c.close()
 
 
 def test_reload_replaces_keys(switchyard, certs, dovecot, ctx):
