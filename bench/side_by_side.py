@@ -50,9 +50,13 @@ Targets:
                  proxied login cannot avoid
   floor-tickets  (--tls only, not in the default list) the floor sending two
                  TLS 1.3 session tickets per handshake, as the proxies do
+  switchyard-1-keys  (--tls only, not in the default list) switchyard-1 with
+                 [tls] ticket_key_file (one generated key): tickets through
+                 Switchyard's key callback instead of OpenSSL's own keys
 """
 
 import argparse
+import base64
 import os
 import re
 import socket
@@ -119,7 +123,12 @@ def loadgen(port, n, conc):
     m = re.search(r"logins=(\d+) errors=(\d+) seconds=([\d.]+)", out.stdout)
     if not m:
         raise SystemExit(f"sy-loadgen said: {out.stdout}{out.stderr}")
+    r = re.search(r"resumed=(\d+)", out.stdout)
+    LAST_RESUMED[0] = int(r.group(1)) if r else None
     return int(m.group(1)), int(m.group(2)), float(m.group(3))
+
+
+LAST_RESUMED = [None]  # resumed= of the last sy-loadgen run (--resume), else None
 
 
 def tree_pss_kib(pid):
@@ -267,7 +276,7 @@ def report(res, unit):
     print()
     for name, v in res.items():
         print(f"{name:13s} median {statistics.median(v):8.3f} {unit} (min {min(v):.3f}, max {max(v):.3f})")
-    for base in ("nginx", "floor"):
+    for base in ("nginx", "floor", "floor-tickets"):
         if base not in res:
             continue
         for name in res:
@@ -278,10 +287,16 @@ def report(res, unit):
                   f"(spread {min(ratios):.2f}-{max(ratios):.2f})")
 
 
-def start_switchyard(d, binary, backend, threads, name, cert=None):
+def start_switchyard(d, binary, backend, threads, name, cert=None, ticket_keys=False):
     port = free_port()
     cfg = os.path.join(d, f"{name}.toml")
-    tls = f"""[tls.certificate.main]
+    keys = ""
+    if ticket_keys:
+        kf = os.path.join(d, f"{name}-tickets.key")
+        with open(kf, "w") as f:
+            f.write(base64.b64encode(os.urandom(80)).decode() + "\n")
+        keys = f'[tls]\nticket_key_file = "{kf}"\n'
+    tls = keys + f"""[tls.certificate.main]
 cert = "{cert.cert}"
 key = "{cert.key}"
 """ if cert else ""
@@ -424,6 +439,10 @@ def main():
             p, pid, port = start_switchyard(d, a.bin, backend.imap, 1, "sy1", cert)
             stops.append(p.kill)
             targets["switchyard-1"] = (pid, port)
+        if "switchyard-1-keys" in wanted and cert:
+            p, pid, port = start_switchyard(d, a.bin, backend.imap, 1, "sy1keys", cert, ticket_keys=True)
+            stops.append(p.kill)
+            targets["switchyard-1-keys"] = (pid, port)
         if a.before:
             p, pid, port = start_switchyard(d, a.before, backend.imap, 1, "before", cert)
             stops.append(p.kill)
@@ -467,8 +486,9 @@ def main():
                 n, errs, secs = loadgen(port, a.n, a.concurrency)
                 us = (tree_cpu(pid) - c0) / n * 1e6
                 res[name].append(us)
+                resumed = f"  resumed={LAST_RESUMED[0]}" if LAST_RESUMED[0] is not None else ""
                 print(f"round {r + 1} {name:13s} {n / secs:7.0f} logins/s  {us:7.1f} us CPU/login"
-                      f"  errors={errs}", flush=True)
+                      f"  errors={errs}{resumed}", flush=True)
         report(res, "us/login")
     finally:
         for s in reversed(stops):
