@@ -16,7 +16,7 @@ shift || true
 targets=("$@")
 all=(toml config sasl identifier proxy_protocol k8s_event kubeconfig http mapfile
 	imap pop3 sieve submission store_answer fleet_event http_response
-	redis_reply pg_result proxy_stage fleet_dedup)
+	redis_reply pg_result proxy_stage fleet_dedup redis_conn pg_conn)
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 out=${FUZZ_OUT:-build-fuzz}
 mkdir -p "$out"
@@ -71,7 +71,7 @@ seed() {
 		cp "$f" "$dir/$(echo "$f" | md5sum | cut -c1-16)"; done ;;
 	config) cp examples/switchyard.toml "$dir/" ;;
 	k8s_event | kubeconfig | mapfile | imap | pop3 | sieve | submission | store_answer | fleet_event | http_response | redis_reply | \
-	pg_result | proxy_stage | fleet_dedup)
+	pg_result | proxy_stage | fleet_dedup | redis_conn | pg_conn)
 		cp tests/fuzz/seeds/"$t"/* "$dir/" 2>/dev/null || true ;;
 	http) printf 'GET /a?b=c HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n' >"$dir/get"
 		printf 'POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\nConnection: x\r\n\r\n' >"$dir/post" ;;
