@@ -56,31 +56,36 @@ static const char GENERIC_FAIL_FMT[] = "%s NO [AUTHENTICATIONFAILED] Authenticat
 
 /* ---- capabilities ---------------------------------------------------------------- */
 
+/* Appends " tok" (no space before the first) if it fits whole; keeps out
+ * NUL-terminated. Plain copies: this runs for every greeting. */
+static size_t caps_add(char *out, size_t n, size_t cap, const char *pre, const char *tok)
+{
+	size_t lp = strlen(pre), lt = strlen(tok), sp = n > 0;
+	if (sp + lp + lt >= cap - n)
+		return n;
+	if (sp)
+		out[n++] = ' ';
+	memcpy(out + n, pre, lp);
+	memcpy(out + n + lp, tok, lt);
+	n += lp + lt;
+	out[n] = '\0';
+	return n;
+}
+
 static size_t build_caps(sy_ictx *c, char *out, size_t cap)
 {
 	size_t n = 0;
-	bool first = true;
-#define ADD(tok)                                                                                   \
-	do {                                                                                       \
-		int w = snprintf(out + n, cap - n, "%s%s", first ? "" : " ", (tok));               \
-		if (w > 0 && (size_t)w < cap - n)                                                  \
-			n += (size_t)w;                                                            \
-		first = false;                                                                     \
-	} while (0)
+	out[0] = '\0';
 	for (size_t i = 0; i < c->caps->advertise.len; i++)
-		ADD(c->caps->advertise.items[i]);
+		n = caps_add(out, n, cap, "", c->caps->advertise.items[i]);
 	if (ictx_starttls_available(c))
-		ADD("STARTTLS");
+		n = caps_add(out, n, cap, "", "STARTTLS");
 	if (!ictx_plaintext_auth_allowed(c))
-		ADD("LOGINDISABLED");
+		n = caps_add(out, n, cap, "", "LOGINDISABLED");
 	sy_mech mechs[SY_MECH_UNKNOWN];
 	size_t nmechs = ictx_mechs_advertised(c, mechs);
-	for (size_t i = 0; i < nmechs; i++) {
-		char tok[64];
-		snprintf(tok, sizeof(tok), "AUTH=%s", sasl_mech_name(mechs[i]));
-		ADD(tok);
-	}
-#undef ADD
+	for (size_t i = 0; i < nmechs; i++)
+		n = caps_add(out, n, cap, "AUTH=", sasl_mech_name(mechs[i]));
 	return n;
 }
 

@@ -255,8 +255,9 @@ static void resume_preauth(sy_ictx *c)
 
 static void log_login(sy_ictx *c, const char *result, const char *reason)
 {
-	char peer[64];
-	session_peer_str(c->s, peer, sizeof(peer));
+	char peer[64] = "";
+	if (log_enabled(SY_LOG_INFO))
+		session_peer_str(c->s, peer, sizeof(peer));
 	sy_log(SY_LOG_INFO, "login", "listener", c->s->lcfg->name, "protocol", c->ops->name,
 	       "client", peer, "identifier", c->identifier ? c->identifier : "-", "mechanism",
 	       sasl_mech_name(c->creds.mech), "destination", c->s->dest ? c->s->dest->cfg->id : "-",

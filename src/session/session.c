@@ -95,6 +95,10 @@ static void on_timer_closed(uv_handle_t *h)
 
 static void log_closed(sy_session *s)
 {
+	/* Formatting the fields costs more than the line's write (a float among
+	 * them): none of it when the line is not logged. */
+	if (!log_enabled(SY_LOG_INFO))
+		return;
 	char peer[64], in[24], out[24], secs[24];
 	session_peer_str(s, peer, sizeof(peer));
 	/* Bytes are counted on the client leg: in = from the client, out = to it. */
