@@ -222,6 +222,7 @@ def test_chunked_upload_and_expect_to_webdav(proxy, nginxes):
     """curl PUTs a chunked body with Expect: 100-continue: nginx (the
     backend) answers 100, the body follows, the file arrives whole."""
     data = b"0123456789" * 5000
+    mark = nginxes["new"].log_mark()
     r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-T", "-",
                         "-H", "Transfer-Encoding: chunked", "-u", "bob@example.com:pw",
                         f"http://127.0.0.1:{proxy.port}/dav/up/file.bin"],
@@ -229,21 +230,20 @@ def test_chunked_upload_and_expect_to_webdav(proxy, nginxes):
     assert r.stdout == b"201", r
     with open(f"{nginxes['new'].root}/dav/up/file.bin", "rb") as f:
         assert f.read() == data
-    nginxes["new"].wait_log(r"/dav/up/file\.bin")
-    line = [ln for ln in nginxes["new"].log() if "/dav/up/file.bin" in ln][-1]
+    line = nginxes["new"].wait_line("/dav/up/file.bin", since=mark)
     assert "expect=[100-continue]" in line
 
 
 def test_body_extract_answers_100_continue_itself(proxy, nginxes):
     """A body-extract route: the proxy answers Expect itself, reads the
     form, routes by it, and the backend never sees Expect."""
+    mark = nginxes["new"].log_mark()
     r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-D", "-", "-H", "Expect: 100-continue",
                         "--data-binary", "pw=x&user=bob%40example.com" + "&pad=" + "p" * 3000,
                         f"http://127.0.0.1:{proxy.port}/login"], capture_output=True, text=True, timeout=20)
     assert "X-Backend: new" in r.stdout, r.stdout
     assert r.stdout.startswith("HTTP/1.1 100 Continue"), r.stdout[:200]
-    nginxes["new"].wait_log(r"\"POST /login")
-    line = [ln for ln in nginxes["new"].log() if '"POST /login' in ln][-1]
+    line = nginxes["new"].wait_line('"POST /login', since=mark)
     assert "expect=[-]" in line, line
     # No match: the fallback.
     r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-D", "-", "--data-binary", "nobody=here",
@@ -260,14 +260,14 @@ def test_keepalive_limits(switchyard, nginxes):
                       http_extra='max_keepalive_requests = 2\nkeepalive_timeout = "1s"'),
                files={"mappings.tsv": MAPPINGS})
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    mark = nginxes["new"].log_mark()
     for i in range(2):
         c.request("GET", f"/static/hello.txt?k={i}", headers={"Authorization": basic("bob@example.com")})
         r = c.getresponse()
         r.read()
         assert r.status == 200
     assert r.will_close  # nginx said Connection: close to the second
-    nginxes["new"].wait_log(r"hello\.txt\?k=1")  # logged after the response
-    line = [ln for ln in nginxes["new"].log() if "hello.txt?k=1" in ln][-1]
+    line = nginxes["new"].wait_line("hello.txt?k=1", since=mark)
     assert "connection=[close]" in line, line
     c.close()
 
@@ -656,6 +656,7 @@ def test_implicit_tls_listener_offers_http11_only(switchyard, nginxes, certs):
 def test_client_connection_close_is_honoured(proxy, nginxes):
     """The client's Connection: close reaches the backend as the proxy's own
     close request, and the client connection ends after the response."""
+    mark = nginxes["new"].log_mark()
     s = socket.create_connection(("127.0.0.1", proxy.port), timeout=WAIT)
     s.sendall(b"GET /static/hello.txt?bye HTTP/1.1\r\nHost: h\r\nConnection: close\r\nAuthorization: " +
               basic("bob@example.com").encode() + b"\r\n\r\n")
@@ -667,8 +668,7 @@ def test_client_connection_close_is_honoured(proxy, nginxes):
         got += chunk
     s.close()
     assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"hello from new\n")
-    nginxes["new"].wait_log(r"hello\.txt\?bye")
-    line = [ln for ln in nginxes["new"].log() if "hello.txt?bye" in ln][-1]
+    line = nginxes["new"].wait_line("hello.txt?bye", since=mark)
     assert "connection=[close]" in line, line
 
 

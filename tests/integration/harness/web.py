@@ -9,6 +9,7 @@ headers a test cares about (Expect, Connection)."""
 
 import asyncio
 import os
+import re
 import subprocess
 import threading
 
@@ -99,6 +100,16 @@ http {{
     def wait_log(self, pattern, timeout=DEFAULT_TIMEOUT):
         """nginx writes its access log after the response: wait for a line."""
         return wait_file_regex(self.access_log, pattern, timeout)
+
+    def log_mark(self):
+        """Where the access log ends now; pass it to wait_line as `since`."""
+        return os.path.getsize(self.access_log) if os.path.exists(self.access_log) else 0
+
+    def wait_line(self, text, since=0, timeout=DEFAULT_TIMEOUT):
+        """The first access log line containing `text` written after `since`
+        (a log_mark), waited for: nginx logs a request after its response."""
+        rx = re.compile(r"[^\n]*" + re.escape(text) + r"[^\n]*")
+        return wait_file_regex(self.access_log, rx, timeout, start=since).group(0)
 
     def cleanup(self):
         if self.proc and self.proc.poll() is None:
