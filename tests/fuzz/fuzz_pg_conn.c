@@ -174,6 +174,58 @@ static void on_closed(void *arg)
 	R.closed = true;
 }
 
+/* Caps what libpq allocates from the stream's announced sizes, without
+ * changing what it parses. Walking the messages as libpq frames them
+ * (type byte, int32 length that counts itself): a length above
+ * MAX_ANNOUNCED becomes MAX_ANNOUNCED, more than any input here can
+ * deliver, so libpq still waits for bytes that never come (or, above
+ * 30,000 for a short message type, still calls the stream broken); and a
+ * RowDescription's or DataRow's field count (int16) keeps only its low
+ * byte, more fields than 255 payload bytes can describe either way.
+ * Unshaped, libpq grew its buffer to a gigabyte announced and zeroed
+ * room for 32,767 fields, and the shadow memory ASan poisons for those
+ * took over 80 % of this target's time. A length libpq rejects (below 4,
+ * or negative) ends its parsing, so the walk stops there too.
+ *
+ * With `startup` (no canned startup: the stream begins at the
+ * authentication) libpq frames differently until it is in: it takes an
+ * AuthenticationOk as its 9 bytes whatever length it announces, and any
+ * other first message ends the connection, as no password is configured
+ * (a password, SASL or GSS request, an error, a protocol negotiation). */
+#define MAX_ANNOUNCED (1u << 15)
+
+static void shape(uint8_t *s, size_t len, bool startup)
+{
+	size_t pos = 0;
+	while (len - pos >= 5) {
+		uint32_t l = (uint32_t)s[pos + 1] << 24 | (uint32_t)s[pos + 2] << 16 |
+		             (uint32_t)s[pos + 3] << 8 | s[pos + 4];
+		if (startup) {
+			/* libpq takes only 8 to 2,000 for an authentication request. */
+			if (s[pos] != 'R' || l < 8 || l > 2000 || len - pos < 9 ||
+			    memcmp(s + pos + 5, "\0\0\0\0", 4) != 0)
+				return;
+			startup = false;
+			pos += 9;
+			continue;
+		}
+		if (l < 4 || l >= 0x80000000u)
+			return;
+		if (l > MAX_ANNOUNCED) {
+			l = MAX_ANNOUNCED;
+			s[pos + 1] = (uint8_t)(l >> 24);
+			s[pos + 2] = (uint8_t)(l >> 16);
+			s[pos + 3] = (uint8_t)(l >> 8);
+			s[pos + 4] = (uint8_t)l;
+		}
+		if ((s[pos] == 'T' || s[pos] == 'D') && len - pos >= 7)
+			s[pos + 5] = 0;
+		if (len - pos - 1 <= l)
+			return;
+		pos += 1 + l;
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (size < 1)
@@ -246,32 +298,36 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		                              "Z\0\0\0\x05I";
 		server_send(fd, startup, sizeof(startup) - 1);
 	}
+	/* The whole stream first, then sent chunk by chunk: a message header
+	 * can span two chunks, and shape() must see it whole. */
+	static uint8_t stream[3 * 8192];
+	static size_t ends[8192];
+	size_t slen = 0, nchunks = 0;
 	size_t i = 1;
-	while (i + 2 <= size) {
+	while (i + 2 <= size && slen + 5 + 255 <= sizeof(stream)) {
 		uint8_t type = data[i], l = data[i + 1];
 		i += 2;
 		size_t n = l < size - i ? l : size - i;
-		char msg[5 + 255];
-		size_t mlen = 0;
 		/* Never a ParameterDescription: libpq 15 (Debian 12) stores one
 		 * over the result a RowDescription of the same query left, and
 		 * leaks that (fe-protocol3.c getParamDescriptions; a libpq bug
 		 * on a stream no server sends, as the store never Describes). */
 		if (type == 't')
 			type = 'T';
-		if (type == 0) {
-			memcpy(msg, data + i, n);
-			mlen = n;
-		} else {
+		if (type != 0) {
 			uint32_t len = htonl((uint32_t)n + 4);
-			msg[0] = (char)type;
-			memcpy(msg + 1, &len, 4);
-			memcpy(msg + 5, data + i, n);
-			mlen = n + 5;
+			stream[slen] = type;
+			memcpy(stream + slen + 1, &len, 4);
+			slen += 5;
 		}
+		memcpy(stream + slen, data + i, n);
+		slen += n;
 		i += n;
-		server_send(fd, msg, mlen);
+		ends[nchunks++] = slen;
 	}
+	shape(stream, slen, f & 0x10);
+	for (size_t c = 0, from = 0; c < nchunks; from = ends[c++])
+		server_send(fd, (const char *)stream + from, ends[c] - from);
 	turn();
 	drain(fd);
 	if (f & 0x80) {

@@ -3,6 +3,7 @@
 #
 #   tests/fuzz/run.sh [seconds per target] [target ...]    (default: 60, all)
 #   FUZZ_RUNS=10000000 tests/fuzz/run.sh 7200 imap         (stop at N executions)
+#   FUZZ_TIMEOUT=30 ...        (seconds one input may take; default 10, raise on a loaded machine)
 #
 # Binaries, corpora and crash artifacts go to $FUZZ_OUT (default
 # build-fuzz/). scripts/test.sh runs every target for 5 s. A crash stops
@@ -94,6 +95,6 @@ for t in "${targets[@]}"; do
 	case $t in imap | pop3 | sieve | submission) maxlen=40000 ;; fleet_dedup) maxlen=1200 ;; esac
 	runs=()
 	[ -n "${FUZZ_RUNS:-}" ] && runs=(-runs="$FUZZ_RUNS")
-	(cd "$out/cwd" && "../fuzz_$t" -max_total_time="$secs" "${runs[@]}" -timeout=10 -rss_limit_mb=2048 -max_len=$maxlen \
+	(cd "$out/cwd" && "../fuzz_$t" -max_total_time="$secs" "${runs[@]}" -timeout="${FUZZ_TIMEOUT:-10}" -rss_limit_mb=2048 -max_len=$maxlen \
 		"${dict[@]}" -artifact_prefix="../crash_$t-" "../corpus_$t" </dev/null)
 done
