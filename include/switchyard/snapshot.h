@@ -29,7 +29,13 @@ typedef struct sy_dest_rt {
 	sy_tls_client *tls;  /* NULL when no leg uses TLS */
 	sy_health *health;   /* owned by the server's health table */
 	_Atomic uint32_t rr; /* source_ips round robin */
+	/* cfg->host parsed once when it is a literal address (port 0), so a
+	 * dial needs no getaddrinfo; ss_family AF_UNSPEC otherwise. */
+	struct sockaddr_storage ip;
 } sy_dest_rt;
+
+/* Fills rt->ip from rt->cfg->host (see above). */
+void dest_rt_parse_ip(sy_dest_rt *rt);
 
 /*
  * The nodes of one cluster, as one immutable set. Each node is a complete

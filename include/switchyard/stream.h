@@ -112,6 +112,14 @@ int sy_stream_read_start(sy_stream *s, sy_stream_read_cb cb);
 int sy_stream_read_start_splice(sy_stream *s, sy_stream *to, sy_stream_read_cb cb);
 /* Stops delivering; the kernel buffers and TCP flow control push back. */
 void sy_stream_read_stop(sy_stream *s);
+/*
+ * Turns the socket's read watcher on before anyone reads, as if paused: for
+ * a connecting backend leg, whose watcher then enters epoll together with
+ * the connect's (one epoll_ctl fewer than starting it after the connect).
+ * Nothing is read or delivered until sy_stream_read_start; bytes that come
+ * first wait in the kernel.
+ */
+void sy_stream_watch(sy_stream *s);
 
 /*
  * Queues `len` plaintext bytes (copied or written at once; the caller keeps

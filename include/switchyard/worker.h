@@ -65,6 +65,10 @@ typedef struct sy_acceptor {
 	                             (sessions look the listener up by name) */
 	sy_listener_rt *rt;
 	struct sockaddr_storage addr; /* the bind address */
+	/* Every connection's local address, when the socket is bound to one
+	 * address (not a wildcard): sessions then need no getsockname. */
+	struct sockaddr_storage local;
+	bool local_known;
 	bool closed;
 } sy_acceptor;
 

@@ -57,6 +57,7 @@ struct sy_dial {
 	uv_getaddrinfo_t gai;
 	struct addrinfo *ai;
 	struct addrinfo *next_ai;
+	bool literal; /* the destination's address, parsed at load (dest->ip): no ai */
 	struct sockaddr_storage target;
 
 	uv_connect_t creq;
@@ -349,12 +350,16 @@ static int bind_source(sy_stream *s, const struct sockaddr_storage *src)
 static void start_attempt(sy_dial *d)
 {
 	d->attempt++;
-	if (!d->next_ai)
-		d->next_ai = d->ai;
-	struct addrinfo *a = d->next_ai;
-	d->next_ai = a->ai_next;
-	memset(&d->target, 0, sizeof(d->target));
-	memcpy(&d->target, a->ai_addr, a->ai_addrlen);
+	if (d->literal) {
+		memcpy(&d->target, &d->p.dest->ip, sizeof(d->target));
+	} else {
+		if (!d->next_ai)
+			d->next_ai = d->ai;
+		struct addrinfo *a = d->next_ai;
+		d->next_ai = a->ai_next;
+		memset(&d->target, 0, sizeof(d->target));
+		memcpy(&d->target, a->ai_addr, a->ai_addrlen);
+	}
 	uint16_t port = d->p.dest->cfg->proto[d->p.proto].port;
 	if (d->target.ss_family == AF_INET)
 		((struct sockaddr_in *)&d->target)->sin_port = htons(port);
@@ -401,6 +406,7 @@ static void start_attempt(sy_dial *d)
 		return;
 	}
 	d->pending++;
+	sy_stream_watch(s);
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -469,15 +475,23 @@ sy_dial *dial_start(const sy_dial_params *p)
 	const char *host = p->dest->cfg->host;
 	d->state = DIAL_RESOLVING;
 	d->gai.data = d;
+	/* A literal address needs no DNS: it was parsed when the snapshot was
+	 * built. Asking libuv to resolve it would cost every login a round trip
+	 * through libuv's thread pool (a futex wake-up, two context switches
+	 * and an eventfd write), about a tenth of the proxy's CPU per plain
+	 * IMAP login (bench/login_cpu.py); even getaddrinfo(AI_NUMERICHOST)
+	 * in the loop's thread was about 1 %. The attempt still starts from the
+	 * loop (a zero timer), never from inside dial_start, so the callback
+	 * contract is unchanged. */
+	if (p->dest->cfg->host_is_ip && p->dest->ip.ss_family != AF_UNSPEC) {
+		d->literal = true;
+		d->state = DIAL_STARTING;
+		uv_timer_start(&d->retry, on_retry_timer, 0, 0);
+		return d;
+	}
 	if (p->dest->cfg->host_is_ip) {
-		/* A literal address needs no DNS, so it is parsed here, in the
-		 * loop's thread (a NULL callback makes uv_getaddrinfo synchronous):
-		 * the asynchronous form would cost every login a round trip
-		 * through libuv's thread pool (a futex wake-up, two context
-		 * switches and an eventfd write), about a tenth of the proxy's CPU
-		 * per plain IMAP login (bench/login_cpu.py). The attempt
-		 * still starts from the loop (a zero timer), never from inside
-		 * dial_start, so the callback contract is unchanged. */
+		/* Not parsed at load (a destination built elsewhere): parsed here,
+		 * synchronously (a NULL callback). */
 		hints.ai_flags = AI_NUMERICHOST;
 		int r = uv_getaddrinfo(&p->w->loop, &d->gai, NULL, host, NULL, &hints);
 		if (r == 0 && d->gai.addrinfo) {

@@ -424,11 +424,16 @@ static bool splice_disabled(void)
 }
 #endif
 
+static bool want_uv_read(const sy_stream *s);
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
 	(void)suggested;
 	sy_stream *s = h->data;
-	if (s->splice_to) {
+	/* Paused with libuv's read still on (update_uv_read): no buffer, so
+	 * libuv answers read_cb(UV_ENOBUFS) without reading and the bytes stay
+	 * in the kernel. */
+	if (s->splice_to || !want_uv_read(s)) {
 		*buf = uv_buf_init(NULL, 0); /* read_cb(UV_ENOBUFS): see splice mode */
 		return;
 	}
@@ -439,6 +444,13 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static void on_read(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
 {
 	sy_stream *s = h->data;
+	if (nread == UV_ENOBUFS && !want_uv_read(s)) {
+		/* Bytes (or the end) arrived while the owner is paused: now the
+		 * read really stops, and they wait in the kernel. */
+		uv_read_stop((uv_stream_t *)&s->tcp);
+		s->uv_reading = false;
+		return;
+	}
 #ifdef __linux__
 	if (nread == UV_ENOBUFS && s->splice_to) {
 		splice_pump(s);
@@ -483,6 +495,16 @@ static bool want_uv_read(const sy_stream *s)
 	return s->handshaking || s->reading;
 }
 
+/*
+ * Turns libuv's read on or off as want_uv_read says, except that an owner's
+ * pause (sy_stream_read_stop, nothing else in the way) leaves it on: the
+ * stop happens only if something arrives before the owner reads again
+ * (on_alloc, on_read). A session pauses its client around every login
+ * while the backend answers, and usually nothing comes meanwhile, so the
+ * pause costs no system call. A real stop and restart costs two: libuv
+ * 1.44 leaves a stopped descriptor in epoll and restarts it with
+ * EPOLL_CTL_ADD, which fails with EEXIST, then EPOLL_CTL_MOD.
+ */
 static void update_uv_read(sy_stream *s)
 {
 	bool want = want_uv_read(s);
@@ -491,7 +513,10 @@ static void update_uv_read(sy_stream *s)
 	if (want) {
 		if (uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read) == 0)
 			s->uv_reading = true;
-	} else {
+		return;
+	}
+	bool paused_only = !s->closing && !s->eof_seen && !(s->in_buf && s->in_off < s->in_len);
+	if (!paused_only) {
 		uv_read_stop((uv_stream_t *)&s->tcp);
 		s->uv_reading = false;
 	}
@@ -638,6 +663,13 @@ int sy_stream_read_start_splice(sy_stream *s, sy_stream *to, sy_stream_read_cb c
 	(void)cb;
 	return UV_ENOTSUP;
 #endif
+}
+
+void sy_stream_watch(sy_stream *s)
+{
+	if (!s->closing && !s->uv_reading &&
+	    uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read) == 0)
+		s->uv_reading = true;
 }
 
 void sy_stream_read_stop(sy_stream *s)

@@ -10,12 +10,14 @@
  */
 #include "switchyard/server.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -106,6 +108,7 @@ sy_node_set *server_node_set(sy_server *srv, const sy_config *cfg, const sy_clus
 		                    m);
 		set->ids[k] = m->id;
 		set->nodes[k].cfg = m;
+		dest_rt_parse_ip(&set->nodes[k]);
 		set->serving[k] = v[k].serving;
 		set->terminating[k] = v[k].terminating;
 		set->eligible[k] = v[k].serving && !v[k].terminating;
@@ -195,6 +198,7 @@ static sy_snapshot *snapshot_build(sy_server *srv, sy_config *cfg, char **error_
 	for (size_t i = 0; i < cfg->ndestinations; i++) {
 		sy_destination_config *d = &cfg->destinations[i];
 		s->dests[i].cfg = d;
+		dest_rt_parse_ip(&s->dests[i]);
 		s->dests[i].health = health_add(srv, cfg, d);
 		if (!s->dests[i].health)
 			goto fail;
@@ -309,6 +313,16 @@ static void on_acceptor_closed(uv_handle_t *h)
 	free(a);
 }
 
+/* 0.0.0.0 or ::: a connection's local address is then its own. */
+static bool sockaddr_is_wildcard(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+	if (ss->ss_family == AF_INET6)
+		return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+	return true;
+}
+
 /* Starts accepting on a listening socket `fd` (ownership passes) on w's loop
  * (its thread, or before it runs). Returns 0 or -1 (fd closed). */
 static int add_acceptor(sy_worker *w, int fd, sy_listener_rt *rt, size_t listener_index,
@@ -323,6 +337,9 @@ static int add_acceptor(sy_worker *w, int fd, sy_listener_rt *rt, size_t listene
 	a->listener_index = listener_index;
 	a->rt = rt;
 	memcpy(&a->addr, &b->addr, b->addrlen);
+	socklen_t llen = sizeof(a->local);
+	if (getsockname(fd, (struct sockaddr *)&a->local, &llen) == 0)
+		a->local_known = !sockaddr_is_wildcard(&a->local);
 	uv_tcp_init(&w->loop, &a->tcp);
 	a->tcp.data = a;
 	a->next = w->acceptors;

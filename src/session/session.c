@@ -462,7 +462,10 @@ void session_accept(sy_worker *w, sy_acceptor *a)
 	atomic_fetch_add(&a->rt->accepted, 1);
 	metrics_conn_accepted(listener_slot(s)); /* metrics */
 	sy_stream_peer(&s->client, &s->peer);
-	sy_stream_local(&s->client, &s->local);
+	if (a->local_known)
+		memcpy(&s->local, &a->local, sizeof(s->local));
+	else
+		sy_stream_local(&s->client, &s->local);
 	uv_tcp_nodelay(&s->client.tcp, 1);
 
 	/* Beyond max_connections: accept and close at once, so the backlog never
