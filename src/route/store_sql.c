@@ -61,14 +61,15 @@
 #include "store_reply.h"
 #include "switchyard/log.h"
 
-#define BACKOFF_FIRST_MS   100
-#define BACKOFF_MAX_MS     5000
-#define CONNECT_TIMEOUT_MS 5000 /* when lookup_timeout is 0 */
-#define QUEUE_MAX          1024 /* waiting requests per connection */
-#define STARTUP_QUEUE_MAX  1024
-#define MAX_ADDRS          8 /* addresses tried per host name */
-#define DEFAULT_QUERY      "SELECT destination FROM routes WHERE identifier = $1"
-#define NOTIFY_QUERY       "SELECT pg_notify($1, $2)"
+#define BACKOFF_FIRST_MS      100
+#define BACKOFF_MAX_MS        5000
+#define CONNECT_TIMEOUT_MS    5000 /* when lookup_timeout is 0 */
+#define QUEUE_MAX             1024 /* waiting requests per connection */
+#define STARTUP_QUEUE_MAX     1024
+#define MAX_ADDRS             8  /* addresses tried per host name */
+#define MAX_RESULTS_PER_QUERY 16 /* see collect() */
+#define DEFAULT_QUERY         "SELECT destination FROM routes WHERE identifier = $1"
+#define NOTIFY_QUERY          "SELECT pg_notify($1, $2)"
 
 typedef enum conn_state {
 	CONN_DOWN, /* waiting for the reconnect timer */
@@ -780,8 +781,31 @@ static void send_next(conn *c)
  * (there should be none) are discarded. */
 static void collect(conn *c)
 {
+	/* Results since the last request completed. Each query the store sends
+	 * has one result, then the end (NULL). A server that answers with a
+	 * CopyInResponse puts libpq in COPY mode, where PQgetResult hands out a
+	 * PGRES_COPY_IN result on every call until the client ends the COPY:
+	 * this loop then never returned (found by tests/fuzz/fuzz_pg_conn.c).
+	 * No query of the store starts a COPY, so the connection is dropped,
+	 * which fails the request over as any lost connection does; so is one
+	 * that yields more results than a query can have, whatever the cause. */
+	unsigned results = 0;
 	while (c->pg && !PQisBusy(c->pg)) {
 		PGresult *res = PQgetResult(c->pg);
+		if (res) {
+			ExecStatusType st = PQresultStatus(res);
+			const char *bad =
+			    st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH
+			        ? "the server started a COPY"
+			    : ++results > MAX_RESULTS_PER_QUERY
+			        ? "the server sent results without end"
+			        : NULL;
+			if (bad) {
+				PQclear(res);
+				conn_lost(c, bad);
+				return;
+			}
+		}
 		if (res) {
 			char err[512];
 			if (c->inflight) {
@@ -812,6 +836,7 @@ static void collect(conn *c)
 			break;
 		sy_store_req *r = c->inflight;
 		c->inflight = NULL;
+		results = 0;
 		complete(c->s, r);
 		send_next(c);
 		if (!c->inflight && c->s->life.startup.head)

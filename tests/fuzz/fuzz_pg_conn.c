@@ -197,6 +197,7 @@ static void on_closed(void *arg)
 static void shape(uint8_t *s, size_t len, bool startup)
 {
 	size_t pos = 0;
+	bool rows_pending = false;
 	while (len - pos >= 5) {
 		uint32_t l = (uint32_t)s[pos + 1] << 24 | (uint32_t)s[pos + 2] << 16 |
 		             (uint32_t)s[pos + 3] << 8 | s[pos + 4];
@@ -220,6 +221,18 @@ static void shape(uint8_t *s, size_t len, bool startup)
 		}
 		if ((s[pos] == 'T' || s[pos] == 'D') && len - pos >= 7)
 			s[pos + 5] = 0;
+		/* libpq 15 leaks the result a RowDescription began when a COPY
+		 * start (CopyIn/Out/BothResponse) comes before the query's end:
+		 * getCopyStart stores its own result over it (fe-protocol3.c, the
+		 * same family as the ParameterDescription leak below). Such a
+		 * COPY start becomes a CopyData, which libpq drops outside a COPY;
+		 * a COPY start anywhere else still reaches the store. */
+		if (s[pos] == 'T')
+			rows_pending = true;
+		else if (s[pos] == 'C' || s[pos] == 'E' || s[pos] == 'I')
+			rows_pending = false;
+		else if (rows_pending && (s[pos] == 'G' || s[pos] == 'H' || s[pos] == 'W'))
+			s[pos] = 'd';
 		if (len - pos - 1 <= l)
 			return;
 		pos += 1 + l;
