@@ -351,8 +351,8 @@ def test_api_outage_keeps_routing_then_catches_up(switchyard, pods, fakes, certs
     p = Proxy(switchyard, pods, fake.url, certs, tmp)
     p.wait_ready()
     p.wait_members(nodes)
+    mark = p.sy.log_mark()  # before the stop: the proxy may log its error at once
     fake.stop()
-    mark = p.sy.log_mark()
     p.sy.wait_log(r"k8s discovery (state|error)", since=mark)
     assert p.ready()[0] == 200
     sample = list(ACCOUNTS)[:40]
