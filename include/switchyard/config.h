@@ -392,4 +392,7 @@ int sy_duration_parse(const char *s, uint64_t *ms_out);
 int sy_sockaddr_parse(const char *s, bool allow_no_port, struct sockaddr_storage *ss,
                       socklen_t *len);
 
+/* True for 0.0.0.0 and :: (any other family: false). */
+bool sy_sockaddr_is_wildcard(const struct sockaddr *sa);
+
 #endif

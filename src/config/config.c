@@ -239,6 +239,15 @@ static int parse_v6(const char *s, size_t len, struct sockaddr_in6 *sin6)
 	return 0;
 }
 
+bool sy_sockaddr_is_wildcard(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return ((const struct sockaddr_in *)sa)->sin_addr.s_addr == htonl(INADDR_ANY);
+	if (sa->sa_family == AF_INET6)
+		return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+	return false;
+}
+
 int sy_sockaddr_parse(const char *s, bool allow_no_port, struct sockaddr_storage *ss,
                       socklen_t *len)
 {

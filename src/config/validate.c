@@ -616,13 +616,6 @@ static uint16_t addr_port(const struct sockaddr_storage *ss)
 	return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
 }
 
-static bool addr_is_any(const struct sockaddr_storage *ss)
-{
-	if (ss->ss_family == AF_INET)
-		return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
-	return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
-}
-
 static bool addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
 	if (a->ss_family == AF_INET)
@@ -641,7 +634,9 @@ static bool binds_collide(const sy_bind_addr *a, const sy_bind_addr *b)
 {
 	if (a->addr.ss_family != b->addr.ss_family || addr_port(&a->addr) != addr_port(&b->addr))
 		return false;
-	return addr_is_any(&a->addr) || addr_is_any(&b->addr) || addr_equal(&a->addr, &b->addr);
+	return sy_sockaddr_is_wildcard((const struct sockaddr *)&a->addr) ||
+	       sy_sockaddr_is_wildcard((const struct sockaddr *)&b->addr) ||
+	       addr_equal(&a->addr, &b->addr);
 }
 
 typedef struct bind_ref {

@@ -10,7 +10,6 @@
  */
 #include "switchyard/server.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -313,16 +312,6 @@ static void on_acceptor_closed(uv_handle_t *h)
 	free(a);
 }
 
-/* 0.0.0.0 or ::: a connection's local address is then its own. */
-static bool sockaddr_is_wildcard(const struct sockaddr_storage *ss)
-{
-	if (ss->ss_family == AF_INET)
-		return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
-	if (ss->ss_family == AF_INET6)
-		return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
-	return true;
-}
-
 /* Starts accepting on a listening socket `fd` (ownership passes) on w's loop
  * (its thread, or before it runs). Returns 0 or -1 (fd closed). */
 static int add_acceptor(sy_worker *w, int fd, sy_listener_rt *rt, size_t listener_index,
@@ -339,7 +328,9 @@ static int add_acceptor(sy_worker *w, int fd, sy_listener_rt *rt, size_t listene
 	memcpy(&a->addr, &b->addr, b->addrlen);
 	socklen_t llen = sizeof(a->local);
 	if (getsockname(fd, (struct sockaddr *)&a->local, &llen) == 0)
-		a->local_known = !sockaddr_is_wildcard(&a->local);
+		a->local_known =
+		    (a->local.ss_family == AF_INET || a->local.ss_family == AF_INET6) &&
+		    !sy_sockaddr_is_wildcard((const struct sockaddr *)&a->local);
 	uv_tcp_init(&w->loop, &a->tcp);
 	a->tcp.data = a;
 	a->next = w->acceptors;
