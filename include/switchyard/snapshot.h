@@ -30,7 +30,8 @@ typedef struct sy_dest_rt {
 	sy_health *health;   /* owned by the server's health table */
 	_Atomic uint32_t rr; /* source_ips round robin */
 	/* cfg->host parsed once when it is a literal address (port 0), so a
-	 * dial needs no getaddrinfo; ss_family AF_UNSPEC otherwise. */
+	 * dial needs no resolver; ss_family AF_UNSPEC otherwise (a host name,
+	 * resolved on every dial). */
 	struct sockaddr_storage ip;
 } sy_dest_rt;
 

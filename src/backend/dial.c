@@ -57,7 +57,6 @@ struct sy_dial {
 	uv_getaddrinfo_t gai;
 	struct addrinfo *ai;
 	struct addrinfo *next_ai;
-	bool literal; /* the destination's address, parsed at load (dest->ip): no ai */
 	struct sockaddr_storage target;
 
 	uv_connect_t creq;
@@ -350,7 +349,7 @@ static int bind_source(sy_stream *s, const struct sockaddr_storage *src)
 static void start_attempt(sy_dial *d)
 {
 	d->attempt++;
-	if (d->literal) {
+	if (!d->ai) { /* a literal address (dial_start): no resolution */
 		memcpy(&d->target, &d->p.dest->ip, sizeof(d->target));
 	} else {
 		if (!d->next_ai)
@@ -469,42 +468,25 @@ sy_dial *dial_start(const sy_dial_params *p)
 	d->pending = 2;
 	uv_timer_start(&d->deadline, on_deadline, p->timeout_ms, 0);
 
+	/* A literal address needs no DNS: it was parsed when the snapshot was
+	 * built (sy_dest_rt.ip). Asking libuv to resolve it would cost every
+	 * login a round trip through libuv's thread pool (a futex wake-up, two
+	 * context switches and an eventfd write), about a tenth of the proxy's
+	 * CPU per plain IMAP login (bench/login_cpu.py); even
+	 * getaddrinfo(AI_NUMERICHOST) in the loop's thread was about 1 %. The
+	 * attempt still starts from the loop (a zero timer), never from inside
+	 * dial_start, so the callback contract is unchanged. */
+	if (p->dest->ip.ss_family != AF_UNSPEC) {
+		d->state = DIAL_STARTING;
+		uv_timer_start(&d->retry, on_retry_timer, 0, 0);
+		return d;
+	}
 	/* Hostnames are resolved on every connection so a changed address is
 	 * picked up without a restart. */
 	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
 	const char *host = p->dest->cfg->host;
 	d->state = DIAL_RESOLVING;
 	d->gai.data = d;
-	/* A literal address needs no DNS: it was parsed when the snapshot was
-	 * built. Asking libuv to resolve it would cost every login a round trip
-	 * through libuv's thread pool (a futex wake-up, two context switches
-	 * and an eventfd write), about a tenth of the proxy's CPU per plain
-	 * IMAP login (bench/login_cpu.py); even getaddrinfo(AI_NUMERICHOST)
-	 * in the loop's thread was about 1 %. The attempt still starts from the
-	 * loop (a zero timer), never from inside dial_start, so the callback
-	 * contract is unchanged. */
-	if (p->dest->cfg->host_is_ip && p->dest->ip.ss_family != AF_UNSPEC) {
-		d->literal = true;
-		d->state = DIAL_STARTING;
-		uv_timer_start(&d->retry, on_retry_timer, 0, 0);
-		return d;
-	}
-	if (p->dest->cfg->host_is_ip) {
-		/* Not parsed at load (a destination built elsewhere): parsed here,
-		 * synchronously (a NULL callback). */
-		hints.ai_flags = AI_NUMERICHOST;
-		int r = uv_getaddrinfo(&p->w->loop, &d->gai, NULL, host, NULL, &hints);
-		if (r == 0 && d->gai.addrinfo) {
-			d->ai = d->next_ai = d->gai.addrinfo;
-			d->state = DIAL_STARTING;
-			uv_timer_start(&d->retry, on_retry_timer, 0, 0);
-			return d;
-		}
-		/* Unexpected for a literal: let the resolver report it. */
-		if (d->gai.addrinfo)
-			uv_freeaddrinfo(d->gai.addrinfo);
-		d->gai.addrinfo = NULL;
-	}
 	int r = uv_getaddrinfo(&p->w->loop, &d->gai, on_resolved, host, NULL, &hints);
 	if (r != 0) {
 		snprintf(d->reason, sizeof(d->reason), "cannot resolve %s: %s", host,
@@ -576,15 +558,6 @@ static uint16_t port_of(const struct sockaddr *sa)
 	return 0;
 }
 
-static bool is_wildcard(const struct sockaddr *sa)
-{
-	if (sa->sa_family == AF_INET)
-		return ((const struct sockaddr_in *)sa)->sin_addr.s_addr == htonl(INADDR_ANY);
-	if (sa->sa_family == AF_INET6)
-		return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)sa)->sin6_addr);
-	return false;
-}
-
 bool dial_is_own_listener(const sy_config *cfg, const struct sockaddr *sa)
 {
 	uint16_t port = port_of(sa);
@@ -596,7 +569,7 @@ bool dial_is_own_listener(const sy_config *cfg, const struct sockaddr *sa)
 				continue;
 			if (same_ip(b, sa))
 				return true;
-			if (is_wildcard(b) && is_local_ip(sa))
+			if (sy_sockaddr_is_wildcard(b) && is_local_ip(sa))
 				return true;
 		}
 	}

@@ -101,9 +101,8 @@ void snapshot_unref(sy_snapshot *s)
 void dest_rt_parse_ip(sy_dest_rt *rt)
 {
 	socklen_t len;
-	memset(&rt->ip, 0, sizeof(rt->ip));
 	if (!rt->cfg->host_is_ip || sy_sockaddr_parse(rt->cfg->host, true, &rt->ip, &len) != 0)
-		rt->ip.ss_family = AF_UNSPEC;
+		memset(&rt->ip, 0, sizeof(rt->ip)); /* AF_UNSPEC: resolved per dial */
 }
 
 sy_dest_rt *snapshot_dest(sy_snapshot *s, const char *id)

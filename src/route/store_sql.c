@@ -805,8 +805,6 @@ static void collect(conn *c)
 				conn_lost(c, bad);
 				return;
 			}
-		}
-		if (res) {
 			char err[512];
 			if (c->inflight) {
 				record(c->inflight, res);
