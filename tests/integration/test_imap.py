@@ -1241,6 +1241,52 @@ def test_id_forwarding_attributes(sy_pool, certs, fakes, client_leg):
     assert re.fullmatch(want.encode(), lines[ids[0]]), lines[ids[0]]
 
 
+def proxy_recv_queue(proxy_port, source, client_port):
+    """Bytes waiting unread in the proxy's socket of one client connection
+    (its Recv-Q, from ss), or None while ss does not show it."""
+    out = subprocess.run(["ss", "-tnH", "state", "established", "src", f"127.0.0.1:{proxy_port}",
+                          "dst", f"{source}:{client_port}"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return int(out[0]) if out else None
+
+
+def test_commands_sent_while_the_backend_decides_follow_the_login(sy_pool, certs):
+    """While the backend has not yet answered the replayed login, the proxy
+    reads nothing more from the client: bytes the client sends meanwhile wait
+    in the kernel (the proxy's Recv-Q), are never lost or served by the proxy,
+    and reach the backend in order once it accepted the login."""
+    asked, verdict = threading.Event(), threading.Event()
+
+    def accept(mech, msg):
+        asked.set()
+        verdict.wait(20)
+        return True
+
+    fake = FakeImap(accept=accept)
+    try:
+        sy = pooled(sy_pool, "fake-slow-verdict", certs, fake.port, three_listeners(),
+                    backend_tls="plain", forwarding="none", caps={"allow_plain_auth_without_tls": True})
+        c = Raw(sy.ports["plain"])
+        c.send(f'w1 LOGIN "{ALICE[0]}" "{ALICE[1]}"\r\n')
+        assert asked.wait(20)
+        later = b"w2 NOOP\r\nw3 LOGOUT\r\n"
+        c.send(later)
+        end = time.monotonic() + 10
+        while proxy_recv_queue(sy.ports["plain"], c.source, c.client_port) != len(later):
+            assert time.monotonic() < end, "the bytes never waited unread in the proxy's socket"
+            time.sleep(0.02)
+        verdict.set()
+        assert c.tagged("w1")[-1].startswith(b"w1 OK")
+        assert c.tagged("w2") == [b"w2 OK NOOP done"]
+        r = c.tagged("w3")
+        assert r[0] == b"* BYE bye" and r[-1] == b"w3 OK bye", r
+        lines = fake.conns[-1]["lines"]
+        assert lines[-2:] == [b"w2 NOOP\r\n", b"w3 LOGOUT\r\n"], lines
+    finally:
+        verdict.set()
+        fake.stop()
+
+
 def test_no_id_when_not_advertised(sy_pool, certs, fakes):
     fake = fakes["no-sasl-ir"]
     sy = pooled(sy_pool, "fake-no-sasl-ir", certs, fake.port, three_listeners(), backend_tls="plain",
