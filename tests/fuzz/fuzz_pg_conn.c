@@ -179,9 +179,11 @@ static void on_closed(void *arg)
  * (type byte, int32 length that counts itself): a length above
  * MAX_ANNOUNCED becomes MAX_ANNOUNCED, more than any input here can
  * deliver, so libpq still waits for bytes that never come (or, above
- * 30,000 for a short message type, still calls the stream broken); and a
- * RowDescription's or DataRow's field count (int16) keeps only its low
- * byte, more fields than 255 payload bytes can describe either way.
+ * 30,000 for a short message type, still calls the stream broken); and the
+ * field count (int16) of a RowDescription, a DataRow or a COPY start (after
+ * its format byte) keeps only its low byte, more fields than 255 payload
+ * bytes can describe either way. (The COPY start's count was missed at
+ * first: its 1 MB of zeroed column descriptions took half the time.)
  * Unshaped, libpq grew its buffer to a gigabyte announced and zeroed
  * room for 32,767 fields, and the shadow memory ASan poisons for those
  * took over 80 % of this target's time. A length libpq rejects (below 4,
@@ -219,8 +221,11 @@ static void shape(uint8_t *s, size_t len, bool startup)
 			s[pos + 3] = (uint8_t)(l >> 8);
 			s[pos + 4] = (uint8_t)l;
 		}
-		if ((s[pos] == 'T' || s[pos] == 'D') && len - pos >= 7)
+		bool copy_start = s[pos] == 'G' || s[pos] == 'H' || s[pos] == 'W';
+		if ((s[pos] == 'T' || s[pos] == 'D') && l >= 6 && len - pos > 5)
 			s[pos + 5] = 0;
+		else if (copy_start && l >= 7 && len - pos > 6)
+			s[pos + 6] = 0;
 		/* libpq 15 leaks the result a RowDescription began when a COPY
 		 * start (CopyIn/Out/BothResponse) comes before the query's end:
 		 * getCopyStart stores its own result over it (fe-protocol3.c, the
@@ -231,7 +236,7 @@ static void shape(uint8_t *s, size_t len, bool startup)
 			rows_pending = true;
 		else if (s[pos] == 'C' || s[pos] == 'E' || s[pos] == 'I')
 			rows_pending = false;
-		else if (rows_pending && (s[pos] == 'G' || s[pos] == 'H' || s[pos] == 'W'))
+		else if (rows_pending && copy_start)
 			s[pos] = 'd';
 		if (len - pos - 1 <= l)
 			return;
