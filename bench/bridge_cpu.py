@@ -13,15 +13,22 @@ The number is the proxy process's utime + stime (/proc/<pid>/stat) over the
 transfer, minus what the idle proxy burns in the same wall time, divided by
 the MiB moved; the median of --repeat transfers.
 
+With --strace the measured transfers run under `strace -f -c` and the
+system calls per MiB are printed instead (the CPU figure is then strace's
+too, and means nothing).
+
 usage: bench/bridge_cpu.py [--mb 1024] [--direction up|down|both] [--tls] [--repeat 3]
-                           [--perf FILE] [--bin build/switchyard]
+                           [--perf FILE] [--strace] [--bin build/switchyard]
        SWITCHYARD_NO_SPLICE=1 bench/bridge_cpu.py ...   # the proxy's copy path, for comparison
 """
 
 import argparse
 import multiprocessing
 import os
+import re
+import signal
 import socket
+import subprocess
 import ssl
 import sys
 import tempfile
@@ -123,6 +130,31 @@ smtp_passthrough_destination = "b"
 """
 
 
+def start_strace(pid, out):
+    st = subprocess.Popen(["strace", "-f", "-c", "-o", out, "-p", str(pid)],
+                          stderr=subprocess.PIPE, text=True)
+    for line in st.stderr:  # "Process N attached": every thread is traced
+        if "attached" in line:
+            break
+    return st
+
+
+def report_strace(st, out, mib, direction, tls):
+    st.send_signal(signal.SIGINT)
+    st.wait()
+    calls = []
+    with open(out) as f:
+        for line in f:
+            m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(\d+)?\s*(\w+)$", line)
+            if m and m.group(3) != "total":
+                calls.append((int(m.group(1)), m.group(3)))
+    calls.sort(reverse=True)
+    total = sum(n for n, _ in calls)
+    print(f"direction={direction} client_leg={'tls' if tls else 'plain'} "
+          f"syscalls_per_mib={total / mib:.1f}: "
+          + ", ".join(f"{name} {n / mib:.1f}" for n, name in calls if n / mib >= 0.5))
+
+
 def run(args, direction):
     nbytes = args.mb * CHUNK
     d = tempfile.mkdtemp(prefix="sy-bench-")
@@ -149,6 +181,7 @@ def run(args, direction):
         done.get(30)
         idle = benchlib.idle_cpu_rate(proxy.pid, 1.0)
         stop_perf = benchlib.perf_record(proxy.pid, args.perf) if args.perf else None
+        st = start_strace(proxy.pid, os.path.join(d, "strace")) if args.strace else None
         results = []
         for _ in range(args.repeat):
             with benchlib.Contention([proxy.pid, be.pid]) as other:
@@ -167,6 +200,9 @@ def run(args, direction):
                       f"proxy_cpu={cpu * 1e3:.0f}ms per_mib={per:.3f}ms {other.text()}")
         if stop_perf:
             stop_perf()
+        if st:
+            report_strace(st, os.path.join(d, "strace"), args.mb * args.repeat, direction, args.tls)
+            return
         med = sorted(results)[len(results) // 2]
         print(f"direction={direction} client_leg={'tls' if args.tls else 'plain'} "
               f"mib={args.mb}x{args.repeat} per_mib={med:.3f}ms (median)"
@@ -186,6 +222,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=3, help="transfers; the median is reported")
     ap.add_argument("--perf", metavar="FILE",
                     help="also record the measured transfer with `perf record -g` into FILE")
+    ap.add_argument("--strace", action="store_true",
+                    help="count the proxy's system calls per MiB instead of its CPU")
     ap.add_argument("--bin", default=benchlib.DEFAULT_BIN)
     args = ap.parse_args()
     for direction in (["up", "down"] if args.direction == "both" else [args.direction]):

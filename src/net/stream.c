@@ -558,6 +558,14 @@ static void handshake_step(sy_stream *s)
 		s->handshake_cb(s, SY_ETLS);
 }
 
+static void deliver_plain(sy_stream *s, const char *plain, size_t *have)
+{
+	size_t n = *have;
+	*have = 0;
+	if (n > 0 && s->read_cb)
+		s->read_cb(s, plain, (ssize_t)n);
+}
+
 /* Drives OpenSSL with whatever input is available: finishes a handshake, then
  * decrypts and delivers plaintext while the owner wants it. */
 static void pump(sy_stream *s)
@@ -567,7 +575,12 @@ static void pump(sy_stream *s)
 	s->in_callback = true;
 	if (s->handshaking)
 		handshake_step(s);
+	/* Records are gathered into one block before the owner sees them: a
+	 * bridge then writes 32 KiB per system call instead of one record's
+	 * 16 KiB. What is decrypted is delivered as soon as OpenSSL has no more
+	 * (WANT_READ), so nothing waits for bytes still to come. */
 	char *plain = NULL;
+	size_t have = 0;
 	while (!s->closing && !s->handshaking && s->reading && s->ssl && !s->eof_seen) {
 		if (!plain) {
 			plain = pool_get(s->pool);
@@ -575,15 +588,17 @@ static void pump(sy_stream *s)
 				break;
 		}
 		ERR_clear_error();
-		int r = SSL_read(s->ssl, plain, SY_BLOCK_SIZE);
+		int r = SSL_read(s->ssl, plain + have, (int)(SY_BLOCK_SIZE - have));
 		if (r > 0) {
 			s->bytes_in += (uint64_t)r;
-			if (s->read_cb)
-				s->read_cb(s, plain, r);
+			have += (size_t)r;
+			if (have == SY_BLOCK_SIZE)
+				deliver_plain(s, plain, &have);
 			continue;
 		}
 		int e = SSL_get_error(s->ssl, r);
-		if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+		deliver_plain(s, plain, &have);
+		if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE || s->closing)
 			break;
 		s->in_callback = false;
 		pool_put(s->pool, plain);
