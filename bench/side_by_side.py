@@ -210,24 +210,35 @@ def idle_open(port, tls, n):
     return out
 
 
-def run_idle(targets, a):
-    res = {k: [] for k in targets}
+def run_idle(a, d, pki, backend, cert, wanted):
+    """Each round starts every target afresh: a target that ran a round before
+    would reuse the heap its earlier sessions freed, and grow by about 0."""
+    res = {}
     for r in range(a.repeat):
-        for name, (pid, port) in targets.items():
-            warm = idle_open(port, a.tls, 20)
-            time.sleep(0.3)
-            base = tree_pss_kib(pid)
-            t0 = time.monotonic()
-            held = idle_open(port, a.tls, a.sessions)
-            opened = time.monotonic() - t0
-            time.sleep(0.5)
-            per = (tree_pss_kib(pid) - base) / a.sessions
-            for c in held + warm:
-                c.close()
-            res[name].append(per)
-            print(f"round {r + 1} {name:13s} {per:8.2f} KiB per idle session (Pss, "
-                  f"{a.sessions} opened in {opened:.1f}s)", flush=True)
-            time.sleep(1.0)  # let the backend's imap processes go
+        stops = []
+        try:
+            targets = start_targets(a, d, pki, backend, cert, wanted, stops)
+            for name, (pid, port) in targets.items():
+                warm = idle_open(port, a.tls, 20)
+                time.sleep(0.3)
+                base = tree_pss_kib(pid)
+                t0 = time.monotonic()
+                held = idle_open(port, a.tls, a.sessions)
+                opened = time.monotonic() - t0
+                time.sleep(0.5)
+                per = (tree_pss_kib(pid) - base) / a.sessions
+                for c in held + warm:
+                    c.close()
+                res.setdefault(name, []).append(per)
+                print(f"round {r + 1} {name:13s} {per:8.2f} KiB per idle session (Pss, "
+                      f"{a.sessions} opened in {opened:.1f}s)", flush=True)
+                time.sleep(1.0)  # let the backend's imap processes go
+        finally:
+            for s in reversed(stops):
+                try:
+                    s()
+                except Exception:
+                    pass
     return res, "KiB/session"
 
 
@@ -392,6 +403,50 @@ def start_dovecot_proxy(pki, backend, tls=False):
     return dp, pid, dp.imaps if tls else dp.imap
 
 
+def start_targets(a, d, pki, backend, cert, wanted, stops):
+    """Starts every wanted target in front of `backend`; their stop functions go
+    to `stops`. Returns {name: (pid, port)}."""
+    targets = {}
+    if "switchyard-1" in wanted:
+        p, pid, port = start_switchyard(d, a.bin, backend.imap, 1, "sy1", cert)
+        stops.append(lambda p=p: (p.kill(), p.wait()))
+        targets["switchyard-1"] = (pid, port)
+    if "switchyard-1-keys" in wanted and cert:
+        p, pid, port = start_switchyard(d, a.bin, backend.imap, 1, "sy1keys", cert, ticket_keys=True)
+        stops.append(lambda p=p: (p.kill(), p.wait()))
+        targets["switchyard-1-keys"] = (pid, port)
+    if a.before:
+        p, pid, port = start_switchyard(d, a.before, backend.imap, 1, "before", cert)
+        stops.append(lambda p=p: (p.kill(), p.wait()))
+        targets["before-1"] = (pid, port)
+    if "switchyard" in wanted:
+        p, pid, port = start_switchyard(d, a.bin, backend.imap, 0, "sy", cert)
+        stops.append(lambda p=p: (p.kill(), p.wait()))
+        targets["switchyard"] = (pid, port)
+    if "nginx" in wanted:
+        p, pid, port = start_nginx(d, backend.imap, cert)
+        stops.append(lambda p=p: (p.terminate(), p.wait()))
+        targets["nginx"] = (pid, port)
+    if "dovecot" in wanted:
+        dp, pid, port = start_dovecot_proxy(pki, backend.imap, a.tls)
+        stops.append(dp.cleanup)
+        targets["dovecot"] = (pid, port)
+    for fname in ("floor", "floor-tickets"):
+        if fname not in wanted or (fname == "floor-tickets" and not cert):
+            continue
+        port = free_port()
+        fl = []
+        if cert:
+            tickets = a.floor_tickets or fname == "floor-tickets"
+            fl = ["--tls", cert.cert, cert.key] + (["--tickets"] if tickets else [])
+        p = subprocess.Popen([os.path.join(BUILD, "sy-floor-relay"), *fl, str(port), str(backend.imap)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stops.append(lambda p=p: (p.kill(), p.wait()))
+        wait_port(port)
+        targets[fname] = (p.pid, port)
+    return targets
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000)
@@ -434,47 +489,9 @@ def main():
         if a.workload == "fetch":
             put_message(backend, a.mb)
         cert = pki.localhost if a.tls else None
-        targets = {}
-        if "switchyard-1" in wanted:
-            p, pid, port = start_switchyard(d, a.bin, backend.imap, 1, "sy1", cert)
-            stops.append(p.kill)
-            targets["switchyard-1"] = (pid, port)
-        if "switchyard-1-keys" in wanted and cert:
-            p, pid, port = start_switchyard(d, a.bin, backend.imap, 1, "sy1keys", cert, ticket_keys=True)
-            stops.append(p.kill)
-            targets["switchyard-1-keys"] = (pid, port)
-        if a.before:
-            p, pid, port = start_switchyard(d, a.before, backend.imap, 1, "before", cert)
-            stops.append(p.kill)
-            targets["before-1"] = (pid, port)
-        if "switchyard" in wanted:
-            p, pid, port = start_switchyard(d, a.bin, backend.imap, 0, "sy", cert)
-            stops.append(p.kill)
-            targets["switchyard"] = (pid, port)
-        if "nginx" in wanted:
-            p, pid, port = start_nginx(d, backend.imap, cert)
-            stops.append(p.terminate)
-            targets["nginx"] = (pid, port)
-        if "dovecot" in wanted:
-            dp, pid, port = start_dovecot_proxy(pki, backend.imap, a.tls)
-            stops.append(dp.cleanup)
-            targets["dovecot"] = (pid, port)
-        for fname in ("floor", "floor-tickets"):
-            if fname not in wanted or (fname == "floor-tickets" and not cert):
-                continue
-            port = free_port()
-            fl = []
-            if cert:
-                tickets = a.floor_tickets or fname == "floor-tickets"
-                fl = ["--tls", cert.cert, cert.key] + (["--tickets"] if tickets else [])
-            p = subprocess.Popen([os.path.join(BUILD, "sy-floor-relay"), *fl, str(port), str(backend.imap)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            stops.append(p.kill)
-            wait_port(port)
-            targets[fname] = (p.pid, port)
-
         if a.workload == "idle":
-            return report(*run_idle(targets, a))
+            return report(*run_idle(a, d, pki, backend, cert, wanted))
+        targets = start_targets(a, d, pki, backend, cert, wanted, stops)
         if a.workload == "fetch":
             return report(*run_fetch(targets, a))
         for name, (pid, port) in targets.items():  # warm up every path once
