@@ -210,6 +210,15 @@ def idle_open(port, tls, n):
     return out
 
 
+def run_stops(stops):
+    """Stops what was started, last first; one failing stop does not keep the rest."""
+    for s in reversed(stops):
+        try:
+            s()
+        except Exception:
+            pass
+
+
 def run_idle(a, d, pki, backend, cert, wanted):
     """Each round starts every target afresh: a target that ran a round before
     would reuse the heap its earlier sessions freed, and grow by about 0."""
@@ -234,11 +243,7 @@ def run_idle(a, d, pki, backend, cert, wanted):
                       f"{a.sessions} opened in {opened:.1f}s)", flush=True)
                 time.sleep(1.0)  # let the backend's imap processes go
         finally:
-            for s in reversed(stops):
-                try:
-                    s()
-                except Exception:
-                    pass
+            run_stops(stops)
     return res, "KiB/session"
 
 
@@ -508,11 +513,7 @@ def main():
                       f"  errors={errs}{resumed}", flush=True)
         report(res, "us/login")
     finally:
-        for s in reversed(stops):
-            try:
-                s()
-            except Exception:
-                pass
+        run_stops(stops)
         remove_tree(d)
 
 
