@@ -120,4 +120,17 @@ bool store_life_first_attempt_over(sy_store_life *l, bool *first_attempt);
  * delay to wait now. */
 uint64_t store_backoff_next(uint64_t *backoff_ms, uint64_t max_ms);
 
+/*
+ * A server that stops answering without closing (a hung process, a
+ * middlebox that black-holes the flow) would hold an established
+ * connection until TCP keepalive gives up, hours later, while every lookup
+ * on it fails at lookup_timeout. So a READY connection that waits longer
+ * than STORE_ANSWER_FACTOR x lookup_timeout for an answer is dropped and
+ * reconnected; a subscriber connection, which sends nothing of its own
+ * once subscribed, asks for one (PING, an empty query) after
+ * STORE_PING_FACTOR x lookup_timeout without one.
+ */
+#define STORE_ANSWER_FACTOR 2
+#define STORE_PING_FACTOR   3
+
 #endif

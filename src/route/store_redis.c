@@ -28,7 +28,8 @@
  * A failed attempt tries the next resolved address at once; when none is
  * left, the slot waits (100 ms, doubling to 5 s) and starts over. The whole
  * attempt (connect, handshake, setup) is bounded by lookup_timeout (5 s when
- * that is 0).
+ * that is 0). Once READY, a connection that waits STORE_ANSWER_FACTOR x
+ * that for a reply is broken (store_common.h).
  *
  * Requests go round-robin to READY slots; Redis answers in order, so each
  * connection keeps the requests it sent in a FIFO and matches every reply
@@ -116,14 +117,16 @@ typedef struct rlink {
 struct conn {
 	redis_store *s;
 	conn_state state;
-	rlink *ln;                                /* the current connection, NULL when none */
-	uv_timer_t timer;                         /* reconnect delay, or attempt timeout */
-	uv_getaddrinfo_t *gai;                    /* in flight, or NULL */
+	rlink *ln;             /* the current connection, NULL when none */
+	uv_timer_t timer;      /* reconnect delay, attempt timeout; when READY the
+	                        * reply deadline or the subscriber's ping */
+	uv_getaddrinfo_t *gai; /* in flight, or NULL */
 	struct sockaddr_storage addrs[MAX_ADDRS]; /* the current attempt's */
 	unsigned naddrs, addr_i;
 	unsigned setup_pending; /* AUTH/SELECT replies still awaited */
 	bool config_pending;    /* subscriber: the CONFIG GET reply is awaited */
 	bool subscribing;       /* subscriber: SUBSCRIBE sent, replies are pushes */
+	bool ping_pending;      /* subscriber: PING sent, its pong not seen */
 	sy_req_list inflight;   /* sent requests, in the order of their replies */
 	uint64_t backoff_ms;
 	uint64_t refused_backoff_ms; /* subscriber: SUBSCRIBE refused, the next wait */
@@ -145,6 +148,8 @@ struct redis_store {
 	char *server; /* "host:port" for log lines (never the credentials) */
 	char *prefix;
 	uint64_t connect_timeout_ms;
+	uint64_t reply_deadline_ms; /* see STORE_ANSWER_FACTOR */
+	uint64_t ping_interval_ms;
 	sy_tls_client *tls; /* rediss://; NULL for redis:// */
 
 	conn *conns;
@@ -290,6 +295,7 @@ static void drop_link(conn *c, const char *error)
 	c->setup_pending = 0;
 	c->config_pending = false;
 	c->subscribing = false;
+	c->ping_pending = false;
 	sy_store_req *r;
 	while ((r = req_list_pop(&c->inflight)) != NULL)
 		fail_later(c->s, r, error);
@@ -417,6 +423,50 @@ static void conn_broken(conn *c, const char *why)
 	c->backoff_ms = BACKOFF_FIRST_MS;
 	went_down(c);
 	sub_lost(c->s);
+}
+
+/* READY and waiting for a reply: the server has reply_deadline_ms to send
+ * one (each reply restarts the wait for the next). */
+static void on_reply_deadline(uv_timer_t *t)
+{
+	conn *c = t->data;
+	if (c->state != CONN_READY || c->s->life.closing)
+		return;
+	char why[96];
+	snprintf(why, sizeof(why), "no reply within %llu ms",
+	         (unsigned long long)c->s->reply_deadline_ms);
+	conn_broken(c, why);
+}
+
+static void await_reply(conn *c)
+{
+	uv_timer_start(&c->timer, on_reply_deadline, c->s->reply_deadline_ms, 0);
+}
+
+/* The subscriber sends nothing of its own once subscribed, so a server
+ * gone silent would never be noticed: a PING (answered by a "pong" push in
+ * subscribed mode) proves it is there. */
+static void on_ping_timer(uv_timer_t *t)
+{
+	conn *c = t->data;
+	if (c->state != CONN_READY || c->s->life.closing || c->ping_pending)
+		return;
+	c->ping_pending = true;
+	if (send2(c, "PING", NULL) != 0) {
+		conn_broken(c, "write failed");
+		return;
+	}
+	await_reply(c);
+}
+
+/* Nothing is awaited: a request slot just waits for work, the subscriber
+ * for its next ping. */
+static void await_nothing(conn *c)
+{
+	if (c->s->sub_mode && c->s->subscribed)
+		uv_timer_start(&c->timer, on_ping_timer, c->s->ping_interval_ms, 0);
+	else
+		uv_timer_stop(&c->timer);
 }
 
 static void conn_ready(conn *c)
@@ -701,10 +751,20 @@ static void handle_reply(conn *c, redisReply *r)
 	}
 	sy_store_req *rq = req_list_pop(&c->inflight);
 	if (rq) {
+		/* Before the callback, which may send more (or close). */
+		if (c->inflight.head)
+			await_reply(c);
+		else
+			await_nothing(c);
 		complete_req(c->s, rq, r);
 		return;
 	}
 	if (c->s->sub_mode && c->subscribing) {
+		/* Any push shows the server is there, the pong included. */
+		if (c->ping_pending) {
+			c->ping_pending = false;
+			await_nothing(c);
+		}
 		on_sub_reply(c, r);
 		return;
 	}
@@ -821,6 +881,8 @@ static void dispatch(redis_store *s, sy_store_req *r)
 		}
 		/* Queued first: a failed write fails it with the rest of the
 		 * connection's requests (deferred). */
+		if (!c->inflight.head)
+			await_reply(c);
 		req_list_push(&c->inflight, r);
 		if (send_argv(c, argc, argv, lens) != 0)
 			conn_broken(c, "write failed");
@@ -963,6 +1025,7 @@ static void on_sub_reply(conn *c, redisReply *r)
 		if (!s->subscribed) {
 			s->subscribed = true;
 			c->refused_backoff_ms = 0;
+			await_nothing(c);
 			sy_log(SY_LOG_INFO, "redis: subscribed to the fleet events channel",
 			       "server", s->server, "channel", s->channel, NULL);
 			if (s->sub.state)
@@ -988,6 +1051,7 @@ static void sub_send(conn *c, bool keyspace)
 {
 	redis_store *s = c->s;
 	c->subscribing = true;
+	await_reply(c);
 	if (send2(c, "SUBSCRIBE", s->channel) != 0 ||
 	    (keyspace && send2(c, "PSUBSCRIBE", s->ks_pattern) != 0))
 		conn_broken(c, "write failed");
@@ -1058,6 +1122,7 @@ static void sub_start(conn *c)
 	const char *argv[3] = {"CONFIG", "GET", "notify-keyspace-events"};
 	size_t lens[3] = {6, 3, 22};
 	c->config_pending = true;
+	await_reply(c);
 	if (send_argv(c, 3, argv, lens) != 0)
 		conn_broken(c, "write failed");
 }
@@ -1228,6 +1293,8 @@ static sy_store *create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned 
 	}
 	s->connect_timeout_ms =
 	    cfg->lookup_timeout_ms ? cfg->lookup_timeout_ms : CONNECT_TIMEOUT_MS;
+	s->reply_deadline_ms = STORE_ANSWER_FACTOR * s->connect_timeout_ms;
+	s->ping_interval_ms = STORE_PING_FACTOR * s->connect_timeout_ms;
 	/* From here on the idle handle exists, so teardown goes through
 	 * close(); nothing below fails. */
 	for (unsigned i = 0; i < s->nconns; i++) {

@@ -27,7 +27,8 @@
  *   a candidate failing or timing out --> the next one (RESOLVING or
  *   CONNECTING); the last one failing --> DOWN, waiting 100 ms doubling to
  *   5 s before walking the list again from its start.
- *   READY --(error, EOF)--> DOWN, retrying after 100 ms from the start of
+ *   READY --(error, EOF, no answer within STORE_ANSWER_FACTOR x the
+ *   candidate timeout)--> DOWN, retrying after 100 ms from the start of
  *   the list, which is how a failover to a new primary is followed.
  * While connecting, libpq may close its socket and open another (SSL or GSS
  * fallback), possibly reusing the descriptor number, so the poll handle is
@@ -113,7 +114,8 @@ struct conn {
 	conn_state state;
 	PGconn *pg;
 	sql_poll *poll;
-	uv_timer_t timer; /* reconnect delay, or the candidate's timeout */
+	uv_timer_t timer; /* reconnect delay, the candidate's timeout; when READY
+	                   * the answer deadline or the listener's ping */
 	sql_gai *gai;
 	/* The walk of the host list: entry host_i, its address addr_i of
 	 * naddrs (1 when the entry needs no lookup), pass 1 = the second walk
@@ -130,6 +132,7 @@ struct conn {
 	bool logged_down;
 	bool listen_pending; /* listener mode: LISTEN sent, not yet complete */
 	bool listen_failed;
+	bool ping_pending; /* listener mode: an empty query is out */
 };
 
 struct sql_store {
@@ -142,6 +145,8 @@ struct sql_store {
 	char *server;        /* "host:port/db" (the lists as given) for log lines */
 	char *query, *upsert, *del_query;
 	uint64_t connect_timeout_ms;
+	uint64_t answer_deadline_ms; /* see STORE_ANSWER_FACTOR */
+	uint64_t ping_interval_ms;
 
 	conn *conns;
 	unsigned nconns;
@@ -279,6 +284,7 @@ static void drop_pg(conn *c)
 		c->pg = NULL;
 	}
 	c->flushing = false;
+	c->ping_pending = false;
 }
 
 static void on_retry_timer(uv_timer_t *t)
@@ -349,6 +355,61 @@ static void conn_lost(conn *c, const char *why)
 
 static void listen_start(conn *c);
 
+/* READY and waiting for the server: it has answer_deadline_ms to finish. */
+static void on_answer_deadline(uv_timer_t *t)
+{
+	conn *c = t->data;
+	if (c->state != CONN_READY || c->s->life.closing)
+		return;
+	char why[96];
+	snprintf(why, sizeof(why), "no answer within %llu ms",
+	         (unsigned long long)c->s->answer_deadline_ms);
+	conn_lost(c, why);
+}
+
+static void await_answer(conn *c)
+{
+	uv_timer_start(&c->timer, on_answer_deadline, c->s->answer_deadline_ms, 0);
+}
+
+static void on_ping_timer(uv_timer_t *t);
+
+/* READY with nothing in flight: a request slot waits for work, the
+ * listener for its next ping. */
+static void idle(conn *c)
+{
+	if (c->s->listen_mode && c->s->subscribed)
+		uv_timer_start(&c->timer, on_ping_timer, c->s->ping_interval_ms, 0);
+	else
+		uv_timer_stop(&c->timer);
+}
+
+/* The listener's connection carries nothing of ours once LISTEN is in
+ * effect, so a server gone silent would never be noticed: an empty query
+ * (one EmptyQueryResponse and ReadyForQuery back) proves it is there. */
+static void on_ping_timer(uv_timer_t *t)
+{
+	conn *c = t->data;
+	if (c->state != CONN_READY || c->s->life.closing || c->listen_pending || c->ping_pending)
+		return;
+	if (!PQsendQuery(c->pg, "")) {
+		conn_lost(c, PQerrorMessage(c->pg));
+		return;
+	}
+	c->ping_pending = true;
+	int f = PQflush(c->pg);
+	if (f < 0) {
+		conn_lost(c, PQerrorMessage(c->pg));
+		return;
+	}
+	c->flushing = f == 1;
+	if (poll_watch(c, UV_READABLE | (c->flushing ? UV_WRITABLE : 0)) != 0) {
+		conn_lost(c, "cannot poll the socket");
+		return;
+	}
+	await_answer(c);
+}
+
 static void conn_ready(conn *c)
 {
 	sql_store *s = c->s;
@@ -387,6 +448,7 @@ static void listen_start(conn *c)
 		return;
 	}
 	c->listen_pending = true;
+	await_answer(c);
 	int f = PQflush(c->pg);
 	if (f < 0) {
 		conn_lost(c, PQerrorMessage(c->pg));
@@ -764,6 +826,7 @@ static void send_next(conn *c)
 			continue;
 		}
 		c->inflight = r;
+		await_answer(c);
 		int f = PQflush(c->pg);
 		if (f < 0) {
 			conn_lost(c, PQerrorMessage(c->pg));
@@ -830,8 +893,11 @@ static void collect(conn *c)
 			if (c->s->sub.state)
 				c->s->sub.state(c->s->sub.arg, true);
 		}
-		if (!c->inflight)
+		c->ping_pending = false;
+		if (!c->inflight) {
+			idle(c);
 			break;
+		}
 		sy_store_req *r = c->inflight;
 		c->inflight = NULL;
 		results = 0;
@@ -839,8 +905,12 @@ static void collect(conn *c)
 		send_next(c);
 		if (!c->inflight && c->s->life.startup.head)
 			flush_startup(c->s); /* this slot is free now */
-		if (!c->inflight)
+		if (c->state != CONN_READY)
 			break;
+		if (!c->inflight) {
+			idle(c);
+			break;
+		}
 	}
 }
 
@@ -1221,6 +1291,8 @@ static sy_store *create(uv_loop_t *loop, const sy_mapping_config *cfg, unsigned 
 	}
 	s->connect_timeout_ms =
 	    cfg->lookup_timeout_ms ? cfg->lookup_timeout_ms : CONNECT_TIMEOUT_MS;
+	s->answer_deadline_ms = STORE_ANSWER_FACTOR * s->connect_timeout_ms;
+	s->ping_interval_ms = STORE_PING_FACTOR * s->connect_timeout_ms;
 	for (unsigned i = 0; i < s->nconns; i++) {
 		conn *c = &s->conns[i];
 		c->s = s;

@@ -23,6 +23,7 @@ import time
 import pytest
 
 from harness import Postgres, Redis
+from harness.relay import StallRelay
 from harness.util import free_port
 from test_soak import USERS, TOKEN, WAIT, LoginLoop, base_config, open_idle, pair, served_by  # noqa: F401
 
@@ -325,6 +326,43 @@ def test_store_restart_under_logins_resubscribes_and_never_misroutes(switchyard,
             assert sy.log_count(r"fleet events: resubscribed; cache cleared once") == 1
     finally:
         f.cleanup()
+
+
+@pytest.mark.parametrize("kind", ["redis", "sql"])
+def test_silent_subscription_is_noticed_and_made_again(switchyard, pair, kind):
+    """The subscriber's flow goes silent without closing (a middlebox dropped
+    it, the server hung): the subscriber sends nothing of its own, so only
+    its ping (every 3 x lookup_timeout, answered within 2 x) can notice.
+    It reconnects and resubscribes, and events reach the replica again."""
+    store = Redis(persist=True).start() if kind == "redis" else Postgres().start()
+    relay = StallRelay(store.port).start()
+    try:
+        if kind == "sql":
+            store.psql(SQL_SCHEMA)
+        url = (f"redis://127.0.0.1:{relay.port}" if kind == "redis" else
+               f"postgresql://{store.user}@127.0.0.1:{relay.port}/{store.database}")
+        mapping = store_mapping(kind, type("S", (), {"url": url})).replace(
+            'lookup_timeout = "2s"', 'lookup_timeout = "300ms"')
+        imap, adm = free_port(), free_port()
+        sy = switchyard(base_config(pair, imap, adm, mapping))
+        wait_for(lambda: metric(adm, "switchyard_fleet_subscription_up") == 1, "the subscription")
+        relay.stall()
+        wait_for(lambda: metric(adm, "switchyard_fleet_resubscribes_total") == 1,
+                 "a resubscription after the silence", timeout=30)
+        assert metric(adm, "switchyard_fleet_subscription_up") == 1
+        assert sy.log_count(r"no (reply|answer) within 600 ms") >= 1
+        # The new subscription carries events: a PUT on a second replica,
+        # which reaches the store directly, arrives here.
+        imap2, adm2 = free_port(), free_port()
+        switchyard(base_config(pair, imap2, adm2, store_mapping(kind, store)))
+        wait_for(lambda: metric(adm2, "switchyard_fleet_subscription_up") == 1, "B's subscription")
+        before = received(adm, "invalidate")
+        status, _, hdr = call(adm2, "PUT", "/mappings?identifier=soak00@example.com&destination=new")
+        assert status == 200 and hdr.startswith("published;"), (status, hdr)
+        wait_received([adm], "invalidate", [before])
+    finally:
+        relay.cleanup()
+        store.cleanup()
 
 
 # --- the file source ----------------------------------------------------------------------------

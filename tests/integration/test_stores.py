@@ -19,6 +19,7 @@ import time
 import pytest
 
 from harness import Redis
+from harness.relay import StallRelay
 from harness.stores import PG_BIN
 from harness.switchyard import binary_path
 from harness.util import run
@@ -297,6 +298,42 @@ def test_redis_close_fails_pending_requests(redis_server, driver):
         r.proc.send_signal(signal.SIGCONT)
 
 
+def test_redis_silent_connection_is_dropped_and_reconnected(redis_server, driver):
+    """A flow that goes silent without closing (a middlebox dropped its
+    state, a hung server): the request on it fails once it has waited 2 x
+    lookup_timeout for a reply, and the store connects again, rather than
+    failing every lookup until TCP keepalive gives up hours later."""
+    r = redis_server
+    r.command("SET", "route:k", "v1")
+    relay = StallRelay(r.port).start()
+    try:
+        d = driver("redis", url=f"redis://127.0.0.1:{relay.port}", prefix="route:", conns=1, timeout=300)
+        assert d.op("get k") == "FOUND v1"
+        relay.stall()
+        res, took = d.timed("get k", timeout=5)
+        assert res == "ERROR redis: connection lost", res
+        assert took >= 0.55, took  # the deadline is 600 ms, not sooner
+        relay.wait_accepted(2)
+        assert d.until("get k", lambda x: x == "FOUND v1") == "FOUND v1"
+        assert d.finish() == ["CLOSED"]
+        assert "no reply within 600 ms" in d.stderr_text()
+    finally:
+        relay.cleanup()
+
+
+def test_redis_pipelined_replies_each_restart_the_deadline(redis_server, driver):
+    """The deadline is on the wait for the next reply, not on a request's
+    age: requests queued behind one slow reply are answered."""
+    r = redis_server
+    r.command("SET", "route:k", "v1")
+    d = driver("redis", url=r.url, prefix="route:", conns=1, timeout=300)
+    assert d.op("get k") == "FOUND v1"
+    d.send(*["&get k"] * 200, "wait")
+    assert [d.result() for _ in range(200)] == ["FOUND v1"] * 200
+    assert d.finish() == ["CLOSED"]
+    assert "no reply within" not in d.stderr_text()
+
+
 # ---- PostgreSQL ----
 
 def pg_restart(pg):
@@ -428,6 +465,38 @@ def test_sql_query_in_flight_fails_when_the_server_stops(routes_db, driver):
     res = d.result(timeout=5)
     assert res.startswith("ERROR sql: "), res
     assert d.finish() == ["CLOSED"]
+
+
+def test_sql_silent_connection_is_dropped_and_reconnected(routes_db, driver):
+    """As for Redis: a query that has had no answer for 2 x lookup_timeout
+    fails, the connection is dropped and made again."""
+    pg = routes_db
+    relay = StallRelay(pg.port, target_host=pg.host).start()
+    try:
+        url = f"postgresql://{pg.user}@127.0.0.1:{relay.port}/{pg.database}"
+        d = driver("sql", url=url, conns=1, timeout=300)
+        assert d.op("get alice@example.com") == "FOUND store-a"
+        relay.stall()
+        res, took = d.timed("get alice@example.com", timeout=5)
+        assert res == "ERROR sql: connection lost: no answer within 600 ms", res
+        assert took >= 0.55, took
+        relay.wait_accepted(2)
+        assert d.until("get alice@example.com", lambda x: x == "FOUND store-a") == "FOUND store-a"
+        assert d.finish() == ["CLOSED"]
+    finally:
+        relay.cleanup()
+
+
+def test_sql_slow_query_within_the_deadline_is_answered(routes_db, driver):
+    """A query slower than lookup_timeout but within twice it is not a
+    dead server: it is answered and the connection stays."""
+    pg = routes_db
+    d = driver("sql", url=pg.url, conns=1, timeout=300,
+               query="SELECT 'slow' FROM pg_sleep(0.4) WHERE $1 <> ''")
+    assert d.op("get k") == "FOUND slow"
+    assert d.op("get k") == "FOUND slow"
+    assert d.finish() == ["CLOSED"]
+    assert "connection lost" not in d.stderr_text()
 
 
 def test_sql_close_fails_queued_requests(routes_db, driver):
